@@ -1,0 +1,41 @@
+// ScaleCom's framework-free core: exact top-k selection of |m + g|, the fused
+// gather + low-pass memory update, and the scatter. The torch and TensorFlow
+// bindings are thin adapters over these functions, so both frontends produce
+// the same bits. The canonical arithmetic (DESIGN.md section 1):
+//
+//   p   = m + g                           float32
+//   I   = top-k of |p|, ties -> lower index, ascending
+//   c   = p[I]
+//   m_j = m_j + beta * g_j                j not in I
+//   m_j = (1 - beta) * m_j                j in I, (1 - beta) rounded to float32
+//
+// Errors are reported as std::invalid_argument; nothing here aborts.
+#pragma once
+
+#include <cstdint>
+
+namespace scalecom {
+
+// k = max(1, ceil(ratio * numel)) for numel > 0, 0 for numel == 0.
+int64_t num_selected(int64_t numel, double ratio);
+
+// Writes the k indices of the largest |memory + grad| to out_indices, in
+// ascending order; equal magnitudes are taken lowest index first. NaN counts
+// as larger than +inf. `keys` is caller-owned scratch of numel uint32.
+// O(numel) work: one fused pass builds the keys and a histogram, a radix
+// refinement runs on the few candidates, a last pass emits the indices.
+void select_topk(const float* memory, const float* grad, int64_t numel, int64_t k,
+                 int32_t* out_indices, uint32_t* keys, int num_threads);
+
+// In one pass over memory and grad: values[i] = memory[I[i]] + grad[I[i]] and
+// the low-pass update of the memory. `indices` must be ascending, unique and
+// in [0, numel); this is checked (O(k)) before anything is written.
+void gather_and_update(float* memory, const float* grad, int64_t numel,
+                       const int32_t* indices, int64_t k, float beta,
+                       float* values, int num_threads);
+
+// out[I[i]] = values[i]; every other element of out is set to zero.
+void scatter(const int32_t* indices, const float* values, int64_t k,
+             float* out, int64_t numel, int num_threads);
+
+}  // namespace scalecom

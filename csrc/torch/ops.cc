@@ -1,0 +1,116 @@
+// torch.library registration of the ScaleCom core (CPU). The ops show up as
+// torch.ops.scalecom.*; the Python module only exists so that importing
+// horovod_scalecom._torch_ops loads this library.
+#include <Python.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <stdexcept>
+
+#include "../core/scalecom.h"
+
+namespace {
+
+int threads() { return at::get_num_threads(); }
+
+void check_cpu_float(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu(), "scalecom: ", what, " must be a CPU tensor, got ",
+              t.device(), " (the CUDA kernels are not part of this build)");
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "scalecom: ", what,
+              " must be float32, got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), "scalecom: ", what, " must be contiguous");
+}
+
+// Gradients of any floating dtype are widened to float32 (memory is float32).
+at::Tensor as_f32(const at::Tensor& grad, const at::Tensor& memory) {
+  TORCH_CHECK(at::isFloatingType(grad.scalar_type()),
+              "scalecom: gradient must be floating point, got ", grad.scalar_type());
+  TORCH_CHECK(grad.numel() == memory.numel(), "scalecom: gradient has ", grad.numel(),
+              " elements but its memory has ", memory.numel());
+  return grad.reshape({-1}).to(at::kFloat).contiguous();
+}
+
+template <typename F>
+auto translate_errors(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, "scalecom: ", e.what());
+  }
+}
+
+at::Tensor select_topk(const at::Tensor& memory, const at::Tensor& grad, int64_t k,
+                       at::Tensor scratch) {
+  check_cpu_float(memory, "memory");
+  at::Tensor g = as_f32(grad, memory);
+  TORCH_CHECK(scratch.scalar_type() == at::kInt && scratch.is_contiguous() &&
+                  scratch.numel() >= memory.numel(),
+              "scalecom: scratch must be a contiguous int32 tensor of at least ",
+              memory.numel(), " elements");
+  at::Tensor out = at::empty({k}, memory.options().dtype(at::kInt));
+  translate_errors([&] {
+    scalecom::select_topk(memory.data_ptr<float>(), g.data_ptr<float>(), memory.numel(), k,
+                          out.data_ptr<int32_t>(),
+                          reinterpret_cast<uint32_t*>(scratch.data_ptr<int32_t>()), threads());
+  });
+  return out;
+}
+
+at::Tensor gather_update_(at::Tensor memory, const at::Tensor& grad,
+                          const at::Tensor& indices, double beta) {
+  check_cpu_float(memory, "memory");
+  at::Tensor g = as_f32(grad, memory);
+  TORCH_CHECK(indices.scalar_type() == at::kInt && indices.dim() == 1 &&
+                  indices.is_contiguous() && indices.device().is_cpu(),
+              "scalecom: indices must be a contiguous 1-D int32 CPU tensor");
+  at::Tensor values = at::empty({indices.numel()}, memory.options());
+  translate_errors([&] {
+    scalecom::gather_and_update(memory.data_ptr<float>(), g.data_ptr<float>(), memory.numel(),
+                                indices.data_ptr<int32_t>(), indices.numel(),
+                                static_cast<float>(beta), values.data_ptr<float>(), threads());
+  });
+  return values;
+}
+
+at::Tensor scatter(const at::Tensor& indices, const at::Tensor& values, int64_t numel) {
+  TORCH_CHECK(indices.scalar_type() == at::kInt && indices.is_contiguous() &&
+                  indices.device().is_cpu(),
+              "scalecom: indices must be a contiguous int32 CPU tensor");
+  check_cpu_float(values, "values");
+  TORCH_CHECK(values.numel() == indices.numel(), "scalecom: ", values.numel(),
+              " values for ", indices.numel(), " indices");
+  at::Tensor out = at::empty({numel}, values.options());
+  translate_errors([&] {
+    scalecom::scatter(indices.data_ptr<int32_t>(), values.data_ptr<float>(), indices.numel(),
+                      out.data_ptr<float>(), numel, threads());
+  });
+  return out;
+}
+
+int64_t num_selected(int64_t numel, double ratio) {
+  return translate_errors([&] { return scalecom::num_selected(numel, ratio); });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(scalecom, m) {
+  m.def("select_topk(Tensor memory, Tensor grad, int k, Tensor(a!) scratch) -> Tensor");
+  m.def("gather_update_(Tensor(a!) memory, Tensor grad, Tensor indices, float beta) -> Tensor");
+  m.def("scatter(Tensor indices, Tensor values, int numel) -> Tensor");
+  m.def("num_selected(int numel, float ratio) -> int", &num_selected);
+}
+
+TORCH_LIBRARY_IMPL(scalecom, CPU, m) {
+  m.impl("select_topk", &select_topk);
+  m.impl("gather_update_", &gather_update_);
+  m.impl("scatter", &scatter);
+}
+
+// A bare CPython module: importing it is what registers the ops above.
+PyMODINIT_FUNC PyInit__torch_ops(void) {
+  static PyModuleDef def = {PyModuleDef_HEAD_INIT, "_torch_ops",
+                            "Registers torch.ops.scalecom (ScaleCom core, CPU).", -1,
+                            nullptr, nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&def);
+}

@@ -1,0 +1,32 @@
+"""Bytes each worker sends per step (DESIGN.md section 4).
+
+float32 values and int32 indices, 4 bytes each; n workers; N elements in the
+tensor; k selected elements.
+"""
+
+from __future__ import annotations
+
+VALUE_BYTES = 4
+INDEX_BYTES = 4
+
+
+def dense_ring_allreduce(numel: int, size: int) -> float:
+    """Ring allreduce of N float32 values: reduce-scatter plus allgather."""
+    return 2 * VALUE_BYTES * numel * (size - 1) / size
+
+
+def path_a(k: int, size: int) -> float:
+    """Index share from the leader (~4k) plus a ring allreduce of k values."""
+    if size == 1:
+        return 0.0
+    return INDEX_BYTES * k + dense_ring_allreduce(k, size)
+
+
+def path_b(k: int, size: int) -> float:
+    """Compressed ring: (index, value) pairs in the reduce-scatter, values in the allgather."""
+    return (INDEX_BYTES + VALUE_BYTES) * k * (size - 1) / size + VALUE_BYTES * k * (size - 1) / size
+
+
+def topk_allgather(k: int, size: int) -> float:
+    """Every worker's own top-k (index, value) pairs to every other worker (GRACE/DGC)."""
+    return (INDEX_BYTES + VALUE_BYTES) * k * (size - 1)

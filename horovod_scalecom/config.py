@@ -1,0 +1,78 @@
+"""The knobs of ScaleCom, validated once, shared by every frontend."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# Indices travel as int32 (DESIGN.md section 1).
+MAX_NUMEL = 2**31 - 1
+
+
+def num_selected(numel: int, ratio: float) -> int:
+    """k = max(1, ceil(ratio * numel)) for a non-empty tensor, 0 for an empty one."""
+    if numel <= 0:
+        return 0
+    return min(numel, max(1, math.ceil(ratio * numel)))
+
+
+def check_numel(numel: int, name: str = "tensor") -> None:
+    if numel > MAX_NUMEL:
+        raise ValueError(
+            f"{name} has {numel} elements; ScaleCom indexes with int32 and "
+            f"supports at most {MAX_NUMEL} elements per tensor. Split the "
+            f"parameter or keep it dense with min_numel/exclusion.")
+
+
+@dataclass(frozen=True)
+class ScaleComConfig:
+    """ScaleCom's hyper-parameters.
+
+    Args:
+        ratio: fraction rho of each tensor's elements that is sent, 0 < rho <= 1
+            ("100x" compression is ratio=0.01).
+        beta: low-pass filter coefficient in (0, 1]; 1 is classic error
+            feedback, the paper uses ~0.1.
+        warmup_steps: the first ``warmup_steps`` calls for each tensor are dense
+            and leave the memory untouched.
+        min_numel: tensors with fewer elements are sent dense.
+    """
+
+    ratio: float = 0.01
+    beta: float = 0.1
+    warmup_steps: int = 0
+    min_numel: int = 1024
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
+            raise TypeError(f"ratio must be a number, got {self.ratio!r}")
+        if not (0.0 < float(self.ratio) <= 1.0) or math.isnan(self.ratio):
+            raise ValueError(f"ratio must lie in (0, 1], got {self.ratio!r} "
+                             f"(ratio=0.01 sends 1% of each tensor)")
+        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)):
+            raise TypeError(f"beta must be a number, got {self.beta!r}")
+        if not (0.0 < float(self.beta) <= 1.0) or math.isnan(self.beta):
+            raise ValueError(f"beta must lie in (0, 1], got {self.beta!r} "
+                             f"(1 = classic error feedback, 0.1 = the paper's filter)")
+        for field in ("warmup_steps", "min_numel"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{field} must be a non-negative integer, got {value!r}")
+
+    @property
+    def beta32(self) -> np.float32:
+        """beta rounded to float32: the value every kernel multiplies by."""
+        return np.float32(self.beta)
+
+    @property
+    def decay32(self) -> np.float32:
+        """1 - beta, computed in float32 from beta32 (canonical arithmetic)."""
+        return np.float32(np.float32(1.0) - self.beta32)
+
+    def k(self, numel: int) -> int:
+        return num_selected(numel, self.ratio)
+
+    def as_dict(self) -> dict:
+        return asdict(self)

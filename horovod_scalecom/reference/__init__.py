@@ -1,0 +1,30 @@
+"""NumPy oracle of ScaleCom: the specification every kernel and test is held to.
+
+* :mod:`.core`: one worker's arithmetic (top-k with its tie rule, the fused
+  gather and low-pass memory update, the dense output).
+* :mod:`.path_a`: n workers in one process, CLT-k with a cyclic leader and an
+  allreduce of the k values (the drop-in Horovod compressor).
+* :mod:`.path_b`: n workers in one process, the compressed ring allreduce with
+  chunk-wise cyclic owners.
+
+The simulators also count the bytes each worker sends, for large-n studies.
+"""
+
+from horovod_scalecom.reference.core import (
+    accumulate,
+    gather_and_update,
+    scatter,
+    topk_indices,
+)
+from horovod_scalecom.reference.path_a import PathASimulator
+from horovod_scalecom.reference.path_b import PathBSimulator, ring_exchange
+
+__all__ = [
+    "accumulate",
+    "gather_and_update",
+    "scatter",
+    "topk_indices",
+    "PathASimulator",
+    "PathBSimulator",
+    "ring_exchange",
+]

@@ -1,0 +1,22 @@
+"""ScaleCom for PyTorch + Horovod.
+
+    import horovod.torch as hvd
+    from horovod_scalecom.torch import ScaleCom
+
+    compression = ScaleCom(model, ratio=0.01, beta=0.1)
+    optimizer = hvd.DistributedOptimizer(
+        optimizer, named_parameters=model.named_parameters(), compression=compression)
+
+Importing this module loads horovod.torch; never import horovod_scalecom.tensorflow
+in the same process.
+"""
+
+__all__ = ["ScaleCom"]
+
+
+def __getattr__(name: str):
+    # Lazy, so that horovod_scalecom.torch._ops (the bare kernels) loads without Horovod.
+    if name == "ScaleCom":
+        from horovod_scalecom.torch.compression import ScaleCom
+        return ScaleCom
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,311 @@
+"""ScaleCom as a Horovod Compressor for PyTorch (path A of DESIGN.md).
+
+For each gradient tensor, at its t-th allreduce:
+
+1. ``p = m + g``                      (float32 memory m, zero at start)
+2. the leader ``(t + offset) mod n`` selects ``I = top-k |p|`` (exact, ties to
+   the lower index), ``k = max(1, ceil(ratio * numel))``
+3. ``I`` is broadcast from the leader to every rank
+4. every rank gathers ``c = p[I]`` and updates its memory with the low-pass
+   filter: ``m_j += beta g_j`` off ``I``, ``m_j *= (1 - beta)`` on ``I``
+5. Horovod allreduces the k values (its own MPI/Gloo path, tensor fusion)
+6. ``decompress`` scatters the mean back into a dense gradient.
+
+Steps 1-4 run in ``compress`` inside Horovod's gradient hook; 2 and 4 are
+the C++ core (``torch.ops.scalecom``), one fused pass over m and g on
+non-leaders.
+
+Why Horovod's own broadcast for the index share, rather than MPI on a
+dedicated communicator from the C++ op: it is the same transport as the
+allreduce that follows, so it works under Gloo as well as MPI, needs no MPI
+thread level, no mpi4py and no second communicator, and Horovod's
+coordinator matches the share by name, not by arrival. It is issued from the
+caller's thread and never from Horovod's background thread, so it cannot
+deadlock with it. The cost is one Horovod negotiation cycle per compressed
+tensor; the compressed ring (path B) is the path without it.
+
+A tensor is identified by the parameter whose ``.grad`` it is (never by call
+order), which works with ``zero_grad(set_to_none=True)``, with
+``backward_passes_per_step > 1`` and with ``num_groups``. The index share
+blocks until every rank has reached the same tensor, so ranks must hand their
+gradients to Horovod in one order; if they do not, the share times out after
+``share_timeout`` seconds with an error that says so, instead of hanging.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Union
+
+import torch
+import horovod.torch as hvd
+from horovod.torch.compression import Compressor
+
+from horovod_scalecom import bytes_model
+from horovod_scalecom.config import ScaleComConfig, check_numel
+from horovod_scalecom.schedule import leader
+from horovod_scalecom.torch._ops import ops
+
+COMPRESSIBLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+STATE_VERSION = 1
+
+NamedParameters = Union[torch.nn.Module, Iterable[tuple[str, torch.Tensor]]]
+
+
+@dataclass
+class _TensorState:
+    """Everything ScaleCom keeps for one parameter's gradient."""
+
+    name: str
+    param: torch.Tensor
+    offset: int                   # registration index: staggers the leaders
+    memory: torch.Tensor | None = None
+    step: int = 0                 # compress calls so far, warm-up included
+    checked: bool = False         # shape agreed across ranks
+
+
+@dataclass
+class _Ctx:
+    state: _TensorState
+    indices: torch.Tensor | None  # None: the tensor went dense
+    shape: torch.Size
+    dtype: torch.dtype
+
+
+def _named_list(named_parameters: NamedParameters) -> list[tuple[str, torch.Tensor]]:
+    if isinstance(named_parameters, torch.nn.Module):
+        return list(named_parameters.named_parameters())
+    if iter(named_parameters) is named_parameters:
+        raise TypeError(
+            "ScaleCom got a one-shot iterator (such as model.named_parameters()). If the same "
+            "iterator is also handed to hvd.DistributedOptimizer, one of them sees it empty. "
+            "Pass the model itself, ScaleCom(model, ...), or list(model.named_parameters()).")
+    pairs = list(named_parameters)
+    if not all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+               and isinstance(p[1], torch.Tensor) for p in pairs):
+        raise TypeError("named_parameters must hold (name, parameter) pairs, as produced by "
+                        "model.named_parameters()")
+    return pairs
+
+
+class ScaleCom(Compressor):
+    """ScaleCom compressor: CLT-k with a cyclic leader and a low-pass memory.
+
+    Args:
+        named_parameters: the model, or a list of (name, parameter) pairs; the
+            gradients of these parameters are compressed, keyed by name.
+        ratio: fraction of each tensor's elements sent (0.01 = 100x).
+        beta: low-pass filter coefficient in (0, 1]; 1 is classic error feedback.
+        warmup_steps: per tensor, the first steps are dense.
+        min_numel: smaller tensors are sent dense.
+        stagger_leaders: offset each tensor's leader by its registration index,
+            spreading the selection work over the ranks (False: the paper's
+            schedule, every tensor led by the same rank at a step).
+        share_timeout: seconds to wait for the leader's index share before
+            raising instead of hanging.
+
+    Dense (memory untouched): warm-up steps, tensors below ``min_numel``,
+    non-floating gradients and float64 gradients. Compressed gradients may be
+    float32, float16 or bfloat16; the memory is float32 either way.
+    """
+
+    def __init__(self, named_parameters: NamedParameters, ratio: float = 0.01,
+                 beta: float = 0.1, warmup_steps: int = 0, min_numel: int = 1024,
+                 stagger_leaders: bool = True, share_timeout: float = 120.0) -> None:
+        self.config = ScaleComConfig(ratio=ratio, beta=beta, warmup_steps=warmup_steps,
+                                     min_numel=min_numel)
+        if not share_timeout > 0:
+            raise ValueError(f"share_timeout must be positive, got {share_timeout!r}")
+        self.share_timeout = float(share_timeout)
+        pairs = _named_list(named_parameters)
+        names = [n for n, _ in pairs]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"parameter names must be unique; repeated: {', '.join(dups)}")
+        self._states = {name: _TensorState(name, p, offset if stagger_leaders else 0)
+                        for offset, (name, p) in enumerate(pairs)}
+        # Candidates by shape: finding which parameter's .grad a tensor is costs
+        # a few identity checks, not a scan of the model.
+        self._by_shape: dict[torch.Size, list[_TensorState]] = defaultdict(list)
+        for state in self._states.values():
+            self._by_shape[state.param.shape].append(state)
+        self._scratch = torch.empty(0, dtype=torch.int32)
+        self._last: dict[str, dict[str, Any]] = {}
+
+    # -- Horovod's Compressor interface -------------------------------------------
+
+    def compress(self, tensor: torch.Tensor) -> tuple[torch.Tensor, _Ctx]:
+        state = self._identify(tensor)
+        ctx = _Ctx(state, None, tensor.shape, tensor.dtype)
+        t = state.step
+        state.step += 1
+        numel = tensor.numel()
+        size = hvd.size()
+        if (t < self.config.warmup_steps or numel < self.config.min_numel
+                or tensor.dtype not in COMPRESSIBLE_DTYPES or size == 1):
+            self._last[state.name] = self._record(state, numel, None, None, 0.0, 0.0, 0.0)
+            return tensor, ctx
+        if tensor.is_sparse:
+            raise ValueError(f"ScaleCom: the gradient of {state.name} is sparse; "
+                             "use sparse_as_dense=True in hvd.DistributedOptimizer")
+        if tensor.device.type != "cpu":
+            raise RuntimeError(
+                f"ScaleCom: the gradient of {state.name} is on {tensor.device}; this build "
+                "has the CPU kernels only (the CUDA kernels are not part of it yet)")
+        self._prepare(state, tensor)
+
+        k = self.config.k(numel)
+        lead = leader(t, state.offset, size)
+        grad = tensor.detach().reshape(-1)
+        t0 = time.perf_counter()
+        if hvd.rank() == lead:
+            if self._scratch.numel() < numel:
+                self._scratch = torch.empty(numel, dtype=torch.int32)
+            indices = ops.select_topk(state.memory, grad, k, self._scratch)
+        else:
+            indices = torch.empty(k, dtype=torch.int32)
+        t1 = time.perf_counter()
+        self._share(indices, lead, state.name)
+        t2 = time.perf_counter()
+        values = ops.gather_update_(state.memory, grad, indices, self.config.beta)
+        t3 = time.perf_counter()
+        ctx.indices = indices
+        self._last[state.name] = self._record(state, numel, k, lead, t1 - t0, t2 - t1, t3 - t2)
+        return values, ctx
+
+    def decompress(self, tensor: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
+        if ctx.indices is None:
+            return tensor
+        numel = ctx.shape.numel()
+        dense = ops.scatter(ctx.indices, tensor.to(torch.float32).contiguous(), numel)
+        return dense.view(ctx.shape).to(ctx.dtype)
+
+    # -- checkpoints and figures ----------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Memory and step counter of every tensor, for this rank (save one per rank)."""
+        return {
+            "version": STATE_VERSION,
+            "rank": hvd.rank(),
+            "size": hvd.size(),
+            "config": self.config.as_dict(),
+            "tensors": {name: {"step": s.step,
+                               "memory": None if s.memory is None else s.memory.clone()}
+                        for name, s in self._states.items()},
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore what state_dict() saved on this same rank of a job of the same size."""
+        if state_dict.get("version") != STATE_VERSION:
+            raise ValueError(f"unknown ScaleCom state version {state_dict.get('version')!r}")
+        if (state_dict["rank"], state_dict["size"]) != (hvd.rank(), hvd.size()):
+            raise ValueError(
+                f"this ScaleCom state was saved by rank {state_dict['rank']} of "
+                f"{state_dict['size']}; it is being loaded on rank {hvd.rank()} of {hvd.size()}. "
+                "The memory is per rank: save and load one state per rank.")
+        saved = state_dict["tensors"]
+        unknown = sorted(set(saved) - set(self._states))
+        if unknown:
+            raise ValueError(f"the ScaleCom state holds tensors this model does not have: "
+                             f"{', '.join(unknown)}")
+        for name, entry in saved.items():
+            state = self._states[name]
+            memory = entry["memory"]
+            if memory is not None and memory.numel() != state.param.numel():
+                raise ValueError(f"{name}: saved memory has {memory.numel()} elements, the "
+                                 f"parameter {state.param.numel()}")
+        for name, entry in saved.items():
+            state = self._states[name]
+            state.step = int(entry["step"])
+            memory = entry["memory"]
+            state.memory = None if memory is None else (
+                memory.detach().to(torch.float32).reshape(-1).clone().contiguous())
+
+    def stats(self) -> dict[str, Any]:
+        """Figures of each tensor's last compress call and their totals.
+
+        ``bytes_sent`` follows the byte model of DESIGN.md section 4 (index
+        share + ring allreduce of k float32 values); ``dense_bytes`` is what a
+        dense ring allreduce of the same tensors would send.
+        """
+        tensors = dict(self._last)
+        total = lambda key: sum(v[key] for v in tensors.values())  # noqa: E731
+        sent, dense = total("bytes_sent"), total("dense_bytes")
+        return {
+            "bytes_sent": sent,
+            "dense_bytes": dense,
+            "compression": dense / sent if sent else 1.0,
+            "select_s": total("select_s"),
+            "comm_s": total("share_s"),
+            "update_s": total("update_s"),
+            "tensors": tensors,
+        }
+
+    # -- internals --------------------------------------------------------------------
+
+    def _identify(self, tensor: torch.Tensor) -> _TensorState:
+        for state in self._by_shape.get(tensor.shape, ()):
+            if state.param.grad is tensor:
+                return state
+        raise ValueError(
+            f"ScaleCom was handed a tensor of shape {tuple(tensor.shape)} that is not the "
+            ".grad of any parameter it was given. Build ScaleCom from the same model (or "
+            "named_parameters) as hvd.DistributedOptimizer; it does not compress other tensors.")
+
+    def _prepare(self, state: _TensorState, tensor: torch.Tensor) -> None:
+        numel = tensor.numel()
+        if not state.checked:
+            check_numel(numel, state.name)
+            self._check_agreement(state, numel)
+            state.checked = True
+        if state.memory is None:
+            state.memory = torch.zeros(numel, dtype=torch.float32)
+        elif state.memory.numel() != numel:
+            raise ValueError(f"ScaleCom: the gradient of {state.name} has {numel} elements, "
+                             f"its memory {state.memory.numel()}; shapes must not change")
+
+    def _check_agreement(self, state: _TensorState, numel: int) -> None:
+        """Once per tensor: every rank must compress the same numel with the same leader."""
+        mine = torch.tensor([[numel, state.offset]], dtype=torch.int64)
+        every = hvd.allgather(mine, name=f"scalecom.register.{state.name}")
+        if not bool((every == mine).all()):
+            rows = ", ".join(f"rank {r}: numel {int(x)}, offset {int(o)}"
+                             for r, (x, o) in enumerate(every.tolist()))
+            raise ValueError(f"ScaleCom: ranks disagree on tensor {state.name} ({rows}); "
+                             "every rank must build the same model with the same parameters")
+
+    def _share(self, indices: torch.Tensor, lead: int, name: str) -> None:
+        handle = hvd.broadcast_async_(indices, root_rank=lead, name=f"scalecom.indices.{name}")
+        deadline = time.monotonic() + self.share_timeout
+        pause = 1e-5
+        while not hvd.poll(handle):
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"ScaleCom: rank {hvd.rank()} waited {self.share_timeout:.0f} s for the indices "
+                    f"of {name} from leader rank {lead}. The ranks did not reach this tensor "
+                    "together: they must hand their gradients to Horovod in the same order "
+                    "(or a rank has stopped).")
+            time.sleep(pause)
+            pause = min(2 * pause, 1e-3)
+        try:
+            hvd.synchronize(handle)
+        except Exception as exc:
+            raise RuntimeError(f"ScaleCom: sharing the indices of {name} from leader rank "
+                               f"{lead} failed: {exc}") from exc
+
+    def _record(self, state, numel, k, lead, select_s, share_s, update_s) -> dict[str, Any]:
+        size = hvd.size()
+        dense = bytes_model.dense_ring_allreduce(numel, size)
+        return {
+            "numel": numel,
+            "k": k,
+            "leader": lead,
+            "step": state.step - 1,
+            "bytes_sent": dense if k is None else bytes_model.path_a(k, size),
+            "dense_bytes": dense,
+            "select_s": select_s,
+            "share_s": share_s,
+            "update_s": update_s,
+        }

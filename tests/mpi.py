@@ -1,0 +1,82 @@
+"""Launching real multi-rank jobs from pytest: mpirun with a hard time limit.
+
+A worker writes ``rank{r}.npz`` (its results) or ``rank{r}.err`` (the
+exception it raised) into ``outdir``; the test reads them back. The whole job
+runs in its own process group and is killed at the deadline, so a rank that
+dies or hangs fails the test instead of stalling CI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = Path(__file__).resolve().parent / "workers"
+
+
+def mpirun_command(n: int) -> list[str]:
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        pytest.fail("mpirun is not on PATH: run scripts/setup.sh (it installs Open MPI)")
+    cmd = [mpirun, "-np", str(n), "--oversubscribe", "--bind-to", "none",
+           "--mca", "btl", "self,tcp", "--mca", "pml", "ob1"]
+    if os.geteuid() == 0:
+        cmd.insert(1, "--allow-run-as-root")
+    return cmd
+
+
+@dataclass
+class Job:
+    returncode: int
+    output: str
+    outdir: Path
+    n: int
+
+    def result(self, rank: int) -> dict[str, np.ndarray]:
+        path = self.outdir / f"rank{rank}.npz"
+        if not path.exists():
+            raise AssertionError(f"rank {rank} wrote no result; job output:\n{self.output}")
+        with np.load(path) as data:
+            return dict(data)
+
+    def error(self, rank: int) -> str | None:
+        path = self.outdir / f"rank{rank}.err"
+        return path.read_text() if path.exists() else None
+
+    def check_ok(self) -> "Job":
+        assert self.returncode == 0, f"job failed ({self.returncode}):\n{self.output}"
+        return self
+
+
+def run_mpi(n: int, worker: str, outdir: Path, *args: str, timeout: float = 180,
+            env: dict[str, str] | None = None) -> Job:
+    """Run tests/workers/<worker> on n ranks; raises if it outlives ``timeout``."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    full_env = dict(os.environ)
+    full_env.update({
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(WORKERS)]),
+        "OMP_NUM_THREADS": "1",
+        "HOROVOD_STALL_CHECK_TIME_SECONDS": "20",
+        "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "60",
+    })
+    full_env.update(env or {})
+    cmd = mpirun_command(n) + [sys.executable, str(WORKERS / worker), str(outdir), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=full_env, cwd=ROOT, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        raise AssertionError(f"mpirun -np {n} {worker} did not end within {timeout} s "
+                             f"(killed):\n{output}")
+    return Job(proc.returncode, output, outdir, n)

@@ -1,0 +1,37 @@
+"""Shared by the mpirun workers: deterministic inputs and result files."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+# name -> shape of the tensors the compressor tests use; one is below
+# min_numel and one has odd sizes.
+SHAPES = {"fc1.weight": (64, 48), "fc1.bias": (64,), "fc2.weight": (10, 64), "emb": (37, 29)}
+
+
+def gradient(seed: int, rank: int, step: int, index: int, shape) -> np.ndarray:
+    rng = np.random.default_rng([seed, rank, step, index])
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def launcher_rank() -> int:
+    return int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("HOROVOD_RANK", "0")))
+
+
+def run(main, outdir: str) -> None:
+    """Run main(); on error write rank{r}.err and exit 1 (mpirun then ends the job)."""
+    out = Path(outdir)
+    try:
+        main()
+    except BaseException as exc:  # noqa: BLE001 - reported to the test, then re-raised
+        rank = launcher_rank()
+        (out / f"rank{rank}.err").write_text(f"{type(exc).__name__}: {exc}\n"
+                                             + traceback.format_exc())
+        sys.stderr.write(f"[rank {rank}] {type(exc).__name__}: {exc}\n")
+        sys.stderr.flush()
+        raise SystemExit(1)

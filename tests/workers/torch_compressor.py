@@ -1,0 +1,167 @@
+"""mpirun worker: hvd.DistributedOptimizer with horovod_scalecom.torch.ScaleCom.
+
+usage: torch_compressor.py OUTDIR MODE [options]; see the modes below.
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import horovod.torch as hvd
+from horovod_scalecom.torch import ScaleCom
+
+from common import SHAPES, gradient, run
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class Params(torch.nn.Module):
+    """One parameter per entry of SHAPES, whose gradient the test dictates."""
+
+    def __init__(self, shapes, dtype):
+        super().__init__()
+        for name, shape in shapes.items():
+            self.register_parameter(name.replace(".", "_"),
+                                    torch.nn.Parameter(torch.zeros(shape, dtype=dtype)))
+
+    def loss(self, grads):
+        # d/dp sum(p * G) = G: backward hands Horovod exactly the gradients chosen.
+        return sum((p * g).sum() for p, g in zip(self.parameters(), grads) if g is not None)
+
+
+def sequence(args, out):
+    """Feed gradient(seed, rank, step, i) for `steps` steps; save outputs and memory."""
+    dtype = DTYPES[args.dtype]
+    model = Params(SHAPES, dtype)
+    names = [n for n, _ in model.named_parameters()]
+    compression = ScaleCom(model, ratio=args.ratio, beta=args.beta,
+                           warmup_steps=args.warmup, min_numel=args.min_numel)
+    opt = hvd.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0), named_parameters=model.named_parameters(),
+        compression=compression, backward_passes_per_step=args.bpps, num_groups=args.groups)
+    result = {}
+    for step in range(args.steps):
+        for micro in range(args.bpps):
+            grads = [torch.from_numpy(gradient(args.seed, hvd.rank(), step * args.bpps + micro,
+                                               i, shape)).to(dtype)
+                     for i, shape in enumerate(SHAPES.values())]
+            if args.skip_param is not None and step % 2 == 1:
+                grads[args.skip_param] = None        # this parameter gets no gradient
+            model.loss(grads).backward()
+        opt.synchronize()
+        for name, p in zip(names, model.parameters()):
+            result[f"out/{step}/{name}"] = p.grad.float().numpy().copy()
+        opt.zero_grad(set_to_none=args.set_to_none)
+    for name, entry in compression.state_dict()["tensors"].items():
+        if entry["memory"] is not None:
+            result[f"mem/{name}"] = entry["memory"].numpy()
+        result[f"step/{name}"] = np.array(entry["step"])
+    stats = compression.stats()
+    result["stats/bytes_sent"] = np.array(stats["bytes_sent"])
+    result["stats/dense_bytes"] = np.array(stats["dense_bytes"])
+    np.savez(out / f"rank{hvd.rank()}.npz", **result)
+
+
+class MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(32, 64)
+        self.fc2 = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def build(args):
+    torch.manual_seed(args.seed)
+    model = MLP()
+    compression = ScaleCom(model, ratio=args.ratio, beta=args.beta, min_numel=args.min_numel,
+                           warmup_steps=args.warmup)
+    opt = hvd.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+        named_parameters=model.named_parameters(), compression=compression)
+    return model, opt, compression
+
+
+def train_steps(model, opt, first, last, seed):
+    for step in range(first, last):
+        rng = np.random.default_rng([seed, hvd.rank(), step])
+        x = torch.from_numpy(rng.standard_normal((16, 32)).astype(np.float32))
+        y = torch.from_numpy(rng.integers(0, 10, 16))
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def train(args, out):
+    """A small MLP with SGD + momentum; optionally checkpoint and resume mid-way."""
+    model, opt, compression = build(args)
+    stop = args.resume_at if args.resume_at else args.steps
+    train_steps(model, opt, 0, stop, args.seed)
+    if args.resume_at:
+        path = out / f"ckpt_rank{hvd.rank()}.pt"
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                    "scalecom": compression.state_dict()}, path)
+        del model, opt, compression
+        model, opt, compression = build(args)
+        ckpt = torch.load(path)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        compression.load_state_dict(ckpt["scalecom"])
+        train_steps(model, opt, args.resume_at, args.steps, args.seed)
+    np.savez(out / f"rank{hvd.rank()}.npz",
+             **{name: p.detach().numpy() for name, p in model.named_parameters()})
+
+
+def bad(args, out):
+    """Each case must raise the same clear error on every rank."""
+    model = MLP()
+    if args.case == "ratio":
+        ScaleCom(model, ratio=args.ratio)
+    elif args.case == "beta":
+        ScaleCom(model, beta=args.beta)
+    elif args.case == "unknown":
+        hvd.allreduce(torch.randn(4000), compression=ScaleCom(model, min_numel=0))
+    elif args.case == "numel":
+        # Rank-dependent width: the same parameter name with a different numel.
+        model.fc1 = torch.nn.Linear(32, 64 + hvd.rank())
+        model.fc2 = torch.nn.Linear(64 + hvd.rank(), 10)
+        opt = hvd.DistributedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1), named_parameters=model.named_parameters(),
+            compression=ScaleCom(model, min_numel=0))
+        model(torch.randn(4, 32)).sum().backward()
+        opt.step()
+    elif args.case == "generator":
+        ScaleCom(model.named_parameters())
+    raise AssertionError(f"case {args.case} raised nothing")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("outdir")
+    parser.add_argument("mode", choices=["sequence", "train", "bad"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--ratio", type=float, default=0.05)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--warmup", type=int, default=0)
+    parser.add_argument("--min-numel", type=int, default=100)
+    parser.add_argument("--bpps", type=int, default=1)
+    parser.add_argument("--groups", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--set-to-none", action="store_true")
+    parser.add_argument("--skip-param", type=int, default=None)
+    parser.add_argument("--resume-at", type=int, default=0)
+    parser.add_argument("--case", default="")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    hvd.init()
+    out = Path(args.outdir)
+    {"sequence": sequence, "train": train, "bad": bad}[args.mode](args, out)
+
+
+if __name__ == "__main__":
+    import sys
+    run(main, sys.argv[1])

@@ -5,6 +5,7 @@
 # Each step is skipped when its result is already there, so a second run on a
 # ready machine takes seconds. On failure it names the step and what to try.
 set -euo pipefail
+export TF_CPP_MIN_LOG_LEVEL=2  # TensorFlow start-up chatter, not our business
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 VENV="$ROOT/.venv"

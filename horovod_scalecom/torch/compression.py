@@ -146,7 +146,8 @@ class ScaleCom(Compressor):
         if (t < self.config.warmup_steps or numel < self.config.min_numel
                 or tensor.dtype not in COMPRESSIBLE_DTYPES or size == 1):
             self._last[state.name] = self._record(state, numel, None, None, 0.0, 0.0, 0.0)
-            return tensor, ctx
+            # Horovod's CPU allreduce has no bfloat16: such dense tensors travel as float32.
+            return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor), ctx
         if tensor.is_sparse:
             raise ValueError(f"ScaleCom: the gradient of {state.name} is sparse; "
                              "use sparse_as_dense=True in hvd.DistributedOptimizer")
@@ -177,7 +178,7 @@ class ScaleCom(Compressor):
 
     def decompress(self, tensor: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
         if ctx.indices is None:
-            return tensor
+            return tensor.to(ctx.dtype)
         numel = ctx.shape.numel()
         dense = ops.scatter(ctx.indices, tensor.to(torch.float32).contiguous(), numel)
         return dense.view(ctx.shape).to(ctx.dtype)

@@ -53,7 +53,8 @@ def sequence(args, out):
         opt.synchronize()
         for name, p in zip(names, model.parameters()):
             result[f"out/{step}/{name}"] = p.grad.float().numpy().copy()
-        opt.zero_grad(set_to_none=args.set_to_none)
+        # Horovod's zero_grad() takes no arguments; the module's does.
+        model.zero_grad(set_to_none=args.set_to_none)
     for name, entry in compression.state_dict()["tensors"].items():
         if entry["memory"] is not None:
             result[f"mem/{name}"] = entry["memory"].numpy()

@@ -1,0 +1,151 @@
+"""horovod_scalecom.torch.ScaleCom under real `mpirun -np N` against the NumPy reference."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("horovod.torch")
+
+from horovod_scalecom.config import ScaleComConfig  # noqa: E402
+from horovod_scalecom.reference import PathASimulator  # noqa: E402
+
+from mpi import run_mpi  # noqa: E402
+from workers.common import SHAPES, gradient  # noqa: E402
+
+F32 = np.float32
+NAMES = [n.replace(".", "_") for n in SHAPES]
+
+
+def reference(n, steps, cfg, seed=0, bpps=1, skip_param=None, cast=None):
+    """Outputs and memories the spec gives for the worker's gradient sequence."""
+    sim = PathASimulator(n, cfg)
+    for name, shape in zip(NAMES, SHAPES.values()):
+        sim.register(name, int(np.prod(shape)))
+    outputs = []
+    for step in range(steps):
+        outputs.append({})
+        for i, (name, shape) in enumerate(zip(NAMES, SHAPES.values())):
+            grads = []
+            for r in range(n):
+                g = np.zeros(shape, F32)
+                for micro in range(bpps):
+                    part = gradient(seed, r, step * bpps + micro, i, shape)
+                    if skip_param == i and step % 2 == 1:
+                        part = np.zeros(shape, F32)     # zero_grad() left zeros behind
+                    g = g + (cast(part) if cast else part)
+                grads.append(g)
+            outputs[-1][name] = sim.step(name, grads).outputs[0]
+    return outputs, sim
+
+
+def check(job, n, steps, cfg, exact, **kw):
+    expected, sim = reference(n, steps, cfg, **kw)
+    results = [job.result(r) for r in range(n)]
+    for step in range(steps):
+        for name in NAMES:
+            ref = expected[step][name].reshape(-1)
+            outs = [res[f"out/{step}/{name}"].reshape(-1) for res in results]
+            for r in range(1, n):
+                np.testing.assert_array_equal(outs[r], outs[0], err_msg=f"rank {r} != rank 0")
+            np.testing.assert_array_equal(outs[0] != 0, ref != 0,
+                                          err_msg=f"support of {name} at step {step}")
+            if exact:
+                np.testing.assert_array_equal(outs[0].view(np.uint32), ref.view(np.uint32),
+                                              err_msg=f"{name} at step {step}")
+            else:
+                np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-6,
+                                           err_msg=f"{name} at step {step}")
+    for r, res in enumerate(results):
+        for name in NAMES:
+            assert int(res[f"step/{name}"]) == steps * 1
+            if f"mem/{name}" in res:
+                np.testing.assert_array_equal(res[f"mem/{name}"].view(np.uint32),
+                                              sim.memory(name, r).view(np.uint32),
+                                              err_msg=f"memory of {name} on rank {r}")
+    return results
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_outputs_and_memory_match_reference(n, tmp_path):
+    steps = 20
+    cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+    job = run_mpi(n, "torch_compressor.py", tmp_path, "sequence", "--steps", str(steps),
+                  timeout=300).check_ok()
+    # n = 2: a sum of two is exact whatever the order, so bit for bit. Larger n:
+    # MPI may add in another order than the reference, so equal up to rounding.
+    results = check(job, n, steps, cfg, exact=(n == 2))
+    sent = float(results[0]["stats/bytes_sent"])
+    dense = float(results[0]["stats/dense_bytes"])
+    assert dense / sent > 5
+
+
+def test_warmup_groups_set_to_none_accumulation(tmp_path):
+    cfg = ScaleComConfig(ratio=0.02, beta=0.3, warmup_steps=3, min_numel=100)
+    job = run_mpi(2, "torch_compressor.py", tmp_path, "sequence", "--steps", "8", "--ratio",
+                  "0.02", "--beta", "0.3", "--warmup", "3", "--bpps", "2", "--groups", "2",
+                  "--set-to-none", timeout=240).check_ok()
+    check(job, 2, 8, cfg, exact=True, bpps=2)
+
+
+def test_parameter_without_gradient(tmp_path):
+    cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+    job = run_mpi(2, "torch_compressor.py", tmp_path, "sequence", "--steps", "6",
+                  "--skip-param", "2", timeout=240).check_ok()
+    check(job, 2, 6, cfg, exact=True, skip_param=2)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_gradients(dtype, tmp_path):
+    import torch
+    tdtype = getattr(torch, dtype)
+    cast = lambda g: torch.from_numpy(g).to(tdtype).float().numpy()  # noqa: E731
+    cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+    job = run_mpi(2, "torch_compressor.py", tmp_path, "sequence", "--steps", "6",
+                  "--dtype", dtype, timeout=240).check_ok()
+    expected, sim = reference(2, 6, cfg, cast=cast)
+    res = job.result(0)
+    for step in range(6):
+        for name in NAMES:
+            ref = torch.from_numpy(expected[step][name]).to(tdtype).float().numpy()
+            np.testing.assert_array_equal(res[f"out/{step}/{name}"].reshape(-1), ref)
+    for name in NAMES:
+        if f"mem/{name}" in res:
+            np.testing.assert_array_equal(res[f"mem/{name}"], sim.memory(name, 0))
+
+
+def test_small_model_stays_identical_on_all_ranks(tmp_path):
+    job = run_mpi(3, "torch_compressor.py", tmp_path, "train", "--steps", "50",
+                  "--ratio", "0.02", timeout=300).check_ok()
+    params = [job.result(r) for r in range(3)]
+    for name in params[0]:
+        for r in (1, 2):
+            np.testing.assert_array_equal(params[r][name], params[0][name], err_msg=name)
+    assert any(np.abs(v).sum() > 0 for v in params[0].values())
+
+
+def test_checkpoint_resume_gives_the_same_parameters(tmp_path):
+    common = ("train", "--steps", "50", "--ratio", "0.02", "--warmup", "5")
+    straight = run_mpi(2, "torch_compressor.py", tmp_path / "a", *common, timeout=300).check_ok()
+    resumed = run_mpi(2, "torch_compressor.py", tmp_path / "b", *common, "--resume-at", "25",
+                      timeout=300).check_ok()
+    for r in range(2):
+        a, b = straight.result(r), resumed.result(r)
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=f"{name} on rank {r}")
+
+
+@pytest.mark.parametrize("case,args,message", [
+    ("ratio", ["--ratio", "0"], "ratio must lie in"),
+    ("ratio", ["--ratio", "1.5"], "ratio must lie in"),
+    ("beta", ["--beta", "0"], "beta must lie in"),
+    ("beta", ["--beta", "2"], "beta must lie in"),
+    ("unknown", [], "not the .grad of any parameter"),
+    ("numel", [], "ranks disagree on tensor"),
+    ("generator", [], "one-shot iterator"),
+])
+def test_bad_input_fails_clearly_on_every_rank(case, args, message, tmp_path):
+    job = run_mpi(2, "torch_compressor.py", tmp_path, "bad", "--case", case, *args, timeout=120)
+    assert job.returncode != 0
+    for rank in range(2):
+        err = job.error(rank)
+        assert err is not None, f"rank {rank} reported no error:\n{job.output}"
+        assert message in err, err

@@ -76,7 +76,7 @@ int64_t num_selected(int64_t numel, double ratio) {
 }
 
 void select_topk(const float* memory, const float* grad, int64_t numel, int64_t k,
-                 int32_t* out_indices, uint32_t* keys, int num_threads) {
+                 int32_t* out_indices, int num_threads) {
   if (numel < 0 || numel > INT32_MAX)
     throw std::invalid_argument("select_topk: numel " + std::to_string(numel) +
                                 " outside [0, 2^31 - 1] (indices are int32)");
@@ -85,9 +85,11 @@ void select_topk(const float* memory, const float* grad, int64_t numel, int64_t 
                                 " outside [0, numel=" + std::to_string(numel) + "]");
   if (k == 0) return;
   const int nt = threads_for(numel, num_threads);
+  auto key_at = [&](int64_t j) { return magnitude_key(memory[j] + grad[j]); };
 
-  // Pass 1: keys and the histogram of their top bits, fused.
-  std::vector<std::array<int64_t, kBins>> hists(nt);
+  // Pass 1: histogram of the keys' top bits. Four interleaved sub-histograms
+  // break the store-to-load chains on the few bins that gradients crowd into.
+  std::vector<std::array<uint32_t, 4 * kBins>> hists(nt);
 #pragma omp parallel num_threads(nt)
   {
     const int tid = thread_id();
@@ -95,74 +97,89 @@ void select_topk(const float* memory, const float* grad, int64_t numel, int64_t 
     block(numel, nt, tid, &lo, &hi);
     auto& h = hists[tid];
     h.fill(0);
-    for (int64_t j = lo; j < hi; ++j) {
-      uint32_t key = magnitude_key(memory[j] + grad[j]);
-      keys[j] = key;
-      ++h[key >> kShift[0]];
+    int64_t j = lo;
+    for (; j + 4 <= hi; j += 4) {
+      ++h[0 * kBins + (key_at(j) >> kShift[0])];
+      ++h[1 * kBins + (key_at(j + 1) >> kShift[0])];
+      ++h[2 * kBins + (key_at(j + 2) >> kShift[0])];
+      ++h[3 * kBins + (key_at(j + 3) >> kShift[0])];
     }
+    for (; j < hi; ++j) ++h[key_at(j) >> kShift[0]];
   }
   std::array<int64_t, kBins> hist{};
   for (const auto& h : hists)
-    for (int b = 0; b < kBins; ++b) hist[b] += h[b];
+    for (int b = 0; b < 4 * kBins; ++b) hist[b % kBins] += h[b];
 
   int64_t need = k, above = 0;
-  uint32_t prefix = static_cast<uint32_t>(find_bin(hist.data(), need, &above));
+  const uint32_t top_bin = static_cast<uint32_t>(find_bin(hist.data(), need, &above));
   need -= above;
 
-  // Pass 2: indices whose top bits equal the chosen bin, in ascending order.
-  std::vector<std::vector<int32_t>> parts(nt);
+  // Pass 2: indices certainly selected (higher top bits) and the candidates
+  // (equal top bits), in ascending order within each thread's block. The
+  // per-thread histograms give exact sizes, so the loop writes unconditionally
+  // and advances by the comparison: no branch to mispredict.
+  std::vector<std::vector<int32_t>> sure(nt), cand(nt);
+  for (int t = 0; t < nt; ++t) {
+    int64_t n_sure = 0, n_cand = 0;
+    for (int b = 0; b < 4 * kBins; ++b) {
+      const uint32_t bin = static_cast<uint32_t>(b % kBins);
+      n_sure += bin > top_bin ? hists[t][b] : 0;
+      n_cand += bin == top_bin ? hists[t][b] : 0;
+    }
+    sure[t].resize(n_sure + 1);  // +1: the slot written by a rejected index
+    cand[t].resize(n_cand + 1);
+  }
+  hists.clear();
 #pragma omp parallel num_threads(nt)
   {
     const int tid = thread_id();
     int64_t lo, hi;
     block(numel, nt, tid, &lo, &hi);
-    auto& part = parts[tid];
-    for (int64_t j = lo; j < hi; ++j)
-      if ((keys[j] >> kShift[0]) == prefix) part.push_back(static_cast<int32_t>(j));
+    int32_t* s = sure[tid].data();
+    int32_t* c = cand[tid].data();
+    int64_t ns = 0, nc = 0;
+    for (int64_t j = lo; j < hi; ++j) {
+      const uint32_t bin = key_at(j) >> kShift[0];
+      s[ns] = static_cast<int32_t>(j);
+      ns += bin > top_bin;
+      c[nc] = static_cast<int32_t>(j);
+      nc += bin == top_bin;
+    }
+    sure[tid].resize(ns);
+    cand[tid].resize(nc);
   }
-  std::vector<int32_t> cand;
-  for (auto& part : parts) cand.insert(cand.end(), part.begin(), part.end());
-  parts.clear();
 
-  // Refine the threshold on the candidates alone.
+  // Refine the threshold on the candidates alone (lower radix digits).
+  std::vector<uint32_t> cand_keys;
+  for (const auto& c : cand)
+    for (int32_t j : c) cand_keys.push_back(key_at(j));
+  uint32_t prefix = top_bin;
   for (int level = 1; level < kLevels; ++level) {
     hist.fill(0);
-    for (int32_t j : cand) ++hist[(keys[j] >> kShift[level]) & kMask[level]];
-    uint32_t bin = static_cast<uint32_t>(find_bin(hist.data(), need, &above));
+    for (uint32_t key : cand_keys)
+      if ((key >> kShift[level - 1]) == prefix) ++hist[(key >> kShift[level]) & kMask[level]];
+    const uint32_t bin = static_cast<uint32_t>(find_bin(hist.data(), need, &above));
     need -= above;
     prefix = (prefix << (kShift[level - 1] - kShift[level])) | bin;
-    auto keep = std::remove_if(cand.begin(), cand.end(), [&](int32_t j) {
-      return ((keys[j] >> kShift[level]) & kMask[level]) != bin;
-    });
-    cand.erase(keep, cand.end());
   }
-  // Now every candidate's key equals the threshold; take the `need` lowest.
+  // prefix is now the k-th largest key; `need` of the keys equal to it are
+  // taken, lowest index first.
   const uint32_t threshold = prefix;
-  const int64_t take_equal = need;
+  int64_t ties_left = need;
 
-  // Pass 3: emit in index order. Each block's share of the ties goes to the
-  // lowest blocks first, so the result does not depend on the thread count.
-  std::vector<int64_t> greater(nt + 1, 0), equal_quota(nt, 0);
-  std::vector<int64_t> equal_count(nt, 0);
-#pragma omp parallel num_threads(nt)
-  {
-    const int tid = thread_id();
-    int64_t lo, hi;
-    block(numel, nt, tid, &lo, &hi);
-    int64_t gt = 0, eq = 0;
-    for (int64_t j = lo; j < hi; ++j) {
-      gt += keys[j] > threshold;
-      eq += keys[j] == threshold;
-    }
-    greater[tid + 1] = gt;
-    equal_count[tid] = eq;
-  }
+  // Which candidates are taken, and where each thread's output starts.
   std::vector<int64_t> offset(nt + 1, 0);
-  int64_t remaining = take_equal;
+  std::vector<std::vector<int32_t>> taken(nt);
+  size_t pos = 0;
   for (int t = 0; t < nt; ++t) {
-    equal_quota[t] = std::min(remaining, equal_count[t]);
-    remaining -= equal_quota[t];
-    offset[t + 1] = offset[t] + greater[t + 1] + equal_quota[t];
+    for (int32_t j : cand[t]) {
+      const uint32_t key = cand_keys[pos++];
+      if (key > threshold || (key == threshold && ties_left > 0)) {
+        ties_left -= key == threshold;
+        taken[t].push_back(j);
+      }
+    }
+    offset[t + 1] = offset[t] + static_cast<int64_t>(sure[t].size() + taken[t].size());
   }
   if (offset[nt] != k)
     throw std::logic_error("scalecom::select_topk: selected " + std::to_string(offset[nt]) +
@@ -170,17 +187,8 @@ void select_topk(const float* memory, const float* grad, int64_t numel, int64_t 
 #pragma omp parallel num_threads(nt)
   {
     const int tid = thread_id();
-    int64_t lo, hi;
-    block(numel, nt, tid, &lo, &hi);
-    int32_t* out = out_indices + offset[tid];
-    int64_t quota = equal_quota[tid];
-    for (int64_t j = lo; j < hi; ++j) {
-      const uint32_t key = keys[j];
-      if (key > threshold || (key == threshold && quota > 0)) {
-        quota -= key == threshold;
-        *out++ = static_cast<int32_t>(j);
-      }
-    }
+    std::merge(sure[tid].begin(), sure[tid].end(), taken[tid].begin(), taken[tid].end(),
+               out_indices + offset[tid]);
   }
 }
 

@@ -21,11 +21,11 @@ int64_t num_selected(int64_t numel, double ratio);
 
 // Writes the k indices of the largest |memory + grad| to out_indices, in
 // ascending order; equal magnitudes are taken lowest index first. NaN counts
-// as larger than +inf. `keys` is caller-owned scratch of numel uint32.
-// O(numel) work: one fused pass builds the keys and a histogram, a radix
-// refinement runs on the few candidates, a last pass emits the indices.
+// as larger than +inf. O(numel) work and no sort: a histogram pass over the
+// top bits of |p|, a pass that collects the indices above the k-th largest
+// bin and the candidates inside it, a radix refinement on the candidates.
 void select_topk(const float* memory, const float* grad, int64_t numel, int64_t k,
-                 int32_t* out_indices, uint32_t* keys, int num_threads);
+                 int32_t* out_indices, int num_threads);
 
 // In one pass over memory and grad: values[i] = memory[I[i]] + grad[I[i]] and
 // the low-pass update of the memory. `indices` must be ascending, unique and

@@ -40,19 +40,13 @@ auto translate_errors(F&& f) -> decltype(f()) {
   }
 }
 
-at::Tensor select_topk(const at::Tensor& memory, const at::Tensor& grad, int64_t k,
-                       at::Tensor scratch) {
+at::Tensor select_topk(const at::Tensor& memory, const at::Tensor& grad, int64_t k) {
   check_cpu_float(memory, "memory");
   at::Tensor g = as_f32(grad, memory);
-  TORCH_CHECK(scratch.scalar_type() == at::kInt && scratch.is_contiguous() &&
-                  scratch.numel() >= memory.numel(),
-              "scalecom: scratch must be a contiguous int32 tensor of at least ",
-              memory.numel(), " elements");
   at::Tensor out = at::empty({k}, memory.options().dtype(at::kInt));
   translate_errors([&] {
     scalecom::select_topk(memory.data_ptr<float>(), g.data_ptr<float>(), memory.numel(), k,
-                          out.data_ptr<int32_t>(),
-                          reinterpret_cast<uint32_t*>(scratch.data_ptr<int32_t>()), threads());
+                          out.data_ptr<int32_t>(), threads());
   });
   return out;
 }
@@ -95,7 +89,7 @@ int64_t num_selected(int64_t numel, double ratio) {
 }  // namespace
 
 TORCH_LIBRARY(scalecom, m) {
-  m.def("select_topk(Tensor memory, Tensor grad, int k, Tensor(a!) scratch) -> Tensor");
+  m.def("select_topk(Tensor memory, Tensor grad, int k) -> Tensor");
   m.def("gather_update_(Tensor(a!) memory, Tensor grad, Tensor indices, float beta) -> Tensor");
   m.def("scatter(Tensor indices, Tensor values, int numel) -> Tensor");
   m.def("num_selected(int numel, float ratio) -> int", &num_selected);

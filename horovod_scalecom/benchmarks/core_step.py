@@ -53,18 +53,17 @@ def measure(numel: int, ratio: float, threads: int, repeats: int, beta: float = 
     g = torch.randn(numel, generator=gen)
     m = torch.randn(numel, generator=gen) * 0.1
     k = num_selected(numel, ratio)
-    scratch = torch.empty(numel, dtype=torch.int32)
-    indices = ops.select_topk(m, g, k, scratch)
+    indices = ops.select_topk(m, g, k)
 
     def leader():
-        idx = ops.select_topk(m, g, k, scratch)
+        idx = ops.select_topk(m, g, k)
         ops.gather_update_(m, g, idx, beta)
 
     row = {
         "numel": numel, "ratio": ratio, "k": k, "threads": threads,
         "torch_s": timeit(lambda: torch_step(m, g, k, beta), repeats),
         "leader_s": timeit(leader, repeats),
-        "select_s": timeit(lambda: ops.select_topk(m, g, k, scratch), repeats),
+        "select_s": timeit(lambda: ops.select_topk(m, g, k), repeats),
         "follower_s": timeit(lambda: ops.gather_update_(m, g, indices, beta), repeats),
         "one_pass_s": timeit(lambda: m.add_(g, alpha=beta), repeats),
     }

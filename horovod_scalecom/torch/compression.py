@@ -131,7 +131,6 @@ class ScaleCom(Compressor):
         self._by_shape: dict[torch.Size, list[_TensorState]] = defaultdict(list)
         for state in self._states.values():
             self._by_shape[state.param.shape].append(state)
-        self._scratch = torch.empty(0, dtype=torch.int32)
         self._last: dict[str, dict[str, Any]] = {}
 
     # -- Horovod's Compressor interface -------------------------------------------
@@ -162,9 +161,7 @@ class ScaleCom(Compressor):
         grad = tensor.detach().reshape(-1)
         t0 = time.perf_counter()
         if hvd.rank() == lead:
-            if self._scratch.numel() < numel:
-                self._scratch = torch.empty(numel, dtype=torch.int32)
-            indices = ops.select_topk(state.memory, grad, k, self._scratch)
+            indices = ops.select_topk(state.memory, grad, k)
         else:
             indices = torch.empty(k, dtype=torch.int32)
         t1 = time.perf_counter()

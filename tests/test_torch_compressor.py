@@ -8,7 +8,7 @@ pytest.importorskip("horovod.torch")
 from horovod_scalecom.config import ScaleComConfig  # noqa: E402
 from horovod_scalecom.reference import PathASimulator  # noqa: E402
 
-from mpi import run_mpi  # noqa: E402
+from mpi import ROOT, run_mpi  # noqa: E402
 from workers.common import SHAPES, gradient  # noqa: E402
 
 F32 = np.float32
@@ -141,6 +141,7 @@ def test_checkpoint_resume_gives_the_same_parameters(tmp_path):
     ("unknown", [], "not the .grad of any parameter"),
     ("numel", [], "ranks disagree on tensor"),
     ("generator", [], "one-shot iterator"),
+    ("order", [], "did not reach this tensor together"),
 ])
 def test_bad_input_fails_clearly_on_every_rank(case, args, message, tmp_path):
     job = run_mpi(2, "torch_compressor.py", tmp_path, "bad", "--case", case, *args, timeout=120)
@@ -149,3 +150,22 @@ def test_bad_input_fails_clearly_on_every_rank(case, args, message, tmp_path):
         err = job.error(rank)
         assert err is not None, f"rank {rank} reported no error:\n{job.output}"
         assert message in err, err
+
+
+def test_missing_extension_says_how_to_build(tmp_path):
+    import subprocess
+    import sys
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'horovod_scalecom._torch_ops':\n"
+        "            raise ImportError('simulated: extension not built')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import horovod_scalecom.torch._ops\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode != 0
+    assert "could not be loaded: simulated: extension not built" in proc.stderr
+    assert "scripts/setup.sh" in proc.stderr

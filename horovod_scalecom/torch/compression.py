@@ -267,7 +267,8 @@ class ScaleCom(Compressor):
     def _check_agreement(self, state: _TensorState, numel: int) -> None:
         """Once per tensor: every rank must compress the same numel with the same leader."""
         mine = torch.tensor([[numel, state.offset]], dtype=torch.int64)
-        every = hvd.allgather(mine, name=f"scalecom.register.{state.name}")
+        handle = hvd.allgather_async(mine, name=f"scalecom.register.{state.name}")
+        every = self._wait(handle, f"the shapes of {state.name} from every rank")
         if not bool((every == mine).all()):
             rows = ", ".join(f"rank {r}: numel {int(x)}, offset {int(o)}"
                              for r, (x, o) in enumerate(every.tolist()))
@@ -276,22 +277,25 @@ class ScaleCom(Compressor):
 
     def _share(self, indices: torch.Tensor, lead: int, name: str) -> None:
         handle = hvd.broadcast_async_(indices, root_rank=lead, name=f"scalecom.indices.{name}")
+        self._wait(handle, f"the indices of {name} from leader rank {lead}")
+
+    def _wait(self, handle: int, what: str) -> torch.Tensor:
+        """hvd.synchronize with a deadline: a collective that not every rank joins
+        raises here instead of hanging the job."""
         deadline = time.monotonic() + self.share_timeout
         pause = 1e-5
         while not hvd.poll(handle):
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"ScaleCom: rank {hvd.rank()} waited {self.share_timeout:.0f} s for the indices "
-                    f"of {name} from leader rank {lead}. The ranks did not reach this tensor "
-                    "together: they must hand their gradients to Horovod in the same order "
-                    "(or a rank has stopped).")
+                    f"ScaleCom: rank {hvd.rank()} waited {self.share_timeout:.0f} s for {what}. "
+                    "The ranks did not reach this tensor together: they must hand their "
+                    "gradients to Horovod in the same order (or a rank has stopped).")
             time.sleep(pause)
             pause = min(2 * pause, 1e-3)
         try:
-            hvd.synchronize(handle)
+            return hvd.synchronize(handle)
         except Exception as exc:
-            raise RuntimeError(f"ScaleCom: sharing the indices of {name} from leader rank "
-                               f"{lead} failed: {exc}") from exc
+            raise RuntimeError(f"ScaleCom: waiting for {what} failed: {exc}") from exc
 
     def _record(self, state, numel, k, lead, select_s, share_s, update_s) -> dict[str, Any]:
         size = hvd.size()

@@ -136,6 +136,14 @@ def bad(args, out):
         opt.step()
     elif args.case == "generator":
         ScaleCom(model.named_parameters())
+    elif args.case == "order":
+        # Ranks reach the two tensors in opposite orders: the index share of
+        # the first cannot complete, and must time out rather than hang.
+        compression = ScaleCom(model, min_numel=0, share_timeout=5)
+        model(torch.randn(4, 32)).sum().backward()
+        grads = [model.fc1.weight.grad, model.fc2.weight.grad]
+        for g in (grads if hvd.rank() == 0 else grads[::-1]):
+            compression.compress(g)
     raise AssertionError(f"case {args.case} raised nothing")
 
 

@@ -1,7 +1,8 @@
 """Builds horovod_scalecom and its C++ extensions.
 
 The framework-free core in csrc/core is compiled into each framework's
-binding: horovod_scalecom._torch_ops when torch is importable at build time.
+binding: horovod_scalecom._torch_ops when torch is importable at build time,
+horovod_scalecom._tf_ops (TensorFlow custom ops) when tensorflow is.
 Build with the framework already installed (pip install --no-build-isolation).
 """
 
@@ -24,6 +25,21 @@ def torch_extension():
     except ImportError:
         print("setup.py: torch is not installed; skipping horovod_scalecom._torch_ops")
         return [], {}
+
+    class BuildExt(BuildExtension):
+        """torch's build_ext adds its own flags (-std=c++20 among them) to every
+        extension; the TensorFlow ops must keep TensorFlow's, so they are built
+        by plain setuptools after the torch ones."""
+
+        def build_extensions(self):
+            plain = [e for e in self.extensions if not e.name.endswith("_torch_ops")]
+            self.extensions = [e for e in self.extensions if e not in plain]
+            super().build_extensions()
+            self.compiler._compile = type(self.compiler)._compile.__get__(self.compiler)
+            for ext in plain:
+                self.build_extension(ext)
+            self.extensions += plain
+
     ext = CppExtension(
         name="horovod_scalecom._torch_ops",
         sources=CORE_SOURCES + ["csrc/torch/ops.cc"],
@@ -31,10 +47,29 @@ def torch_extension():
         extra_compile_args=CXX_FLAGS,
         extra_link_args=["-fopenmp"],
     )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=False)}
+    return [ext], {"build_ext": BuildExt.with_options(use_ninja=False)}
+
+
+def tensorflow_extension():
+    """The same core as TensorFlow custom ops, loaded with tf.load_op_library."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        print("setup.py: tensorflow is not installed; skipping horovod_scalecom._tf_ops")
+        return []
+    from setuptools import Extension
+    return [Extension(
+        name="horovod_scalecom._tf_ops",
+        sources=CORE_SOURCES + ["csrc/tensorflow/ops.cc"],
+        depends=CORE_HEADERS,
+        language="c++",
+        extra_compile_args=CXX_FLAGS + tf.sysconfig.get_compile_flags(),
+        extra_link_args=["-fopenmp"] + tf.sysconfig.get_link_flags(),
+    )]
 
 
 ext_modules, cmdclass = torch_extension()
+ext_modules += tensorflow_extension()
 
 setup(
     name="horovod-scalecom",

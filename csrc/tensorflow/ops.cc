@@ -1,0 +1,170 @@
+// TensorFlow custom ops over the ScaleCom core (CPU), loaded with
+// tf.load_op_library by horovod_scalecom.tensorflow. The same core functions
+// as the torch binding, so both frontends give the same bits.
+#include <cstring>
+#include <stdexcept>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+#include "../core/scalecom.h"
+
+namespace {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::errors::InvalidArgument;
+using tensorflow::shape_inference::InferenceContext;
+
+int threads(OpKernelContext* ctx) {
+  return ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
+}
+
+// Runs a core call; its std::invalid_argument becomes a TF InvalidArgument.
+template <typename F>
+void guarded(OpKernelContext* ctx, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    ctx->CtxFailure(InvalidArgument("scalecom: ", e.what()));
+  }
+}
+
+bool check_pair(OpKernelContext* ctx, const Tensor& memory, const Tensor& grad) {
+  if (memory.dims() != 1) {
+    ctx->CtxFailure(InvalidArgument("scalecom: memory must be 1-D, got shape ",
+                                    memory.shape().DebugString()));
+    return false;
+  }
+  if (grad.NumElements() != memory.NumElements()) {
+    ctx->CtxFailure(InvalidArgument("scalecom: gradient has ", grad.NumElements(),
+                                    " elements but its memory has ", memory.NumElements()));
+    return false;
+  }
+  return true;
+}
+
+class SelectTopkOp : public OpKernel {
+ public:
+  explicit SelectTopkOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("k", &k_));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& memory = ctx->input(0);
+    const Tensor& grad = ctx->input(1);
+    if (!check_pair(ctx, memory, grad)) return;
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({k_}), &out));
+    guarded(ctx, [&] {
+      scalecom::select_topk(memory.flat<float>().data(), grad.flat<float>().data(),
+                            memory.NumElements(), k_, out->flat<int32_t>().data(),
+                            threads(ctx));
+    });
+  }
+
+ private:
+  int64_t k_ = 0;
+};
+
+class GatherUpdateOp : public OpKernel {
+ public:
+  explicit GatherUpdateOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("beta", &beta_));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& memory = ctx->input(0);
+    const Tensor& grad = ctx->input(1);
+    const Tensor& indices = ctx->input(2);
+    if (!check_pair(ctx, memory, grad)) return;
+    OP_REQUIRES(ctx, indices.dims() == 1,
+                InvalidArgument("scalecom: indices must be 1-D"));
+    Tensor* values = nullptr;
+    Tensor* new_memory = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, indices.shape(), &values));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, memory.shape(), &new_memory));
+    float* m = new_memory->flat<float>().data();
+    std::memcpy(m, memory.flat<float>().data(), sizeof(float) * memory.NumElements());
+    guarded(ctx, [&] {
+      scalecom::gather_and_update(m, grad.flat<float>().data(), memory.NumElements(),
+                                  indices.flat<int32_t>().data(), indices.NumElements(), beta_,
+                                  values->flat<float>().data(), threads(ctx));
+    });
+  }
+
+ private:
+  float beta_ = 0.1f;
+};
+
+class ScatterOp : public OpKernel {
+ public:
+  explicit ScatterOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("numel", &numel_));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& indices = ctx->input(0);
+    const Tensor& values = ctx->input(1);
+    OP_REQUIRES(ctx, indices.NumElements() == values.NumElements(),
+                InvalidArgument("scalecom: ", values.NumElements(), " values for ",
+                                indices.NumElements(), " indices"));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({numel_}), &out));
+    guarded(ctx, [&] {
+      scalecom::scatter(indices.flat<int32_t>().data(), values.flat<float>().data(),
+                        indices.NumElements(), out->flat<float>().data(), numel_, threads(ctx));
+    });
+  }
+
+ private:
+  int64_t numel_ = 0;
+};
+
+}  // namespace
+
+REGISTER_OP("ScalecomSelectTopk")
+    .Input("memory: float")
+    .Input("grad: float")
+    .Attr("k: int >= 0")
+    .Output("indices: int32")
+    .SetShapeFn([](InferenceContext* c) {
+      int64_t k;
+      TF_RETURN_IF_ERROR(c->GetAttr("k", &k));
+      c->set_output(0, c->Vector(k));
+      return absl::OkStatus();
+    })
+    .Doc("Indices of the k largest |memory + grad|, ties to the lower index, ascending.");
+
+REGISTER_OP("ScalecomGatherUpdate")
+    .Input("memory: float")
+    .Input("grad: float")
+    .Input("indices: int32")
+    .Attr("beta: float")
+    .Output("values: float")
+    .Output("new_memory: float")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(2));
+      c->set_output(1, c->input(0));
+      return absl::OkStatus();
+    })
+    .Doc("values = (memory + grad)[indices]; new_memory = the low-pass update.");
+
+REGISTER_OP("ScalecomScatter")
+    .Input("indices: int32")
+    .Input("values: float")
+    .Attr("numel: int >= 0")
+    .Output("dense: float")
+    .SetShapeFn([](InferenceContext* c) {
+      int64_t numel;
+      TF_RETURN_IF_ERROR(c->GetAttr("numel", &numel));
+      c->set_output(0, c->Vector(numel));
+      return absl::OkStatus();
+    })
+    .Doc("A dense vector of numel zeros with values at indices.");
+
+REGISTER_KERNEL_BUILDER(Name("ScalecomSelectTopk").Device(tensorflow::DEVICE_CPU), SelectTopkOp);
+REGISTER_KERNEL_BUILDER(Name("ScalecomGatherUpdate").Device(tensorflow::DEVICE_CPU),
+                        GatherUpdateOp);
+REGISTER_KERNEL_BUILDER(Name("ScalecomScatter").Device(tensorflow::DEVICE_CPU), ScatterOp);

@@ -5,7 +5,7 @@
 # Each step is skipped when its result is already there, so a second run on a
 # ready machine takes seconds. On failure it names the step and what to try.
 set -euo pipefail
-export TF_CPP_MIN_LOG_LEVEL=2  # TensorFlow start-up chatter, not our business
+export TF_CPP_MIN_LOG_LEVEL=3  # TensorFlow start-up chatter, not our business
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 VENV="$ROOT/.venv"
@@ -86,7 +86,8 @@ else
 fi
 
 step "horovod_scalecom and its C++ extensions"
-if ! "$PY" -c "import horovod_scalecom" 2>/dev/null; then
+# From / so that the checkout itself (the current directory) does not count.
+if ! (cd / && "$PY" -c "import horovod_scalecom") 2>/dev/null; then
   pip_install --no-build-isolation --no-deps -e . \
     || fail "the editable install of horovod_scalecom failed"
 fi

@@ -6,64 +6,9 @@ import pytest
 pytest.importorskip("horovod.torch")
 
 from horovod_scalecom.config import ScaleComConfig  # noqa: E402
-from horovod_scalecom.reference import PathASimulator  # noqa: E402
 
+from compressor_check import NAMES, check, reference  # noqa: E402
 from mpi import ROOT, run_mpi  # noqa: E402
-from workers.common import SHAPES, gradient  # noqa: E402
-
-F32 = np.float32
-NAMES = [n.replace(".", "_") for n in SHAPES]
-
-
-def reference(n, steps, cfg, seed=0, bpps=1, skip_param=None, cast=None):
-    """Outputs and memories the spec gives for the worker's gradient sequence."""
-    sim = PathASimulator(n, cfg)
-    for name, shape in zip(NAMES, SHAPES.values()):
-        sim.register(name, int(np.prod(shape)))
-    outputs = []
-    for step in range(steps):
-        outputs.append({})
-        for i, (name, shape) in enumerate(zip(NAMES, SHAPES.values())):
-            grads = []
-            for r in range(n):
-                g = np.zeros(shape, F32)
-                for micro in range(bpps):
-                    part = gradient(seed, r, step * bpps + micro, i, shape)
-                    if skip_param == i and step % 2 == 1:
-                        part = np.zeros(shape, F32)     # zero_grad() left zeros behind
-                    g = g + (cast(part) if cast else part)
-                grads.append(g)
-            outputs[-1][name] = sim.step(name, grads).outputs[0]
-    return outputs, sim
-
-
-def check(job, n, steps, cfg, exact, **kw):
-    expected, sim = reference(n, steps, cfg, **kw)
-    results = [job.result(r) for r in range(n)]
-    for step in range(steps):
-        for name in NAMES:
-            ref = expected[step][name].reshape(-1)
-            outs = [res[f"out/{step}/{name}"].reshape(-1) for res in results]
-            for r in range(1, n):
-                np.testing.assert_array_equal(outs[r], outs[0], err_msg=f"rank {r} != rank 0")
-            np.testing.assert_array_equal(outs[0] != 0, ref != 0,
-                                          err_msg=f"support of {name} at step {step}")
-            if exact:
-                np.testing.assert_array_equal(outs[0].view(np.uint32), ref.view(np.uint32),
-                                              err_msg=f"{name} at step {step}")
-            else:
-                np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-6,
-                                           err_msg=f"{name} at step {step}")
-    for r, res in enumerate(results):
-        for name in NAMES:
-            assert int(res[f"step/{name}"]) == steps * 1
-            if f"mem/{name}" in res:
-                np.testing.assert_array_equal(res[f"mem/{name}"].view(np.uint32),
-                                              sim.memory(name, r).view(np.uint32),
-                                              err_msg=f"memory of {name} on rank {r}")
-    return results
-
-
 @pytest.mark.parametrize("n", [2, 3, 4])
 def test_outputs_and_memory_match_reference(n, tmp_path):
     steps = 20

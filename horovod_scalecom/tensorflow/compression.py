@@ -1,0 +1,233 @@
+"""ScaleCom as a Horovod Compressor for TensorFlow (path A of DESIGN.md).
+
+The same algorithm and the same C++ core as horovod_scalecom.torch.ScaleCom,
+so both frontends return the same bits for the same gradients. Per tensor, at
+its t-th allreduce (t counts warm-up steps too):
+
+1. ``p = m + g``; the leader ``(t + offset) mod n`` selects ``I = top-k |p|``
+2. ``I`` goes from the leader to every rank (a Horovod broadcast; the root is
+   chosen at run time among n branches, so the leader rotates in graph mode)
+3. every rank gathers ``c = p[I]`` and applies the low-pass filter to ``m``
+4. Horovod allreduces ``c``; ``decompress`` scatters the mean back.
+
+Horovod calls ``compress`` while tracing (DistributedGradientTape wraps its
+allreduce in a tf.function even in eager code, and Keras traces its train
+step), so ScaleCom builds graph ops: the memory and step counter of each
+tensor are tf.Variables, created outside the trace with ``tf.init_scope`` the
+first time the tensor is seen, and tracked by this tf.Module, so
+``tf.train.Checkpoint(scalecom=compression)`` saves and restores them.
+
+A gradient is identified by its position among the gradients compressed in
+the same traced graph (the position of its variable in the tape's or
+optimizer's list) and its shape. That is fixed when the step is traced, the
+same on every rank, in every retrace and in a restarted job, and it does not
+depend on layer auto-names (``dense_1``) that change when a model is rebuilt,
+nor on the order in which ops execute. The graph tensor name is kept for
+error messages. Use one ScaleCom per tape or optimizer.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import tensorflow as tf
+import horovod.tensorflow as hvd
+from horovod.tensorflow.compression import Compressor
+
+from horovod_scalecom import bytes_model
+from horovod_scalecom.config import ScaleComConfig, check_numel
+from horovod_scalecom.tensorflow._ops import ops
+
+COMPRESSIBLE_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
+
+
+@dataclass
+class _Entry:
+    """Python-side facts of one gradient (its variables live in the module's dicts)."""
+
+    key: str
+    op_name: str        # names the tensor's Horovod ops, the same on every rank
+    offset: int
+    numel: int
+    k: int
+
+
+@dataclass
+class _Ctx:
+    entry: _Entry
+    dense: tf.Tensor    # bool scalar: this step went dense (warm-up, callback)
+    indices: tf.Tensor
+    shape: tf.TensorShape
+    dtype: tf.DType
+
+
+class _Registry:
+    """Plain holder, so that tf.Module does not try to track Python values."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, _Entry] = {}
+        self.offsets: dict[str, int] = {}
+        self._seen = weakref.WeakKeyDictionary()
+
+    def next_index(self, graph) -> int:
+        """Position of this gradient among those compressed in the same graph:
+        the position in the tape's or optimizer's variable list, dense ones
+        included, as the torch frontend's named_parameters index. A retrace
+        starts a new graph and so finds the same positions again."""
+        index = self._seen.get(graph, 0)
+        self._seen[graph] = index + 1
+        return index
+
+
+class ScaleCom(tf.Module, Compressor):
+    """ScaleCom compressor: CLT-k with a cyclic leader and a low-pass memory.
+
+    Args:
+        ratio: fraction of each tensor's elements sent (0.01 = 100x).
+        beta: low-pass filter coefficient in (0, 1]; 1 is classic error feedback.
+        warmup_steps: per tensor, the first steps are dense.
+        min_numel: smaller tensors are sent dense.
+        stagger_leaders: offset each tensor's leader by the order in which it
+            was first seen (False: the paper's schedule).
+
+    Dense, memory untouched: warm-up steps, steps while ``enabled`` is False
+    (ScaleComCallback uses it), tensors below ``min_numel``, tensors of
+    unknown size, and dtypes other than float32, float16 and bfloat16.
+    """
+
+    def __init__(self, ratio: float = 0.01, beta: float = 0.1, warmup_steps: int = 0,
+                 min_numel: int = 1024, stagger_leaders: bool = True,
+                 name: str = "scalecom") -> None:
+        super().__init__(name=name)
+        self.config = ScaleComConfig(ratio=ratio, beta=beta, warmup_steps=warmup_steps,
+                                     min_numel=min_numel)
+        self.stagger_leaders = stagger_leaders
+        with tf.init_scope():
+            self.enabled = tf.Variable(True, trainable=False, name="enabled")
+        self.memory: dict[str, tf.Variable] = {}
+        self.steps: dict[str, tf.Variable] = {}
+        self._registry = _Registry()
+
+    # -- Horovod's Compressor interface -------------------------------------------
+
+    def compress(self, tensor: tf.Tensor) -> tuple[tf.Tensor, _Ctx | None]:
+        if isinstance(tensor, tf.IndexedSlices):
+            raise ValueError("ScaleCom: sparse (IndexedSlices) gradient; pass "
+                             "sparse_as_dense=True to Horovod")
+        if tf.executing_eagerly():
+            raise ValueError(
+                "ScaleCom for TensorFlow builds graph ops and keys each gradient by its graph "
+                "name; use it through hvd.DistributedGradientTape, the Keras "
+                "DistributedOptimizer or inside tf.function, not on an eager tensor")
+        numel = tensor.shape.num_elements()
+        offset = self._registry.next_index(tensor.graph)
+        key = f"{offset}|{tensor.shape.as_list()}"
+        self._registry.offsets[key] = offset
+        if (numel is None or numel < self.config.min_numel
+                or tensor.dtype not in COMPRESSIBLE_DTYPES):
+            return tensor, None
+        entry = self._entry(key, tensor.name, numel, offset)
+        memory, step = self.memory[key], self.steps[key]
+        size = hvd.size()
+
+        t = step.read_value()
+        dense = tf.logical_or(tf.logical_not(self.enabled.read_value()),
+                              t < self.config.warmup_steps)
+        if size == 1:
+            dense = tf.constant(True)
+        lead = tf.cast(tf.math.floormod(t + entry.offset, size), tf.int32)
+        grad = tf.reshape(tf.cast(tensor, tf.float32), [-1])
+
+        def dense_branch():
+            return grad, tf.zeros([entry.k], tf.int32)
+
+        def compressed_branch():
+            mine = tf.cond(tf.equal(lead, hvd.rank()),
+                           lambda: ops.scalecom_select_topk(memory, grad, k=entry.k),
+                           lambda: tf.zeros([entry.k], tf.int32))
+            indices = self._share(mine, lead, entry.op_name)
+            values, new_memory = ops.scalecom_gather_update(
+                memory, grad, indices, beta=float(self.config.beta))
+            with tf.control_dependencies([memory.assign(new_memory)]):
+                return tf.identity(values), indices
+
+        payload, indices = tf.cond(dense, dense_branch, compressed_branch)
+        with tf.control_dependencies([payload]):
+            step.assign_add(1)
+        return payload, _Ctx(entry, dense, indices, tensor.shape, tensor.dtype)
+
+    def decompress(self, tensor: tf.Tensor, ctx: _Ctx | None) -> tf.Tensor:
+        if ctx is None:
+            return tensor
+        numel = ctx.entry.numel
+
+        def dense():
+            return tensor
+
+        def sparse():
+            return ops.scalecom_scatter(ctx.indices, tensor, numel=numel)
+
+        out = tf.cond(ctx.dense, dense, sparse)
+        return tf.cast(tf.reshape(out, ctx.shape), ctx.dtype)
+
+    # -- figures ----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Bytes of the last step, by the byte model of DESIGN.md.
+
+        Counts the compressed tensors this ScaleCom has seen (the dense ones
+        below min_numel are Horovod's business and are not counted).
+        """
+        size = hvd.size()
+        enabled = bool(self.enabled.numpy())
+        tensors = {}
+        for key, entry in self._registry.entries.items():
+            step = int(self.steps[key].numpy()) - 1          # the last step taken
+            compressed = enabled and step >= self.config.warmup_steps and size > 1
+            dense = bytes_model.dense_ring_allreduce(entry.numel, size)
+            tensors[key] = {
+                "numel": entry.numel, "k": entry.k, "step": step, "compressed": compressed,
+                "bytes_sent": bytes_model.path_a(entry.k, size) if compressed else dense,
+                "dense_bytes": dense,
+            }
+        sent = sum(t["bytes_sent"] for t in tensors.values())
+        dense = sum(t["dense_bytes"] for t in tensors.values())
+        return {"bytes_sent": sent, "dense_bytes": dense,
+                "compression": dense / sent if sent else 1.0, "tensors": tensors}
+
+    # -- internals --------------------------------------------------------------------
+
+    def _entry(self, key: str, tensor_name: str, numel: int, offset: int) -> _Entry:
+        entries = self._registry.entries
+        if key not in entries:
+            check_numel(numel, tensor_name)
+            op_name = f"scalecom_{offset}"
+            entries[key] = _Entry(key, op_name, offset if self.stagger_leaders else 0,
+                                  numel, self.config.k(numel))
+            with tf.init_scope():
+                var_name = re.sub(r"[^A-Za-z0-9_.\-]", "_", key)
+                self.memory[key] = tf.Variable(tf.zeros([numel], tf.float32), trainable=False,
+                                               name=f"memory_{var_name}")
+                self.steps[key] = tf.Variable(tf.constant(0, tf.int64), trainable=False,
+                                              name=f"step_{var_name}")
+        return entries[key]
+
+    def tensors(self) -> list[dict[str, Any]]:
+        """The compressed gradients seen so far, in registration order."""
+        return [{"key": e.key, "offset": self._registry.offsets[e.key], "numel": e.numel,
+                 "k": e.k} for e in sorted(self._registry.entries.values(),
+                                           key=lambda e: self._registry.offsets[e.key])]
+
+    def _share(self, mine: tf.Tensor, lead: tf.Tensor, op_name: str) -> tf.Tensor:
+        """Broadcast the leader's indices. Horovod fixes a broadcast's root when
+        the op is built, so there is one branch per possible root and the
+        leader picks the branch at run time; every rank takes the same one."""
+        branches = [
+            (lambda root=root: hvd.broadcast(mine, root_rank=root,
+                                             name=f"{op_name}_indices_root{root}"))
+            for root in range(hvd.size())
+        ]
+        return tf.switch_case(lead, branches)

@@ -1,0 +1,97 @@
+"""horovod_scalecom.tensorflow under real `mpirun -np N`: the reference, parity with
+the torch frontend, Keras model.fit with the callback, checkpoints, bad input.
+
+Each framework runs in its own mpirun job: horovod.torch and horovod.tensorflow
+never share a process.
+"""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("horovod.tensorflow")
+
+from horovod_scalecom.config import ScaleComConfig  # noqa: E402
+
+from compressor_check import NAMES, check  # noqa: E402
+from mpi import run_mpi  # noqa: E402
+
+STEPS = 20
+CFG = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_parity_with_torch_and_reference(n, tmp_path):
+    args = ("sequence", "--steps", str(STEPS))
+    tf_job = run_mpi(n, "tf_compressor.py", tmp_path / "tf", *args, timeout=300).check_ok()
+    torch_job = run_mpi(n, "torch_compressor.py", tmp_path / "torch", *args,
+                        timeout=300).check_ok()
+    tf_results = check(tf_job, n, STEPS, CFG, exact=(n == 2))
+    torch_results = check(torch_job, n, STEPS, CFG, exact=(n == 2))
+    # Same core, same MPI sum: the two frontends agree bit for bit on any n.
+    for r in range(n):
+        for step in range(STEPS):
+            for name in NAMES:
+                key = f"out/{step}/{name}"
+                np.testing.assert_array_equal(
+                    tf_results[r][key].reshape(-1).view(np.uint32),
+                    torch_results[r][key].reshape(-1).view(np.uint32), err_msg=key)
+        for key in tf_results[r]:
+            if key.startswith("mem/"):
+                np.testing.assert_array_equal(tf_results[r][key].view(np.uint32),
+                                              torch_results[r][key].view(np.uint32),
+                                              err_msg=key)
+
+
+def test_inside_tf_function_with_warmup(tmp_path):
+    cfg = ScaleComConfig(ratio=0.02, beta=0.3, warmup_steps=3, min_numel=100)
+    job = run_mpi(2, "tf_compressor.py", tmp_path, "sequence", "--steps", "8", "--function",
+                  "--ratio", "0.02", "--beta", "0.3", "--warmup", "3", timeout=300).check_ok()
+    check(job, 2, 8, cfg, exact=True)
+
+
+def test_keras_fit_with_callback(tmp_path):
+    job = run_mpi(2, "tf_compressor.py", tmp_path, "keras", "--steps", "12",
+                  timeout=300).check_ok()
+    a, b = job.result(0), job.result(1)
+    for key in a:
+        if key.startswith("w"):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    ratio = a["history/scalecom_ratio"]
+    assert ratio[0] == 1.0, "epoch 1 is the callback's dense warm-up"
+    assert ratio[1] > 5 and ratio[2] == ratio[1]
+    mb = a["history/scalecom_mb_per_step"]
+    assert mb[1] * 5 < mb[0]
+
+
+def test_tape_loop_ranks_agree(tmp_path):
+    job = run_mpi(2, "tf_compressor.py", tmp_path, "tape", "--steps", "30",
+                  timeout=300).check_ok()
+    a, b = job.result(0), job.result(1)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_checkpoint_resume_gives_the_same_weights(tmp_path):
+    common = ("tape", "--steps", "30", "--warmup", "3")
+    straight = run_mpi(2, "tf_compressor.py", tmp_path / "a", *common, timeout=300).check_ok()
+    resumed = run_mpi(2, "tf_compressor.py", tmp_path / "b", *common, "--resume-at", "15",
+                      timeout=300).check_ok()
+    for r in range(2):
+        a, b = straight.result(r), resumed.result(r)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{key} on rank {r}")
+
+
+@pytest.mark.parametrize("case,args,message", [
+    ("ratio", ["--ratio", "0"], "ratio must lie in"),
+    ("beta", ["--beta", "1.5"], "beta must lie in"),
+    ("eager", [], "not on an eager tensor"),
+    ("callback", [], "needs the ScaleCom instance"),
+])
+def test_bad_configuration_fails_clearly(case, args, message, tmp_path):
+    job = run_mpi(2, "tf_compressor.py", tmp_path, "bad", "--case", case, *args, timeout=180)
+    assert job.returncode != 0
+    for rank in range(2):
+        err = job.error(rank)
+        assert err is not None, f"rank {rank} reported no error:\n{job.output}"
+        assert message in err, err

@@ -1,0 +1,155 @@
+"""mpirun worker: horovod.tensorflow with horovod_scalecom.tensorflow.ScaleCom.
+
+usage: tf_compressor.py OUTDIR MODE [options]; see the modes below.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import horovod.tensorflow as hvd  # noqa: E402
+import horovod.tensorflow.keras as hvd_keras  # noqa: E402
+from horovod_scalecom.tensorflow import ScaleCom  # noqa: E402
+from horovod_scalecom.tensorflow.keras import ScaleComCallback  # noqa: E402
+
+from common import SHAPES, gradient, run  # noqa: E402
+
+NAMES = [n.replace(".", "_") for n in SHAPES]
+
+
+def sequence(args, out):
+    """Feed gradient(seed, rank, step, i) through DistributedGradientTape; save
+    the averaged gradients and the memory (same layout as the torch worker)."""
+    variables = [tf.Variable(tf.zeros(shape), name=name)
+                 for name, shape in zip(NAMES, SHAPES.values())]
+    compression = ScaleCom(ratio=args.ratio, beta=args.beta, warmup_steps=args.warmup,
+                           min_numel=args.min_numel)
+
+    def step(grads_in):
+        with tf.GradientTape() as tape:
+            loss = tf.add_n([tf.reduce_sum(v * g) for v, g in zip(variables, grads_in)])
+        tape = hvd.DistributedGradientTape(tape, compression=compression)
+        return tape.gradient(loss, variables)
+
+    if args.function:
+        step = tf.function(step)
+    result = {}
+    for t in range(args.steps):
+        grads_in = [tf.constant(gradient(args.seed, hvd.rank(), t, i, shape))
+                    for i, shape in enumerate(SHAPES.values())]
+        for name, g in zip(NAMES, step(grads_in)):
+            result[f"out/{t}/{name}"] = g.numpy()
+    for entry in compression.tensors():
+        name = NAMES[entry["offset"]]
+        result[f"mem/{name}"] = compression.memory[entry["key"]].numpy()
+        result[f"step/{name}"] = np.array(compression.steps[entry["key"]].numpy())
+    np.savez(out / f"rank{hvd.rank()}.npz", **result)
+
+
+def mlp():
+    tf.keras.utils.set_random_seed(0)
+    return tf.keras.Sequential([tf.keras.Input((32,)),
+                                tf.keras.layers.Dense(64, activation="relu"),
+                                tf.keras.layers.Dense(10)])
+
+
+def data(seed, step):
+    rng = np.random.default_rng([seed, hvd.rank(), step])
+    return (rng.standard_normal((16, 32)).astype(np.float32),
+            rng.integers(0, 10, 16).astype(np.int64))
+
+
+def keras_fit(args, out):
+    """model.fit with the Horovod Keras optimizer, ScaleCom and its callback."""
+    model = mlp()
+    compression = ScaleCom(ratio=args.ratio, beta=args.beta, min_numel=args.min_numel)
+    opt = hvd_keras.DistributedOptimizer(tf.keras.optimizers.SGD(0.1, momentum=0.9),
+                                         compression=compression)
+    model.compile(opt, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    xs, ys = zip(*(data(args.seed, s) for s in range(args.steps)))
+    history = model.fit(np.concatenate(xs), np.concatenate(ys), batch_size=16, epochs=3,
+                        shuffle=False, verbose=0,
+                        callbacks=[ScaleComCallback(compression, warmup_epochs=1)])
+    result = {f"w{i}": w for i, w in enumerate(model.get_weights())}
+    for key in ("scalecom_ratio", "scalecom_mb_per_step", "loss"):
+        result[f"history/{key}"] = np.array(history.history[key])
+    np.savez(out / f"rank{hvd.rank()}.npz", **result)
+
+
+def tape_train(args, out):
+    """A GradientTape loop in tf.function; optionally checkpoint and resume."""
+
+    def build():
+        model = mlp()
+        opt = tf.keras.optimizers.SGD(0.1, momentum=0.9)
+        compression = ScaleCom(ratio=args.ratio, beta=args.beta, min_numel=args.min_numel,
+                               warmup_steps=args.warmup)
+        loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+        @tf.function
+        def train_step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            tape = hvd.DistributedGradientTape(tape, compression=compression)
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        ckpt = tf.train.Checkpoint(model=model, optimizer=opt, scalecom=compression)
+        return model, train_step, ckpt
+
+    model, train_step, ckpt = build()
+    stop = args.resume_at or args.steps
+    for s in range(stop):
+        train_step(*data(args.seed, s))
+    if args.resume_at:
+        path = ckpt.write(str(out / f"ckpt_rank{hvd.rank()}"))
+        model, train_step, ckpt = build()
+        ckpt.read(path).assert_existing_objects_matched()
+        for s in range(args.resume_at, args.steps):
+            train_step(*data(args.seed, s))
+    np.savez(out / f"rank{hvd.rank()}.npz",
+             **{f"w{i}": w for i, w in enumerate(model.get_weights())})
+
+
+def bad(args, out):
+    if args.case == "ratio":
+        ScaleCom(ratio=args.ratio)
+    elif args.case == "beta":
+        ScaleCom(beta=args.beta)
+    elif args.case == "eager":
+        hvd.allreduce(tf.ones([4000]), compression=ScaleCom(min_numel=0))
+    elif args.case == "callback":
+        ScaleComCallback(hvd.Compression.none)
+    raise AssertionError(f"case {args.case} raised nothing")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("outdir")
+    parser.add_argument("mode", choices=["sequence", "keras", "tape", "bad"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--ratio", type=float, default=0.05)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--warmup", type=int, default=0)
+    parser.add_argument("--min-numel", type=int, default=100)
+    parser.add_argument("--function", action="store_true")
+    parser.add_argument("--resume-at", type=int, default=0)
+    parser.add_argument("--case", default="")
+    args = parser.parse_args()
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    hvd.init()
+    out = Path(args.outdir)
+    {"sequence": sequence, "keras": keras_fit, "tape": tape_train, "bad": bad}[args.mode](args, out)
+
+
+if __name__ == "__main__":
+    run(main, sys.argv[1])

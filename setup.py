@@ -2,12 +2,15 @@
 
 The framework-free core in csrc/core is compiled into each framework's
 binding: horovod_scalecom._torch_ops when torch is importable at build time,
-horovod_scalecom._tf_ops (TensorFlow custom ops) when tensorflow is.
+horovod_scalecom._tf_ops (TensorFlow custom ops) when tensorflow is, and the
+MPI ring allreduce horovod_scalecom._ring when Open MPI's mpicxx is found.
 Build with the framework already installed (pip install --no-build-isolation).
 """
 
 import glob
 import os
+import shutil
+import subprocess
 
 from setuptools import find_packages, setup
 
@@ -68,8 +71,27 @@ def tensorflow_extension():
     )]
 
 
+def ring_extension():
+    """The compressed ring allreduce (path B): plain CPython + MPI, no framework."""
+    mpicxx = shutil.which("mpicxx")
+    if mpicxx is None:
+        print("setup.py: mpicxx not found (install libopenmpi-dev); skipping horovod_scalecom._ring")
+        return []
+    from setuptools import Extension
+    show = lambda what: subprocess.check_output([mpicxx, f"--showme:{what}"], text=True).split()  # noqa: E731
+    return [Extension(
+        name="horovod_scalecom._ring",
+        sources=CORE_SOURCES + ["csrc/ring/ring.cc", "csrc/ring/module.cc"],
+        depends=CORE_HEADERS + ["csrc/ring/ring.h"],
+        language="c++",
+        extra_compile_args=CXX_FLAGS + ["-std=c++17"] + show("compile"),
+        extra_link_args=["-fopenmp"] + show("link"),
+    )]
+
+
 ext_modules, cmdclass = torch_extension()
 ext_modules += tensorflow_extension()
+ext_modules += ring_extension()
 
 setup(
     name="horovod-scalecom",

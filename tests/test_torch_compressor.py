@@ -86,7 +86,6 @@ def test_checkpoint_resume_gives_the_same_parameters(tmp_path):
     ("unknown", [], "not the .grad of any parameter"),
     ("numel", [], "ranks disagree on tensor"),
     ("generator", [], "one-shot iterator"),
-    ("order", [], "did not reach this tensor together"),
 ])
 def test_bad_input_fails_clearly_on_every_rank(case, args, message, tmp_path):
     job = run_mpi(2, "torch_compressor.py", tmp_path, "bad", "--case", case, *args, timeout=120)
@@ -95,6 +94,19 @@ def test_bad_input_fails_clearly_on_every_rank(case, args, message, tmp_path):
         err = job.error(rank)
         assert err is not None, f"rank {rank} reported no error:\n{job.output}"
         assert message in err, err
+
+
+def test_ranks_reaching_tensors_in_different_orders_fail_instead_of_hanging(tmp_path):
+    job = run_mpi(2, "torch_compressor.py", tmp_path, "bad", "--case", "order", timeout=120)
+    assert job.returncode != 0
+    errors = [job.error(rank) or "" for rank in range(2)]
+    # The first rank to time out says why; when it exits, Horovod shuts down and
+    # the other rank's wait ends with Horovod's shutdown error, if it has not
+    # timed out by then itself.
+    assert any("did not reach this tensor together" in e for e in errors), errors
+    for e in errors:
+        assert ("did not reach this tensor together" in e
+                or "Horovod has been shut down" in e), e
 
 
 def test_missing_extension_says_how_to_build(tmp_path):

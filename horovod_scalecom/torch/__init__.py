@@ -11,7 +11,7 @@ Importing this module loads horovod.torch; never import horovod_scalecom.tensorf
 in the same process.
 """
 
-__all__ = ["ScaleCom"]
+__all__ = ["ScaleCom", "DistributedOptimizer"]
 
 
 def __getattr__(name: str):
@@ -19,4 +19,7 @@ def __getattr__(name: str):
     if name == "ScaleCom":
         from horovod_scalecom.torch.compression import ScaleCom
         return ScaleCom
+    if name == "DistributedOptimizer":
+        from horovod_scalecom.torch.optimizer import DistributedOptimizer
+        return DistributedOptimizer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

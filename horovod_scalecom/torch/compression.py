@@ -126,6 +126,7 @@ class ScaleCom(Compressor):
             raise ValueError(f"parameter names must be unique; repeated: {', '.join(dups)}")
         self._states = {name: _TensorState(name, p, offset if stagger_leaders else 0)
                         for offset, (name, p) in enumerate(pairs)}
+        self._order = {name: offset for offset, (name, _) in enumerate(pairs)}
         # Candidates by shape: finding which parameter's .grad a tensor is costs
         # a few identity checks, not a scan of the model.
         self._by_shape: dict[torch.Size, list[_TensorState]] = defaultdict(list)
@@ -242,6 +243,9 @@ class ScaleCom(Compressor):
         }
 
     # -- internals --------------------------------------------------------------------
+
+    def _named(self) -> list[tuple[str, torch.Tensor]]:
+        return [(name, s.param) for name, s in self._states.items()]
 
     def _identify(self, tensor: torch.Tensor) -> _TensorState:
         for state in self._by_shape.get(tensor.shape, ()):

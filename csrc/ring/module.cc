@@ -1,0 +1,209 @@
+// CPython binding of the ring engine: horovod_scalecom._ring.Engine. It takes
+// any C-contiguous float32 buffers (numpy arrays; torch CPU tensors through
+// .numpy()), so both frameworks share it. The buffers are held until the
+// exchange ends; after a timeout they are never released, since the engine's
+// thread may still write to them.
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ring.h"
+
+namespace {
+
+struct EngineObject {
+  PyObject_HEAD
+  scalecom::RingEngine* engine;
+  std::vector<Py_buffer>* views;
+  bool leaked;
+};
+
+void release_views(EngineObject* self) {
+  for (Py_buffer& v : *self->views) PyBuffer_Release(&v);
+  self->views->clear();
+}
+
+PyObject* Engine_new(PyTypeObject* type, PyObject*, PyObject*) {
+  EngineObject* self = reinterpret_cast<EngineObject*>(type->tp_alloc(type, 0));
+  if (self == nullptr) return nullptr;
+  self->engine = nullptr;
+  self->views = new std::vector<Py_buffer>();
+  self->leaked = false;
+  return reinterpret_cast<PyObject*>(self);
+}
+
+int Engine_init(EngineObject* self, PyObject* args, PyObject* kwargs) {
+  static const char* kwlist[] = {nullptr};
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "", const_cast<char**>(kwlist))) return -1;
+  try {
+    self->engine = new scalecom::RingEngine();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return -1;
+  }
+  return 0;
+}
+
+void Engine_dealloc(EngineObject* self) {
+  if (!self->leaked) {
+    release_views(self);
+    delete self->views;
+  }
+  delete self->engine;  // detaches a stuck thread instead of joining it
+  Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
+}
+
+bool get_f32(EngineObject* self, PyObject* obj, bool writable, const char* what, float** data,
+             int64_t* numel) {
+  Py_buffer view;
+  int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+  if (PyObject_GetBuffer(obj, &view, flags) != 0) {
+    PyErr_Format(PyExc_TypeError, "ring allreduce: %s must be a C-contiguous%s float32 buffer",
+                 what, writable ? " writable" : "");
+    return false;
+  }
+  self->views->push_back(view);
+  if (view.itemsize != 4 || view.format == nullptr || std::string(view.format) != "f") {
+    PyErr_Format(PyExc_TypeError, "ring allreduce: %s must hold float32, got format '%s'", what,
+                 view.format ? view.format : "?");
+    return false;
+  }
+  *data = static_cast<float*>(view.buf);
+  *numel = view.len / 4;
+  return true;
+}
+
+PyObject* Engine_start(EngineObject* self, PyObject* args) {
+  PyObject *memories, *grads, *outs, *steps;
+  double ratio, beta;
+  int threads;
+  if (!PyArg_ParseTuple(args, "O!O!O!O!ddi", &PyList_Type, &memories, &PyList_Type, &grads,
+                        &PyList_Type, &outs, &PyList_Type, &steps, &ratio, &beta, &threads))
+    return nullptr;
+  const Py_ssize_t count = PyList_GET_SIZE(memories);
+  if (PyList_GET_SIZE(grads) != count || PyList_GET_SIZE(outs) != count ||
+      PyList_GET_SIZE(steps) != count) {
+    PyErr_SetString(PyExc_ValueError, "ring allreduce: memories, grads, outs and steps must "
+                                      "have one entry per tensor");
+    return nullptr;
+  }
+  if (!(ratio > 0.0 && ratio <= 1.0) || !(beta > 0.0 && beta <= 1.0)) {
+    PyErr_Format(PyExc_ValueError, "ring allreduce: ratio and beta must lie in (0, 1], got "
+                                   "%g and %g", ratio, beta);
+    return nullptr;
+  }
+  if (!self->views->empty()) {
+    PyErr_SetString(PyExc_RuntimeError, "ring allreduce: an exchange is already in flight");
+    return nullptr;
+  }
+  std::vector<scalecom::RingTensor> tensors;
+  for (Py_ssize_t i = 0; i < count; ++i) {
+    scalecom::RingTensor t{};
+    float* grad = nullptr;
+    int64_t n_mem = 0, n_grad = 0, n_out = 0;
+    if (!get_f32(self, PyList_GET_ITEM(memories, i), true, "memory", &t.memory, &n_mem) ||
+        !get_f32(self, PyList_GET_ITEM(grads, i), false, "grad", &grad, &n_grad) ||
+        !get_f32(self, PyList_GET_ITEM(outs, i), true, "out", &t.out, &n_out)) {
+      release_views(self);
+      return nullptr;
+    }
+    if (n_mem != n_grad || n_mem != n_out) {
+      release_views(self);
+      PyErr_Format(PyExc_ValueError, "ring allreduce: tensor %zd has %lld memory, %lld grad and "
+                   "%lld out elements", i, (long long)n_mem, (long long)n_grad,
+                   (long long)n_out);
+      return nullptr;
+    }
+    t.grad = grad;
+    t.numel = n_mem;
+    t.step = PyLong_AsLongLong(PyList_GET_ITEM(steps, i));
+    if (PyErr_Occurred()) {
+      release_views(self);
+      return nullptr;
+    }
+    tensors.push_back(t);
+  }
+  try {
+    self->engine->start(std::move(tensors), ratio, static_cast<float>(beta), threads);
+  } catch (const std::exception& e) {
+    release_views(self);
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* Engine_wait(EngineObject* self, PyObject* args) {
+  double timeout;
+  if (!PyArg_ParseTuple(args, "d", &timeout)) return nullptr;
+  bool done = false;
+  std::string error;
+  Py_BEGIN_ALLOW_THREADS
+  try {
+    done = self->engine->wait(timeout);
+  } catch (const std::exception& e) {
+    done = true;
+    error = e.what();
+  }
+  Py_END_ALLOW_THREADS
+  if (!done) {
+    self->leaked = true;  // the stuck thread may still write into these buffers
+    // PyErr_Format has no %f.
+    const std::string message = "ring allreduce: rank " + std::to_string(self->engine->rank()) +
+                                " waited " + std::to_string(static_cast<int>(timeout)) +
+                                " s for the exchange; a peer rank has stopped or is not "
+                                "exchanging the same step";
+    PyErr_SetString(PyExc_TimeoutError, message.c_str());
+    return nullptr;
+  }
+  release_views(self);
+  if (!error.empty()) {
+    PyErr_SetString(PyExc_RuntimeError, error.c_str());
+    return nullptr;
+  }
+  return PyLong_FromLongLong(self->engine->last_bytes());
+}
+
+PyObject* Engine_rank(EngineObject* self, PyObject*) { return PyLong_FromLong(self->engine->rank()); }
+PyObject* Engine_size(EngineObject* self, PyObject*) { return PyLong_FromLong(self->engine->size()); }
+
+PyMethodDef Engine_methods[] = {
+    {"start", reinterpret_cast<PyCFunction>(Engine_start), METH_VARARGS,
+     "start(memories, grads, outs, steps, ratio, beta, threads): begin one fused exchange"},
+    {"wait", reinterpret_cast<PyCFunction>(Engine_wait), METH_VARARGS,
+     "wait(timeout_s) -> bytes sent; TimeoutError if the exchange did not finish"},
+    {"rank", reinterpret_cast<PyCFunction>(Engine_rank), METH_NOARGS, "rank in the ring"},
+    {"size", reinterpret_cast<PyCFunction>(Engine_size), METH_NOARGS, "ranks in the ring"},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyTypeObject EngineType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_ring",
+                          "ScaleCom's compressed ring allreduce over MPI (path B).", -1,
+                          nullptr, nullptr, nullptr, nullptr, nullptr};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__ring(void) {
+  EngineType.tp_name = "horovod_scalecom._ring.Engine";
+  EngineType.tp_basicsize = sizeof(EngineObject);
+  EngineType.tp_flags = Py_TPFLAGS_DEFAULT;
+  EngineType.tp_doc = "Compressed ring allreduce on a duplicate of MPI_COMM_WORLD.";
+  EngineType.tp_new = Engine_new;
+  EngineType.tp_init = reinterpret_cast<initproc>(Engine_init);
+  EngineType.tp_dealloc = reinterpret_cast<destructor>(Engine_dealloc);
+  EngineType.tp_methods = Engine_methods;
+  if (PyType_Ready(&EngineType) < 0) return nullptr;
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+  Py_INCREF(&EngineType);
+  if (PyModule_AddObject(module, "Engine", reinterpret_cast<PyObject*>(&EngineType)) < 0) {
+    Py_DECREF(&EngineType);
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
+}

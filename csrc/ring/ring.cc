@@ -1,0 +1,273 @@
+#include "ring.h"
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cstring>
+#include <stdexcept>
+
+#include "../core/scalecom.h"
+
+namespace scalecom {
+namespace {
+
+void check_mpi(int code, const char* what) {
+  if (code == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(code, text, &len);
+  throw std::runtime_error(std::string("ring allreduce: ") + what + " failed: " +
+                           std::string(text, len));
+}
+
+inline int64_t mod(int64_t a, int64_t n) { return ((a % n) + n) % n; }
+
+// One tensor's plan for a step: chunk bounds, k per chunk, and the index set
+// of every chunk as it becomes known.
+struct Plan {
+  RingTensor t;
+  std::vector<int64_t> bounds;
+  std::vector<int64_t> k;
+  std::vector<std::vector<int32_t>> indices;
+  int64_t held = 0;             // chunk whose partial (then complete) sum this rank holds
+  std::vector<float> values;    // that sum
+};
+
+}  // namespace
+
+RingEngine::RingEngine() {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized)
+    throw std::runtime_error(
+        "ring allreduce: MPI is not initialized. Call hvd.init() first, with Horovod built "
+        "with MPI and launched by mpirun or horovodrun --mpi (Gloo gives no MPI).");
+  int level = 0;
+  MPI_Query_thread(&level);
+  if (level < MPI_THREAD_MULTIPLE)
+    throw std::runtime_error(
+        "ring allreduce: MPI runs at thread level " + std::to_string(level) +
+        ", below MPI_THREAD_MULTIPLE (" + std::to_string(MPI_THREAD_MULTIPLE) +
+        "): the ring's thread and Horovod's would both call MPI. Unset "
+        "HOROVOD_MPI_THREADS_DISABLE, or use an MPI built with thread support.");
+  check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
+  check_mpi(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+}
+
+RingEngine::~RingEngine() {
+  if (worker_.joinable()) {
+    if (broken_) worker_.detach();  // stuck in MPI: leave it, never block the exit
+    else worker_.join();
+  }
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && !broken_ && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+void RingEngine::start(std::vector<RingTensor> tensors, double ratio, float beta,
+                       int num_threads) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (broken_)
+    throw std::runtime_error("ring allreduce: an earlier exchange timed out; the engine "
+                             "cannot be used again");
+  if (busy_) throw std::runtime_error("ring allreduce: an exchange is already in flight");
+  if (worker_.joinable()) worker_.join();
+  busy_ = true;
+  done_ = false;
+  error_ = nullptr;
+  worker_ = std::thread(&RingEngine::run, this, std::move(tensors), ratio, beta, num_threads);
+}
+
+bool RingEngine::wait(double timeout_s) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!busy_) throw std::runtime_error("ring allreduce: wait() without start()");
+  auto limit = std::chrono::duration<double>(timeout_s);
+  if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
+    broken_ = true;
+    return false;
+  }
+  lock.unlock();
+  worker_.join();
+  busy_ = false;
+  if (error_) {
+    std::exception_ptr e = error_;
+    error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+  return true;
+}
+
+void RingEngine::run(std::vector<RingTensor> tensors, double ratio, float beta,
+                     int num_threads) {
+  try {
+    bytes_ = 0;
+    exchange(tensors, ratio, beta, num_threads);
+    last_bytes_ = bytes_;
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    error_ = std::current_exception();
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  done_ = true;
+  cv_.notify_all();
+}
+
+void RingEngine::sendrecv(const void* send, int64_t send_bytes, void* recv,
+                          int64_t recv_bytes) {
+  if (send_bytes > INT_MAX || recv_bytes > INT_MAX)
+    throw std::runtime_error("ring allreduce: a fused message exceeds 2 GiB; exchange "
+                             "fewer tensors per step");
+  const int right = (rank_ + 1) % size_, left = (rank_ + size_ - 1) % size_;
+  MPI_Status status;
+  check_mpi(MPI_Sendrecv(send, static_cast<int>(send_bytes), MPI_BYTE, right, 0, recv,
+                         static_cast<int>(recv_bytes), MPI_BYTE, left, 0, comm_, &status),
+            "MPI_Sendrecv");
+  int got = 0;
+  MPI_Get_count(&status, MPI_BYTE, &got);
+  if (got != recv_bytes)
+    throw std::runtime_error("ring allreduce: expected " + std::to_string(recv_bytes) +
+                             " bytes from rank " + std::to_string(left) + ", got " +
+                             std::to_string(got));
+  bytes_ += send_bytes;
+}
+
+// Every rank must pass the same tensors (count, sizes, steps) and ratio;
+// compared with one small allreduce, so a mismatch fails on every rank.
+void RingEngine::check_agreement(const std::vector<RingTensor>& tensors, double ratio) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+  mix(tensors.size());
+  uint64_t ratio_bits;
+  std::memcpy(&ratio_bits, &ratio, sizeof ratio_bits);
+  mix(ratio_bits);
+  for (const auto& t : tensors) {
+    mix(static_cast<uint64_t>(t.numel));
+    mix(static_cast<uint64_t>(t.step));
+  }
+  uint64_t local[2] = {h, ~h}, global[2];
+  check_mpi(MPI_Allreduce(local, global, 2, MPI_UINT64_T, MPI_MIN, comm_), "MPI_Allreduce");
+  if (global[0] != h || ~global[1] != h)
+    throw std::runtime_error(
+        "ring allreduce: ranks passed different tensors (count, sizes or steps) or ratios "
+        "to the same exchange; every rank must compress the same parameters");
+}
+
+void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float beta,
+                          int num_threads) {
+  check_agreement(tensors, ratio);
+  const int64_t n = size_, r = rank_;
+
+  std::vector<Plan> plans(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    Plan& p = plans[i];
+    p.t = tensors[i];
+    p.bounds.resize(n + 1);
+    const int64_t base = p.t.numel / n, extra = p.t.numel % n;
+    p.bounds[0] = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      p.bounds[j + 1] = p.bounds[j] + base + (j < extra ? 1 : 0);
+      p.k.push_back(num_selected(p.bounds[j + 1] - p.bounds[j], ratio));
+    }
+    p.indices.resize(n);
+    // The chunk this rank owns at the tensor's step: select, then start its sum.
+    const int64_t j = mod(r - p.t.step, n), lo = p.bounds[j];
+    std::vector<int32_t>& idx = p.indices[j];
+    idx.resize(p.k[j]);
+    select_topk(p.t.memory + lo, p.t.grad + lo, p.bounds[j + 1] - lo, p.k[j], idx.data(),
+                num_threads);
+    p.values.resize(p.k[j]);
+    for (int64_t q = 0; q < p.k[j]; ++q) {
+      idx[q] += static_cast<int32_t>(lo);
+      p.values[q] = p.t.memory[idx[q]] + p.t.grad[idx[q]];
+    }
+    p.held = j;
+  }
+
+  std::vector<uint32_t> send, recv;
+  // Reduce-scatter: hop h receives the chunk owned by rank r - h.
+  for (int64_t hop = 1; hop < n; ++hop) {
+    send.clear();
+    int64_t recv_words = 0;
+    for (Plan& p : plans) {
+      const std::vector<int32_t>& idx = p.indices[p.held];
+      send.insert(send.end(), idx.begin(), idx.end());
+      const uint32_t* vals = reinterpret_cast<const uint32_t*>(p.values.data());
+      send.insert(send.end(), vals, vals + p.values.size());
+      recv_words += 2 * p.k[mod(r - hop - p.t.step, n)];
+    }
+    recv.resize(recv_words);
+    sendrecv(send.data(), 4 * static_cast<int64_t>(send.size()), recv.data(), 4 * recv_words);
+    size_t at = 0;
+    for (Plan& p : plans) {
+      const int64_t j = mod(r - hop - p.t.step, n), k = p.k[j];
+      std::vector<int32_t>& idx = p.indices[j];
+      idx.assign(reinterpret_cast<const int32_t*>(recv.data() + at),
+                 reinterpret_cast<const int32_t*>(recv.data() + at + k));
+      p.values.resize(k);
+      std::memcpy(p.values.data(), recv.data() + at + k, 4 * k);
+      at += 2 * k;
+      for (int64_t q = 0; q < k; ++q) {
+        const int32_t x = idx[q];
+        if (x < p.bounds[j] || x >= p.bounds[j + 1] || (q > 0 && x <= idx[q - 1]))
+          throw std::runtime_error("ring allreduce: received an index outside its chunk; "
+                                   "the ranks disagree on the tensors");
+        p.values[q] = p.values[q] + (p.t.memory[x] + p.t.grad[x]);
+      }
+      p.held = j;
+    }
+  }
+
+  // This rank now holds the complete sum of the chunk owned by rank r + 1.
+  const float n_f = static_cast<float>(n);
+  auto write_mean = [&](Plan& p, int64_t j, const float* sums) {
+    const std::vector<int32_t>& idx = p.indices[j];
+    for (size_t q = 0; q < idx.size(); ++q) p.t.out[idx[q]] = sums[q] / n_f;
+  };
+  for (Plan& p : plans) {
+    std::fill(p.t.out, p.t.out + p.t.numel, 0.0f);
+    write_mean(p, p.held, p.values.data());
+  }
+  // Allgather: values only; hop h receives the sum of the chunk owned by r + 1 - h.
+  for (int64_t hop = 1; hop < n; ++hop) {
+    send.clear();
+    int64_t recv_words = 0;
+    for (Plan& p : plans) {
+      const uint32_t* vals = reinterpret_cast<const uint32_t*>(p.values.data());
+      send.insert(send.end(), vals, vals + p.values.size());
+      recv_words += p.k[mod(r + 1 - hop - p.t.step, n)];
+    }
+    recv.resize(recv_words);
+    sendrecv(send.data(), 4 * static_cast<int64_t>(send.size()), recv.data(), 4 * recv_words);
+    size_t at = 0;
+    for (Plan& p : plans) {
+      const int64_t j = mod(r + 1 - hop - p.t.step, n), k = p.k[j];
+      p.values.resize(k);
+      std::memcpy(p.values.data(), recv.data() + at, 4 * k);
+      at += k;
+      write_mean(p, j, p.values.data());
+      p.held = j;
+    }
+  }
+
+  // No rank leaves an exchange while a peer still receives from it: a rank
+  // that returned, finished training and finalized MPI with a message still
+  // in flight made its neighbour hang or crash in the TCP transport (seen
+  // under load with Open MPI 4.1). One barrier per step costs a few latencies.
+  check_mpi(MPI_Barrier(comm_), "MPI_Barrier");
+
+  // The low-pass memory update for the union of the chunks' index sets.
+  std::vector<int32_t> all;
+  std::vector<float> scratch;
+  for (Plan& p : plans) {
+    all.clear();
+    for (const auto& idx : p.indices) all.insert(all.end(), idx.begin(), idx.end());
+    scratch.resize(all.size());
+    gather_and_update(p.t.memory, p.t.grad, p.t.numel, all.data(),
+                      static_cast<int64_t>(all.size()), beta, scratch.data(), num_threads);
+  }
+}
+
+}  // namespace scalecom

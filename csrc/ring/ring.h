@@ -1,0 +1,84 @@
+// Path B of ScaleCom: a compressed ring allreduce over MPI with chunk-wise
+// cyclic owners (DESIGN.md section 2B), framework-free.
+//
+// Each tensor is cut into n contiguous chunks (numpy.array_split); at the
+// tensor's step t chunk j is owned by rank (j + t) mod n.
+//   reduce-scatter, n - 1 hops: the owner selects top-k_j of |m + g| in its
+//     chunk and sends (indices, values) to its right neighbour; each next rank
+//     adds its own m + g at those indices and forwards. The sum is complete at
+//     the owner's left neighbour, summed in ring order, as the reference does.
+//   allgather, n - 1 hops: values only.
+// All tensors of a step travel fused: one MPI_Sendrecv per hop. Every rank has
+// seen every chunk's index set, so it applies the low-pass memory update for
+// their union and writes the dense mean.
+//
+// The engine owns a duplicate of MPI_COMM_WORLD, so its messages never mix with
+// Horovod's, and runs each exchange on a thread of its own so that a frontend
+// can overlap it with other work; MPI must provide MPI_THREAD_MULTIPLE.
+#pragma once
+
+#include <mpi.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace scalecom {
+
+struct RingTensor {
+  float* memory;        // numel float32, updated in place
+  const float* grad;    // numel float32
+  float* out;           // numel float32: the dense mean of the step
+  int64_t numel;
+  int64_t step;         // the tensor's step t: fixes the chunk owners
+};
+
+class RingEngine {
+ public:
+  // Duplicates MPI_COMM_WORLD (collective: every rank must construct it).
+  // Throws std::runtime_error if MPI is not initialized or its thread level
+  // is below MPI_THREAD_MULTIPLE.
+  RingEngine();
+  ~RingEngine();
+  RingEngine(const RingEngine&) = delete;
+  RingEngine& operator=(const RingEngine&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+
+  // Starts one fused exchange on the engine's thread. The buffers must stay
+  // valid until wait() returns true. One exchange at a time.
+  void start(std::vector<RingTensor> tensors, double ratio, float beta, int num_threads);
+
+  // Waits up to timeout_s seconds. True when the exchange finished (rethrows
+  // its error, if any); false on timeout, after which the engine is unusable.
+  bool wait(double timeout_s);
+
+  // Bytes this rank sent in the last finished exchange (payload of all hops).
+  int64_t last_bytes() const { return last_bytes_; }
+
+ private:
+  void run(std::vector<RingTensor> tensors, double ratio, float beta, int num_threads);
+  void exchange(std::vector<RingTensor>& tensors, double ratio, float beta, int num_threads);
+  void check_agreement(const std::vector<RingTensor>& tensors, double ratio);
+  void sendrecv(const void* send, int64_t send_bytes, void* recv, int64_t recv_bytes);
+
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0;
+  int size_ = 1;
+  std::thread worker_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool busy_ = false;
+  bool done_ = false;
+  bool broken_ = false;
+  std::exception_ptr error_;
+  int64_t last_bytes_ = 0;
+  int64_t bytes_ = 0;
+};
+
+}  // namespace scalecom

@@ -1,0 +1,173 @@
+"""Path B for PyTorch: a Horovod-style DistributedOptimizer whose compressed
+gradients go through ScaleCom's ring allreduce over MPI.
+
+    optimizer = horovod_scalecom.torch.DistributedOptimizer(
+        optimizer, named_parameters=model.named_parameters(),
+        compression=ScaleCom(model, ratio=0.01, beta=0.1))
+
+At ``step()`` (or ``synchronize()``) every compressible gradient of the step
+travels in one fused compressed ring (``horovod_scalecom._ring``: chunk-wise
+cyclic owners, (index, value) pairs in the reduce-scatter, values in the
+allgather, so per-rank traffic does not grow with n). The ring runs on its
+own thread and MPI communicator while the other gradients (warm-up steps,
+tensors below ``min_numel``, non-floating) go through Horovod's allreduce,
+overlapping the two. ScaleCom's memory and step counters are the ones of the
+``compression`` object, so its state_dict()/load_state_dict() checkpoint
+path B too.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+import torch
+import horovod.torch as hvd
+
+from horovod_scalecom import bytes_model
+from horovod_scalecom.torch.compression import COMPRESSIBLE_DTYPES, ScaleCom
+
+try:
+    from horovod_scalecom import _ring
+except ImportError as exc:  # pragma: no cover - exercised when built without MPI
+    _ring = None
+    _RING_IMPORT_ERROR = exc
+
+
+class _RingOptimizer(torch.optim.Optimizer):
+    """Mixed into the wrapped optimizer's class, as Horovod does."""
+
+    def __init__(self, params, named_parameters, compression: ScaleCom,
+                 backward_passes_per_step: int, op) -> None:
+        super(self.__class__, self).__init__(params)
+        if not isinstance(compression, ScaleCom):
+            raise TypeError("horovod_scalecom.torch.DistributedOptimizer needs compression="
+                            "ScaleCom(...); for other compressors use hvd.DistributedOptimizer")
+        if op != hvd.Average:
+            raise ValueError("the ScaleCom ring averages; op must be hvd.Average")
+        if backward_passes_per_step < 1:
+            raise ValueError("backward_passes_per_step must be >= 1")
+        self._compression = compression
+        self.backward_passes_per_step = backward_passes_per_step
+        named = list(named_parameters) if named_parameters is not None else [
+            (name, p) for name, p in compression._named()]
+        by_id = {id(p): name for name, p in named}
+        self._params: list[tuple[str, torch.Tensor]] = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    if id(p) not in by_id:
+                        raise ValueError("an optimizer parameter is not in named_parameters")
+                    self._params.append((by_id[id(p)], p))
+        unknown = [n for n, _ in self._params if n not in compression._states]
+        if unknown:
+            raise ValueError(f"ScaleCom was not given these parameters: {', '.join(unknown)}")
+        # Registration order, the same on every rank: the ring's tensor order.
+        self._params.sort(key=lambda item: compression._order[item[0]])
+        if hvd.size() > 1:
+            if _ring is None:
+                raise ImportError(f"the ring allreduce extension is not built: "
+                                  f"{_RING_IMPORT_ERROR}; rebuild with Open MPI installed "
+                                  "(bash scripts/setup.sh)")
+            self._engine = _ring.Engine()
+        else:
+            self._engine = None
+        self._last: dict[str, Any] = {}
+
+    def synchronize(self) -> None:
+        compression = self._compression
+        cfg = compression.config
+        ring, dense = [], []
+        for name, p in self._params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)   # another rank may have a gradient for it
+            state = compression._states[name]
+            t = state.step
+            state.step += 1
+            grad = p.grad
+            if (self._engine is None or t < cfg.warmup_steps or grad.numel() < cfg.min_numel
+                    or grad.dtype not in COMPRESSIBLE_DTYPES):
+                dense.append((name, p))
+            else:
+                if grad.device.type != "cpu":
+                    raise RuntimeError(f"ScaleCom ring: the gradient of {name} is on "
+                                       f"{grad.device}; this build has CPU kernels only")
+                compression._prepare(state, grad)
+                ring.append((name, p, state, t))
+
+        start = time.perf_counter()
+        outs = []
+        if ring:
+            grads = [p.grad.detach().reshape(-1).to(torch.float32).contiguous()
+                     for _, p, _, _ in ring]
+            outs = [torch.empty_like(g) for g in grads]
+            self._engine.start([s.memory.numpy() for _, _, s, _ in ring],
+                               [g.numpy() for g in grads], [o.numpy() for o in outs],
+                               [t for _, _, _, t in ring], float(cfg.ratio), float(cfg.beta),
+                               torch.get_num_threads())
+        handles = []
+        for name, p in dense:
+            grad = p.grad if p.grad.dtype != torch.bfloat16 else p.grad.float()
+            handles.append((p, grad, hvd.allreduce_async_(grad, name=f"scalecom.dense.{name}",
+                                                          op=hvd.Average)))
+        ring_bytes = 0
+        if ring:
+            try:
+                ring_bytes = self._engine.wait(compression.share_timeout)
+            except TimeoutError as exc:
+                raise RuntimeError(f"ScaleCom ring on rank {hvd.rank()}: {exc}") from exc
+            for (_, p, _, _), out in zip(ring, outs):
+                p.grad.copy_(out.view_as(p.grad))
+        for p, grad, handle in handles:
+            result = hvd.synchronize(handle)
+            if result is not p.grad:
+                p.grad.copy_(result)
+        size = hvd.size()
+        self._last = {
+            "ring_tensors": len(ring),
+            "ring_bytes": ring_bytes,
+            "ring_dense_bytes": sum(bytes_model.dense_ring_allreduce(p.numel(), size)
+                                    for _, p, _, _ in ring),
+            "dense_tensors": len(dense),
+            "exchange_s": time.perf_counter() - start,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Figures of the last step: bytes this rank sent in the ring (counted
+        by the engine), what a dense allreduce of the same tensors would send,
+        and the exchange time."""
+        return dict(self._last)
+
+    def step(self, closure=None):
+        self.synchronize()
+        return super(self.__class__, self).step(closure)
+
+
+def DistributedOptimizer(optimizer: torch.optim.Optimizer,
+                         named_parameters: Iterable[tuple[str, torch.Tensor]] | None = None,
+                         compression: ScaleCom | None = None,
+                         backward_passes_per_step: int = 1, op=hvd.Average,
+                         **horovod_kwargs: Any) -> torch.optim.Optimizer:
+    """Wraps ``optimizer`` like ``hvd.DistributedOptimizer``, with path B.
+
+    Takes hvd.DistributedOptimizer's arguments. ``compression`` must be a
+    ScaleCom built from the same parameters. Gradients are exchanged in
+    ``step()``/``synchronize()``, after the whole backward pass (the ring
+    fuses all tensors of a step into one message per hop), so gradients
+    accumulate locally over ``backward_passes_per_step`` backward passes.
+    ``num_groups``/``groups`` have no effect (the ring already fuses
+    everything); other Horovod options are not supported and rejected.
+    """
+    if compression is None:
+        raise TypeError("compression=ScaleCom(...) is required")
+    for key, value in horovod_kwargs.items():
+        if key in ("num_groups", "groups", "sparse_as_dense"):
+            continue
+        if key == "gradient_predivide_factor" and value == 1.0:
+            continue
+        raise ValueError(f"horovod_scalecom.torch.DistributedOptimizer does not support "
+                         f"{key}={value!r}")
+    cls = type(optimizer.__class__.__name__, (optimizer.__class__,),
+               dict(_RingOptimizer.__dict__))
+    return cls(optimizer.param_groups, named_parameters, compression,
+               backward_passes_per_step, op)

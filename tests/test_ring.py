@@ -1,0 +1,93 @@
+"""Path B under real `mpirun -np N`: horovod_scalecom.torch.DistributedOptimizer and the
+C++ ring engine against the NumPy ring simulator, bytes included."""
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("horovod.torch")
+
+from horovod_scalecom import bytes_model  # noqa: E402
+from horovod_scalecom.config import ScaleComConfig, num_selected  # noqa: E402
+from horovod_scalecom.reference import PathBSimulator  # noqa: E402
+from horovod_scalecom.reference.path_a import allreduce_mean  # noqa: E402
+
+from mpi import run_mpi  # noqa: E402
+from workers.common import gradient  # noqa: E402
+
+SHAPES = {"a": (64, 48), "b": (37, 29), "bias": (64,), "c": (1000,)}
+
+
+def check(job, n, steps, cfg, shapes):
+    sim = PathBSimulator(n, cfg)
+    results = [job.result(r) for r in range(n)]
+    for step in range(steps):
+        grads = {name: [gradient(0, r, step, i, shape) for r in range(n)]
+                 for i, (name, shape) in enumerate(shapes.items())}
+        ring = sim.step(grads)
+        for name in shapes:
+            outs = [res[f"out/{step}/{name}"].reshape(-1) for res in results]
+            for r in range(1, n):
+                np.testing.assert_array_equal(outs[r], outs[0], err_msg=f"{name} rank {r}")
+            if ring[name] is None:          # dense: Horovod's allreduce, MPI's sum order
+                expected = allreduce_mean([g.reshape(-1) for g in grads[name]])
+                np.testing.assert_allclose(outs[0], expected, rtol=1e-6, atol=1e-7)
+            else:                           # the ring sums in the reference's order
+                expected = ring[name].outputs[0]
+                np.testing.assert_array_equal(outs[0].view(np.uint32), expected.view(np.uint32),
+                                              err_msg=f"{name} at step {step}")
+        for r, res in enumerate(results):
+            assert int(res[f"bytes/{step}"]) == sim.last_bytes[r], f"bytes of rank {r}"
+    for r, res in enumerate(results):
+        for name in shapes:
+            if name in sim.memory and f"mem/{name}" in res:
+                np.testing.assert_array_equal(res[f"mem/{name}"].view(np.uint32),
+                                              sim.memory[name][r].view(np.uint32))
+    return results
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_ring_matches_reference_bitwise(n, tmp_path):
+    cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+    job = run_mpi(n, "torch_ring.py", tmp_path, "sequence", "--steps", "10",
+                  timeout=300).check_ok()
+    check(job, n, 10, cfg, SHAPES)
+
+
+def test_ring_tiny_tensors_and_warmup(tmp_path):
+    shapes = dict(SHAPES, tiny=(3,))
+    cfg = ScaleComConfig(ratio=0.05, beta=0.3, warmup_steps=2, min_numel=0)
+    job = run_mpi(4, "torch_ring.py", tmp_path, "sequence", "--steps", "6", "--tiny",
+                  "--min-numel", "0", "--warmup", "2", "--beta", "0.3", timeout=300).check_ok()
+    check(job, 4, 6, cfg, shapes)
+
+
+def test_ring_bytes_bounded_in_n(tmp_path):
+    """Per-rank bytes follow 12 k (n - 1) / n: bounded by 12 k for any n, where
+    top-k allgather's 8 k (n - 1) grows linearly."""
+    per_rank = {}
+    for n in (2, 4, 8):
+        job = run_mpi(n, "torch_ring.py", tmp_path / str(n), "sequence", "--steps", "2",
+                      "--min-numel", "1000", timeout=400).check_ok()
+        per_rank[n] = [int(job.result(r)["bytes/1"]) for r in range(n)]
+    k_total = {n: sum(num_selected(len(c), 0.05)
+                      for shape in ((64, 48), (37, 29), (1000,))
+                      for c in np.array_split(np.arange(int(np.prod(shape))), n))
+               for n in (2, 4, 8)}
+    for n, sent in per_rank.items():
+        assert max(sent) <= 12 * k_total[n]
+        assert abs(np.mean(sent) - bytes_model.path_b(k_total[n], n)) <= 12 * n
+    grow = np.mean(per_rank[8]) / np.mean(per_rank[2])
+    assert grow < 1.9, f"bytes per rank grew {grow:.2f}x from n=2 to n=8"
+    assert bytes_model.topk_allgather(k_total[8], 8) / bytes_model.topk_allgather(
+        k_total[2], 2) > 6
+
+
+def test_rank_failing_mid_step_ends_every_rank(tmp_path):
+    start = time.monotonic()
+    job = run_mpi(3, "torch_ring.py", tmp_path, "sequence", "--steps", "6", "--fail-at", "3",
+                  "--timeout", "20", timeout=120)
+    assert job.returncode != 0
+    assert "injected failure on rank 1" in (job.error(1) or "")
+    assert time.monotonic() - start < 90

@@ -1,0 +1,79 @@
+"""mpirun worker: path B, horovod_scalecom.torch.DistributedOptimizer.
+
+usage: torch_ring.py OUTDIR MODE [options]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import horovod.torch as hvd
+from horovod_scalecom.torch import DistributedOptimizer, ScaleCom
+
+from common import gradient, run
+
+
+def shapes_for(args):
+    shapes = {"a": (64, 48), "b": (37, 29), "bias": (64,), "c": (1000,)}
+    if args.tiny:
+        shapes["tiny"] = (3,)          # fewer elements than ranks: empty chunks
+    return shapes
+
+
+class Params(torch.nn.Module):
+    def __init__(self, shapes):
+        super().__init__()
+        for name, shape in shapes.items():
+            self.register_parameter(name, torch.nn.Parameter(torch.zeros(shape)))
+
+
+def sequence(args, out):
+    shapes = shapes_for(args)
+    model = Params(shapes)
+    compression = ScaleCom(model, ratio=args.ratio, beta=args.beta, warmup_steps=args.warmup,
+                           min_numel=args.min_numel, share_timeout=args.timeout)
+    opt = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0),
+                               named_parameters=model.named_parameters(),
+                               compression=compression)
+    result = {}
+    for step in range(args.steps):
+        if args.fail_at == step and hvd.rank() == 1:
+            raise RuntimeError("injected failure on rank 1")
+        grads = [torch.from_numpy(gradient(args.seed, hvd.rank(), step, i, shape))
+                 for i, shape in enumerate(shapes.values())]
+        sum((p * g).sum() for p, g in zip(model.parameters(), grads)).backward()
+        opt.synchronize()
+        for name, p in model.named_parameters():
+            result[f"out/{step}/{name}"] = p.grad.numpy().copy()
+        result[f"bytes/{step}"] = np.array(opt.stats()["ring_bytes"])
+        model.zero_grad()
+    for name, entry in compression.state_dict()["tensors"].items():
+        if entry["memory"] is not None:
+            result[f"mem/{name}"] = entry["memory"].numpy()
+    np.savez(out / f"rank{hvd.rank()}.npz", **result)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("outdir")
+    parser.add_argument("mode", choices=["sequence"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--ratio", type=float, default=0.05)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--warmup", type=int, default=0)
+    parser.add_argument("--min-numel", type=int, default=100)
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--fail-at", type=int, default=-1)
+    parser.add_argument("--timeout", type=float, default=60)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    hvd.init()
+    sequence(args, Path(args.outdir))
+
+
+if __name__ == "__main__":
+    run(main, sys.argv[1])

@@ -91,3 +91,35 @@ def test_rank_failing_mid_step_ends_every_rank(tmp_path):
     assert job.returncode != 0
     assert "injected failure on rank 1" in (job.error(1) or "")
     assert time.monotonic() - start < 90
+
+
+# --- the TensorFlow frontends of path B (their own mpirun jobs) ---------------------
+
+@pytest.mark.parametrize("n,extra", [(2, ()), (3, ("--function",))])
+def test_tf_tape_ring_matches_reference_bitwise(n, extra, tmp_path):
+    pytest.importorskip("horovod.tensorflow")
+    cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+    job = run_mpi(n, "tf_compressor.py", tmp_path, "ring_sequence", "--steps", "8", *extra,
+                  timeout=300).check_ok()
+    check(job, n, 8, cfg, SHAPES)
+
+
+def test_tf_ring_tiny_tensors_and_warmup(tmp_path):
+    pytest.importorskip("horovod.tensorflow")
+    shapes = dict(SHAPES, tiny=(3,))
+    cfg = ScaleComConfig(ratio=0.05, beta=0.3, warmup_steps=2, min_numel=0)
+    job = run_mpi(4, "tf_compressor.py", tmp_path, "ring_sequence", "--steps", "5", "--tiny",
+                  "--min-numel", "0", "--warmup", "2", "--beta", "0.3", "--function",
+                  timeout=300).check_ok()
+    check(job, 4, 5, cfg, shapes)
+
+
+def test_keras_fit_with_ring_optimizer(tmp_path):
+    pytest.importorskip("horovod.tensorflow")
+    job = run_mpi(2, "tf_compressor.py", tmp_path, "ring_keras", "--steps", "10",
+                  timeout=300).check_ok()
+    a, b = job.result(0), job.result(1)
+    for key in a:
+        if key.startswith("w"):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert int(a["ring_bytes"]) > 0

@@ -10,7 +10,7 @@ Importing this module loads horovod.tensorflow; never import horovod_scalecom.to
 in the same process.
 """
 
-__all__ = ["ScaleCom"]
+__all__ = ["ScaleCom", "DistributedGradientTape"]
 
 
 def __getattr__(name: str):
@@ -18,4 +18,7 @@ def __getattr__(name: str):
     if name == "ScaleCom":
         from horovod_scalecom.tensorflow.compression import ScaleCom
         return ScaleCom
+    if name == "DistributedGradientTape":
+        from horovod_scalecom.tensorflow.ring import DistributedGradientTape
+        return DistributedGradientTape
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,8 +15,8 @@ import tensorflow as tf  # noqa: E402
 
 import horovod.tensorflow as hvd  # noqa: E402
 import horovod.tensorflow.keras as hvd_keras  # noqa: E402
-from horovod_scalecom.tensorflow import ScaleCom  # noqa: E402
-from horovod_scalecom.tensorflow.keras import ScaleComCallback  # noqa: E402
+from horovod_scalecom.tensorflow import DistributedGradientTape, ScaleCom  # noqa: E402
+from horovod_scalecom.tensorflow.keras import DistributedOptimizer, ScaleComCallback  # noqa: E402
 
 from common import SHAPES, gradient, run  # noqa: E402
 
@@ -49,6 +49,53 @@ def sequence(args, out):
         name = NAMES[entry["offset"]]
         result[f"mem/{name}"] = compression.memory[entry["key"]].numpy()
         result[f"step/{name}"] = np.array(compression.steps[entry["key"]].numpy())
+    np.savez(out / f"rank{hvd.rank()}.npz", **result)
+
+
+RING_SHAPES = {"a": (64, 48), "b": (37, 29), "bias": (64,), "c": (1000,)}
+
+
+def ring_sequence(args, out):
+    """Path B: the worker of tests/test_ring.py, through horovod_scalecom's tape."""
+    shapes = dict(RING_SHAPES, tiny=(3,)) if args.tiny else RING_SHAPES
+    variables = [tf.Variable(tf.zeros(shape), name=name) for name, shape in shapes.items()]
+    compression = ScaleCom(ratio=args.ratio, beta=args.beta, warmup_steps=args.warmup,
+                           min_numel=args.min_numel)
+    tapes = []
+
+    def step(grads_in):
+        with tf.GradientTape() as tape:
+            loss = tf.add_n([tf.reduce_sum(v * g) for v, g in zip(variables, grads_in)])
+        tape = DistributedGradientTape(tape, compression=compression)
+        tapes.append(tape)
+        return tape.gradient(loss, variables)
+
+    if args.function:
+        step = tf.function(step)
+    result = {}
+    for t in range(args.steps):
+        grads_in = [tf.constant(gradient(args.seed, hvd.rank(), t, i, shape))
+                    for i, shape in enumerate(shapes.values())]
+        for name, g in zip(shapes, step(grads_in)):
+            result[f"out/{t}/{name}"] = g.numpy()
+        result[f"bytes/{t}"] = np.array(tapes[-1]._exchange.last_bytes)
+    for entry in compression.tensors():
+        name = list(shapes)[entry["offset"]]
+        result[f"mem/{name}"] = compression.memory[entry["key"]].numpy()
+    np.savez(out / f"rank{hvd.rank()}.npz", **result)
+
+
+def ring_keras(args, out):
+    """Path B with model.fit: horovod_scalecom.tensorflow.keras.DistributedOptimizer."""
+    model = mlp()
+    compression = ScaleCom(ratio=args.ratio, beta=args.beta, min_numel=args.min_numel)
+    opt = DistributedOptimizer(tf.keras.optimizers.SGD(0.1, momentum=0.9), compression)
+    model.compile(opt, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    xs, ys = zip(*(data(args.seed, s) for s in range(args.steps)))
+    model.fit(np.concatenate(xs), np.concatenate(ys), batch_size=16, epochs=2, shuffle=False,
+              verbose=0)
+    result = {f"w{i}": w for i, w in enumerate(model.get_weights())}
+    result["ring_bytes"] = np.array(opt.scalecom_exchange.last_bytes)
     np.savez(out / f"rank{hvd.rank()}.npz", **result)
 
 
@@ -133,7 +180,8 @@ def bad(args, out):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("outdir")
-    parser.add_argument("mode", choices=["sequence", "keras", "tape", "bad"])
+    parser.add_argument("mode", choices=["sequence", "keras", "tape", "bad", "ring_sequence",
+                                         "ring_keras"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--ratio", type=float, default=0.05)
@@ -143,12 +191,15 @@ def main():
     parser.add_argument("--function", action="store_true")
     parser.add_argument("--resume-at", type=int, default=0)
     parser.add_argument("--case", default="")
+    parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     hvd.init()
     out = Path(args.outdir)
-    {"sequence": sequence, "keras": keras_fit, "tape": tape_train, "bad": bad}[args.mode](args, out)
+    modes = {"sequence": sequence, "keras": keras_fit, "tape": tape_train, "bad": bad,
+             "ring_sequence": ring_sequence, "ring_keras": ring_keras}
+    modes[args.mode](args, out)
 
 
 if __name__ == "__main__":

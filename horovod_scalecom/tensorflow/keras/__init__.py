@@ -1,5 +1,6 @@
-"""Keras helpers for ScaleCom (horovod.tensorflow.keras)."""
+"""Keras helpers for ScaleCom (horovod.tensorflow.keras): the callback and path B's optimizer."""
 
 from horovod_scalecom.tensorflow.keras.callback import ScaleComCallback
+from horovod_scalecom.tensorflow.keras.optimizer import DistributedOptimizer
 
-__all__ = ["ScaleComCallback"]
+__all__ = ["ScaleComCallback", "DistributedOptimizer"]

@@ -1,0 +1,32 @@
+"""Path B for Keras: a DistributedOptimizer whose compressible gradients go
+through ScaleCom's compressed ring allreduce (see horovod_scalecom.tensorflow.ring)."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from horovod_scalecom.tensorflow.compression import ScaleCom
+from horovod_scalecom.tensorflow.ring import RingExchange
+
+
+def DistributedOptimizer(optimizer: tf.keras.optimizers.Optimizer, compression: ScaleCom,
+                         timeout: float = 120.0) -> tf.keras.optimizers.Optimizer:
+    """Wraps a Keras optimizer like ``horovod.tensorflow.keras.DistributedOptimizer``,
+    averaging gradients in ``apply_gradients`` with path B.
+
+        opt = horovod_scalecom.tensorflow.keras.DistributedOptimizer(
+            tf.keras.optimizers.SGD(0.1), compression=ScaleCom(ratio=0.01))
+        model.compile(opt, ...)
+    """
+    exchange = RingExchange(compression, timeout)
+    base = optimizer.__class__
+
+    def apply_gradients(self, grads_and_vars, *args, **kwargs):
+        grads_and_vars = list(grads_and_vars)
+        variables = [v for _, v in grads_and_vars]
+        grads = exchange.allreduce([g for g, _ in grads_and_vars], variables)
+        return base.apply_gradients(self, zip(grads, variables), *args, **kwargs)
+
+    cls = type(base.__name__, (base,), {"apply_gradients": apply_gradients,
+                                        "scalecom_exchange": exchange})
+    return cls.from_config(optimizer.get_config())

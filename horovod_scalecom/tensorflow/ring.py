@@ -1,0 +1,123 @@
+"""Path B for TensorFlow: the compressed ring allreduce (horovod_scalecom._ring)
+behind a DistributedGradientTape and, in .keras, a DistributedOptimizer.
+
+All compressible gradients of a step travel in one fused ring exchange, run
+through ``tf.numpy_function`` so that it works in eager code and inside
+tf.function alike; the others go through Horovod's allreduce. The memory and
+step counters are the ScaleCom object's variables (keyed by the gradient's
+position in the list and its shape), so ``tf.train.Checkpoint(scalecom=...)``
+saves path B's state as well. The gradients exchanged together share their
+step counter, so warm-up switches the whole group between Horovod's dense
+allreduce and the ring.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+import horovod.tensorflow as hvd
+
+from horovod_scalecom.tensorflow.compression import COMPRESSIBLE_DTYPES, ScaleCom
+
+
+class RingExchange:
+    """Averages a list of gradients: the compressible ones through the ring."""
+
+    def __init__(self, compression: ScaleCom, timeout: float = 120.0) -> None:
+        if not isinstance(compression, ScaleCom):
+            raise TypeError("path B needs compression=horovod_scalecom.tensorflow.ScaleCom(...)")
+        self.compression = compression
+        self.timeout = timeout
+        self._engine = None
+        self.last_bytes = 0
+
+    def _exchange(self, step, *arrays):
+        # Runs in Python (tf.numpy_function). The engine is created at the first
+        # exchange, which every rank reaches together (MPI_Comm_dup is collective).
+        if self._engine is None:
+            from horovod_scalecom import _ring
+            self._engine = _ring.Engine()
+        count = len(arrays) // 2
+        memories = [np.array(a, dtype=np.float32, copy=True).reshape(-1) for a in arrays[:count]]
+        grads = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in arrays[count:]]
+        outs = [np.empty_like(g) for g in grads]
+        cfg = self.compression.config
+        self._engine.start(memories, grads, outs, [int(step)] * count, float(cfg.ratio),
+                           float(cfg.beta), max(1, tf.config.threading.get_intra_op_parallelism_threads()))
+        try:
+            self.last_bytes = self._engine.wait(self.timeout)
+        except TimeoutError as exc:
+            raise RuntimeError(f"ScaleCom ring on rank {hvd.rank()}: {exc}") from exc
+        return memories + outs
+
+    def allreduce(self, grads: Sequence[tf.Tensor | None],
+                  variables: Sequence[tf.Variable] | None = None) -> list[tf.Tensor | None]:
+        compression, cfg = self.compression, self.compression.config
+        out: list[tf.Tensor | None] = list(grads)
+        ring = []
+        for i, grad in enumerate(grads):
+            if grad is None:
+                continue
+            if isinstance(grad, tf.IndexedSlices):
+                grad = tf.convert_to_tensor(grad)
+            numel = grad.shape.num_elements()
+            if (hvd.size() == 1 or numel is None or numel < cfg.min_numel
+                    or grad.dtype not in COMPRESSIBLE_DTYPES):
+                out[i] = hvd.allreduce(grad, op=hvd.Average, name=f"scalecom_dense_{i}")
+                continue
+            key = f"{i}|{grad.shape.as_list()}"
+            compression._registry.offsets[key] = i
+            entry = compression._entry(key, grad.name if hasattr(grad, "name") else key, numel, i)
+            ring.append((i, grad, entry))
+        if not ring:
+            return out
+
+        first_step = compression.steps[ring[0][2].key]
+        step = first_step.read_value()
+        warm = tf.logical_or(tf.logical_not(compression.enabled.read_value()),
+                             step < cfg.warmup_steps)
+        memories = [compression.memory[e.key] for _, _, e in ring]
+
+        def dense():
+            return [hvd.allreduce(tf.cast(g, tf.float32), op=hvd.Average,
+                                  name=f"scalecom_warm_{i}") for i, g, _ in ring]
+
+        def compressed():
+            flat = [tf.reshape(tf.cast(g, tf.float32), [-1]) for _, g, _ in ring]
+            results = tf.numpy_function(self._exchange, [step] + [m.read_value() for m in memories]
+                                        + flat, [tf.float32] * (2 * len(ring)), stateful=True)
+            updates = [m.assign(tf.reshape(r, [-1])) for m, r in zip(memories, results[:len(ring)])]
+            with tf.control_dependencies(updates):
+                return [tf.identity(r) for r in results[len(ring):]]
+
+        averaged = tf.cond(warm, dense, compressed)
+        with tf.control_dependencies(averaged):
+            for _, _, e in ring:
+                compression.steps[e.key].assign_add(1)
+        for (i, g, _), a in zip(ring, averaged):
+            out[i] = tf.cast(tf.reshape(a, g.shape), g.dtype)
+        return out
+
+
+class DistributedGradientTape(tf.GradientTape):
+    """``hvd.DistributedGradientTape`` for path B:
+
+        tape = horovod_scalecom.tensorflow.DistributedGradientTape(
+            tape, compression=ScaleCom(ratio=0.01))
+        grads = tape.gradient(loss, model.trainable_variables)
+    """
+
+    def __init__(self, gradtape: tf.GradientTape, compression: ScaleCom,
+                 timeout: float = 120.0) -> None:
+        super().__init__(gradtape._persistent, gradtape._watch_accessed_variables)
+        self._tape = gradtape._tape
+        self._recording = gradtape._recording
+        self._exchange = RingExchange(compression, timeout)
+
+    def gradient(self, target, sources, output_gradients=None, **kwargs):
+        grads = super().gradient(target, sources, output_gradients, **kwargs)
+        flat_sources = tf.nest.flatten(sources)
+        flat = self._exchange.allreduce(tf.nest.flatten(grads), flat_sources)
+        return tf.nest.pack_sequence_as(grads, flat)

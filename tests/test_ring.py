@@ -19,11 +19,17 @@ from workers.common import gradient  # noqa: E402
 SHAPES = {"a": (64, 48), "b": (37, 29), "bias": (64,), "c": (1000,)}
 
 
-def check(job, n, steps, cfg, shapes):
+def rank_gradient(r, step, i, shape, dynamic=False):
+    if dynamic and i == (r + step) % len(SHAPES):
+        return np.zeros(shape, np.float32)      # this rank computed no gradient for it
+    return gradient(0, r, step, i, shape)
+
+
+def check(job, n, steps, cfg, shapes, dynamic=False):
     sim = PathBSimulator(n, cfg)
     results = [job.result(r) for r in range(n)]
     for step in range(steps):
-        grads = {name: [gradient(0, r, step, i, shape) for r in range(n)]
+        grads = {name: [rank_gradient(r, step, i, shape, dynamic) for r in range(n)]
                  for i, (name, shape) in enumerate(shapes.items())}
         ring = sim.step(grads)
         for name in shapes:
@@ -53,6 +59,15 @@ def test_ring_matches_reference_bitwise(n, tmp_path):
     job = run_mpi(n, "torch_ring.py", tmp_path, "sequence", "--steps", "10",
                   timeout=300).check_ok()
     check(job, n, 10, cfg, SHAPES)
+
+
+def test_ring_gradients_in_different_orders_and_sets_per_rank(tmp_path):
+    """Path B exchanges at step(), in registration order: ranks whose backward
+    passes produce gradients in different orders, or not at all, still agree."""
+    cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+    job = run_mpi(3, "torch_ring.py", tmp_path, "sequence", "--steps", "6", "--dynamic",
+                  timeout=300).check_ok()
+    check(job, 3, 6, cfg, SHAPES, dynamic=True)
 
 
 def test_ring_tiny_tensors_and_warmup(tmp_path):

@@ -44,7 +44,14 @@ def sequence(args, out):
             raise RuntimeError("injected failure on rank 1")
         grads = [torch.from_numpy(gradient(args.seed, hvd.rank(), step, i, shape))
                  for i, shape in enumerate(shapes.values())]
-        sum((p * g).sum() for p, g in zip(model.parameters(), grads)).backward()
+        terms = [(p * g).sum() for p, g in zip(model.parameters(), grads)]
+        if args.dynamic:
+            # Each rank leaves out a different parameter and builds its loss in its
+            # own order: gradients appear in different orders and sets per rank.
+            skip = (hvd.rank() + step) % len(terms)
+            terms = [t for i, t in enumerate(terms) if i != skip]
+            terms = terms[hvd.rank():] + terms[:hvd.rank()]
+        sum(terms).backward()
         opt.synchronize()
         for name, p in model.named_parameters():
             result[f"out/{step}/{name}"] = p.grad.numpy().copy()
@@ -67,6 +74,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=0)
     parser.add_argument("--min-numel", type=int, default=100)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--dynamic", action="store_true")
     parser.add_argument("--fail-at", type=int, default=-1)
     parser.add_argument("--timeout", type=float, default=60)
     args = parser.parse_args()

@@ -10,20 +10,11 @@ the bytes ScaleCom sent against a dense allreduce, and a final accuracy line.
 import argparse
 import time
 
-import numpy as np
 import torch
 
 import horovod.torch as hvd
 from horovod_scalecom.torch import ScaleCom
-
-
-def make_data(seed, n, dim=64, classes=10):
-    teacher = np.random.default_rng(1234)        # same teacher on every rank
-    w1 = teacher.standard_normal((dim, 128)).astype(np.float32)
-    w2 = teacher.standard_normal((128, classes)).astype(np.float32)
-    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    y = np.argmax(np.tanh(x @ w1) @ w2, axis=1)
-    return torch.from_numpy(x), torch.from_numpy(y)
+from synthetic_data import make_data
 
 
 def main():
@@ -39,13 +30,13 @@ def main():
     hvd.init()
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    x, y = make_data(seed=100 + hvd.rank(), n=4096)
-    x_test, y_test = make_data(seed=99, n=2048)
+    x, y = map(torch.from_numpy, make_data(seed=100 + hvd.rank(), n=4096))
+    x_test, y_test = map(torch.from_numpy, make_data(seed=99, n=2048))
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(),
                                 torch.nn.Linear(256, 256), torch.nn.ReLU(),
                                 torch.nn.Linear(256, 10))
     compression = None if args.dense else ScaleCom(model, ratio=args.ratio, beta=args.beta,
-                                                   warmup_steps=20)
+                                                   warmup_steps=5)
     opt = hvd.DistributedOptimizer(
         torch.optim.SGD(model.parameters(), lr=args.lr * hvd.size(), momentum=0.9),
         named_parameters=model.named_parameters(),

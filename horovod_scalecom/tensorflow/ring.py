@@ -13,6 +13,7 @@ allreduce and the ring.
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
@@ -44,8 +45,9 @@ class RingExchange:
         grads = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in arrays[count:]]
         outs = [np.empty_like(g) for g in grads]
         cfg = self.compression.config
+        threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1
         self._engine.start(memories, grads, outs, [int(step)] * count, float(cfg.ratio),
-                           float(cfg.beta), max(1, tf.config.threading.get_intra_op_parallelism_threads()))
+                           float(cfg.beta), threads)
         try:
             self.last_bytes = self._engine.wait(self.timeout)
         except TimeoutError as exc:

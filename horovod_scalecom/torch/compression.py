@@ -143,8 +143,7 @@ class ScaleCom(Compressor):
         state.step += 1
         numel = tensor.numel()
         size = hvd.size()
-        if (t < self.config.warmup_steps or numel < self.config.min_numel
-                or tensor.dtype not in COMPRESSIBLE_DTYPES or size == 1):
+        if self._goes_dense(t, tensor) or size == 1:
             self._last[state.name] = self._record(state, numel, None, None, 0.0, 0.0, 0.0)
             # Horovod's CPU allreduce has no bfloat16: such dense tensors travel as float32.
             return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor), ctx
@@ -243,6 +242,11 @@ class ScaleCom(Compressor):
         }
 
     # -- internals --------------------------------------------------------------------
+
+    def _goes_dense(self, step: int, tensor: torch.Tensor) -> bool:
+        """Warm-up steps, small tensors and unsupported dtypes skip compression."""
+        return (step < self.config.warmup_steps or tensor.numel() < self.config.min_numel
+                or tensor.dtype not in COMPRESSIBLE_DTYPES)
 
     def _named(self) -> list[tuple[str, torch.Tensor]]:
         return [(name, s.param) for name, s in self._states.items()]

@@ -25,7 +25,7 @@ import torch
 import horovod.torch as hvd
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.torch.compression import COMPRESSIBLE_DTYPES, ScaleCom
+from horovod_scalecom.torch.compression import ScaleCom
 
 try:
     from horovod_scalecom import _ring
@@ -85,8 +85,7 @@ class _RingOptimizer(torch.optim.Optimizer):
             t = state.step
             state.step += 1
             grad = p.grad
-            if (self._engine is None or t < cfg.warmup_steps or grad.numel() < cfg.min_numel
-                    or grad.dtype not in COMPRESSIBLE_DTYPES):
+            if self._engine is None or compression._goes_dense(t, grad):
                 dense.append((name, p))
             else:
                 if grad.device.type != "cpu":

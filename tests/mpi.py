@@ -56,6 +56,31 @@ class Job:
         assert self.returncode == 0, f"job failed ({self.returncode}):\n{self.output}"
         return self
 
+    def assert_ranks_equal(self, prefix: str = "") -> None:
+        """Every rank's arrays (those whose key starts with prefix) equal rank 0's, bitwise."""
+        first = self.result(0)
+        for rank in range(1, self.n):
+            other = self.result(rank)
+            for key in first:
+                if key.startswith(prefix):
+                    np.testing.assert_array_equal(other[key], first[key],
+                                                  err_msg=f"{key} on rank {rank}")
+
+    def assert_same_as(self, other: "Job") -> None:
+        """Rank by rank, the same arrays as another job, bitwise."""
+        for rank in range(self.n):
+            mine, theirs = self.result(rank), other.result(rank)
+            for key in mine:
+                np.testing.assert_array_equal(mine[key], theirs[key],
+                                              err_msg=f"{key} on rank {rank}")
+
+    def assert_error_on_every_rank(self, message: str) -> None:
+        assert self.returncode != 0, f"the job succeeded:\n{self.output}"
+        for rank in range(self.n):
+            err = self.error(rank)
+            assert err is not None, f"rank {rank} reported no error:\n{self.output}"
+            assert message in err, err
+
 
 def run_mpi(n: int, worker: str, outdir: Path, *args: str, timeout: float = 180,
             env: dict[str, str] | None = None) -> Job:

@@ -52,10 +52,8 @@ def test_inside_tf_function_with_warmup(tmp_path):
 def test_keras_fit_with_callback(tmp_path):
     job = run_mpi(2, "tf_compressor.py", tmp_path, "keras", "--steps", "12",
                   timeout=300).check_ok()
-    a, b = job.result(0), job.result(1)
-    for key in a:
-        if key.startswith("w"):
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    job.assert_ranks_equal("w")
+    a = job.result(0)
     ratio = a["history/scalecom_ratio"]
     assert ratio[0] == 1.0, "epoch 1 is the callback's dense warm-up"
     assert ratio[1] > 5 and ratio[2] == ratio[1]
@@ -66,9 +64,7 @@ def test_keras_fit_with_callback(tmp_path):
 def test_tape_loop_ranks_agree(tmp_path):
     job = run_mpi(2, "tf_compressor.py", tmp_path, "tape", "--steps", "30",
                   timeout=300).check_ok()
-    a, b = job.result(0), job.result(1)
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    job.assert_ranks_equal()
 
 
 def test_checkpoint_resume_gives_the_same_weights(tmp_path):
@@ -76,10 +72,7 @@ def test_checkpoint_resume_gives_the_same_weights(tmp_path):
     straight = run_mpi(2, "tf_compressor.py", tmp_path / "a", *common, timeout=300).check_ok()
     resumed = run_mpi(2, "tf_compressor.py", tmp_path / "b", *common, "--resume-at", "15",
                       timeout=300).check_ok()
-    for r in range(2):
-        a, b = straight.result(r), resumed.result(r)
-        for key in a:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{key} on rank {r}")
+    resumed.assert_same_as(straight)
 
 
 @pytest.mark.parametrize("case,args,message", [
@@ -90,8 +83,4 @@ def test_checkpoint_resume_gives_the_same_weights(tmp_path):
 ])
 def test_bad_configuration_fails_clearly(case, args, message, tmp_path):
     job = run_mpi(2, "tf_compressor.py", tmp_path, "bad", "--case", case, *args, timeout=180)
-    assert job.returncode != 0
-    for rank in range(2):
-        err = job.error(rank)
-        assert err is not None, f"rank {rank} reported no error:\n{job.output}"
-        assert message in err, err
+    job.assert_error_on_every_rank(message)

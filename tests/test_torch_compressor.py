@@ -60,11 +60,8 @@ def test_low_precision_gradients(dtype, tmp_path):
 def test_small_model_stays_identical_on_all_ranks(tmp_path):
     job = run_mpi(3, "torch_compressor.py", tmp_path, "train", "--steps", "50",
                   "--ratio", "0.02", timeout=300).check_ok()
-    params = [job.result(r) for r in range(3)]
-    for name in params[0]:
-        for r in (1, 2):
-            np.testing.assert_array_equal(params[r][name], params[0][name], err_msg=name)
-    assert any(np.abs(v).sum() > 0 for v in params[0].values())
+    job.assert_ranks_equal()
+    assert any(np.abs(v).sum() > 0 for v in job.result(0).values())
 
 
 def test_checkpoint_resume_gives_the_same_parameters(tmp_path):
@@ -72,10 +69,7 @@ def test_checkpoint_resume_gives_the_same_parameters(tmp_path):
     straight = run_mpi(2, "torch_compressor.py", tmp_path / "a", *common, timeout=300).check_ok()
     resumed = run_mpi(2, "torch_compressor.py", tmp_path / "b", *common, "--resume-at", "25",
                       timeout=300).check_ok()
-    for r in range(2):
-        a, b = straight.result(r), resumed.result(r)
-        for name in a:
-            np.testing.assert_array_equal(a[name], b[name], err_msg=f"{name} on rank {r}")
+    resumed.assert_same_as(straight)
 
 
 @pytest.mark.parametrize("case,args,message", [
@@ -89,11 +83,7 @@ def test_checkpoint_resume_gives_the_same_parameters(tmp_path):
 ])
 def test_bad_input_fails_clearly_on_every_rank(case, args, message, tmp_path):
     job = run_mpi(2, "torch_compressor.py", tmp_path, "bad", "--case", case, *args, timeout=120)
-    assert job.returncode != 0
-    for rank in range(2):
-        err = job.error(rank)
-        assert err is not None, f"rank {rank} reported no error:\n{job.output}"
-        assert message in err, err
+    job.assert_error_on_every_rank(message)
 
 
 def test_ranks_reaching_tensors_in_different_orders_fail_instead_of_hanging(tmp_path):

@@ -307,3 +307,11 @@ def test_byte_model_formulas():
     sim = PathASimulator(n, ScaleComConfig(ratio=0.01, min_numel=0))
     res = sim.step("w", [np.ones(N, F32)] * n)
     assert res.bytes_sent == [bytes_model.path_a(k, n)] * n
+
+
+def test_nonfinite_updates_leave_the_memory_alone():
+    m = np.array([1.0, 2.0, 3.0, 4.0], F32)
+    g = np.array([np.nan, np.inf, 1.0, np.nan], F32)
+    c, m_new = gather_and_update(m, g, np.array([3], np.int32), 0.5)
+    np.testing.assert_array_equal(m_new, [1.0, 2.0, 3.5, F32(0.5) * 4.0])
+    assert np.isnan(c[0])

@@ -70,7 +70,9 @@ def test_gather_update_bitwise(numel, k, beta):
     for threads in (1, 3):
         torch.set_num_threads(threads)
         mt = torch.from_numpy(m.copy())
-        c = ops.gather_update_(mt, torch.from_numpy(g), torch.from_numpy(idx), beta).numpy()
+        c, kept = ops.gather_update_(mt, torch.from_numpy(g), torch.from_numpy(idx), beta)
+        c = c.numpy()
+        assert kept == 0
         c_ref, m_ref = core.gather_and_update(m, g, idx, beta)
         np.testing.assert_array_equal(bits(c), bits(c_ref))
         np.testing.assert_array_equal(bits(mt.numpy()), bits(m_ref))
@@ -85,7 +87,7 @@ def test_low_precision_gradients_widen_to_float32(dtype):
     idx = core.topk_indices(core.accumulate(m, g32), 50)
     np.testing.assert_array_equal(ops.select_topk(torch.from_numpy(m), g, 50).numpy(), idx)
     mt = torch.from_numpy(m.copy())
-    c = ops.gather_update_(mt, g, torch.from_numpy(idx), 0.1).numpy()
+    c = ops.gather_update_(mt, g, torch.from_numpy(idx), 0.1)[0].numpy()
     c_ref, m_ref = core.gather_and_update(m, g32, idx, 0.1)
     np.testing.assert_array_equal(bits(c), bits(c_ref))
     np.testing.assert_array_equal(bits(mt.numpy()), bits(m_ref))
@@ -120,3 +122,25 @@ def test_bad_inputs_raise_clear_errors():
         ops.select_topk(m, torch.zeros(10, dtype=torch.int64), 1)
     with pytest.raises(ValueError, match="ratio"):
         ops.num_selected(10, 0.0)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_nonfinite_gradients_never_enter_the_memory(threads):
+    torch.set_num_threads(threads)
+    numel = 300_000
+    rng = np.random.default_rng(9)
+    m = rng.standard_normal(numel).astype(F32)
+    g = rng.standard_normal(numel).astype(F32)
+    g[[5, 70_000, 250_000]] = [np.nan, np.inf, -np.inf]
+    g[123] = 3e38                     # finite, but m + beta * g overflows at beta 1
+    m[123] = 3e38
+    idx = np.array([5, 10, 123, 299_999], dtype=np.int32)   # NaN at 5 is selected
+    mt = torch.from_numpy(m.copy())
+    c, kept = ops.gather_update_(mt, torch.from_numpy(g), torch.from_numpy(idx), 1.0)
+    c_ref, m_ref = core.gather_and_update(m, g, idx, 1.0)
+    np.testing.assert_array_equal(bits(c.numpy()), bits(c_ref))
+    np.testing.assert_array_equal(bits(mt.numpy()), bits(m_ref))
+    assert np.isnan(c.numpy()[0]), "a selected NaN shows in the values"
+    assert np.isfinite(mt.numpy()).all(), "the memory stays finite"
+    assert kept == 2                  # the two infinities off the index set
+    np.testing.assert_array_equal(mt.numpy()[[70_000, 250_000]], m[[70_000, 250_000]])

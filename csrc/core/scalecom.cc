@@ -38,12 +38,14 @@ inline void block(int64_t numel, int nt, int tid, int64_t* begin, int64_t* end) 
   *end = *begin + base + (tid < extra ? 1 : 0);
 }
 
-// The bits of |x| as uint32 order exactly like |x|, with NaN above +inf.
-inline uint32_t magnitude_key(float x) {
+inline uint32_t bits_of(float x) {
   uint32_t bits;
   std::memcpy(&bits, &x, sizeof bits);
-  return bits & 0x7FFFFFFFu;
+  return bits;
 }
+
+// The bits of |x| as uint32 order exactly like |x|, with NaN above +inf.
+inline uint32_t magnitude_key(float x) { return bits_of(x) & 0x7FFFFFFFu; }
 
 // Radix levels over the 31 key bits, most significant first.
 constexpr int kLevels = 3;
@@ -192,9 +194,9 @@ void select_topk(const float* memory, const float* grad, int64_t numel, int64_t 
   }
 }
 
-void gather_and_update(float* memory, const float* grad, int64_t numel,
-                       const int32_t* indices, int64_t k, float beta,
-                       float* values, int num_threads) {
+int64_t gather_and_update(float* memory, const float* grad, int64_t numel,
+                          const int32_t* indices, int64_t k, float beta,
+                          float* values, int num_threads) {
   if (k < 0 || k > numel)
     throw std::invalid_argument("gather_and_update: k=" + std::to_string(k) +
                                 " outside [0, numel=" + std::to_string(numel) + "]");
@@ -210,7 +212,8 @@ void gather_and_update(float* memory, const float* grad, int64_t numel,
   }
   const float decay = 1.0f - beta;
   const int nt = threads_for(numel, num_threads);
-#pragma omp parallel num_threads(nt)
+  int64_t dropped = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : dropped)
   {
     const int tid = thread_id();
     int64_t lo, hi;
@@ -221,13 +224,23 @@ void gather_and_update(float* memory, const float* grad, int64_t numel,
     int64_t j = lo;
     for (; i <= i_end; ++i) {
       const int64_t stop = i < i_end ? indices[i] : hi;
-      for (; j < stop; ++j) memory[j] = memory[j] + beta * grad[j];
+      // A non-finite result is not absorbed: the memory keeps its value. Bit
+      // tests and a 32-bit count keep this loop vectorised.
+      uint32_t refused = 0;
+      for (; j < stop; ++j) {
+        const float updated = memory[j] + beta * grad[j];
+        const uint32_t bad = (bits_of(updated) & 0x7F800000u) == 0x7F800000u;
+        memory[j] = bad ? memory[j] : updated;
+        refused += bad;
+      }
+      dropped += refused;
       if (i == i_end) break;
       values[i] = memory[j] + grad[j];
       memory[j] = decay * memory[j];
       ++j;
     }
   }
+  return dropped;
 }
 
 void scatter(const int32_t* indices, const float* values, int64_t k,

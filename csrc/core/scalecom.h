@@ -8,6 +8,7 @@
 //   c   = p[I]
 //   m_j = m_j + beta * g_j                j not in I
 //   m_j = (1 - beta) * m_j                j in I, (1 - beta) rounded to float32
+//   (a non-finite m_j + beta * g_j leaves m_j as it was)
 //
 // Errors are reported as std::invalid_argument; nothing here aborts.
 #pragma once
@@ -30,9 +31,12 @@ void select_topk(const float* memory, const float* grad, int64_t numel, int64_t 
 // In one pass over memory and grad: values[i] = memory[I[i]] + grad[I[i]] and
 // the low-pass update of the memory. `indices` must be ascending, unique and
 // in [0, numel); this is checked (O(k)) before anything is written.
-void gather_and_update(float* memory, const float* grad, int64_t numel,
-                       const int32_t* indices, int64_t k, float beta,
-                       float* values, int num_threads);
+// Non-finite policy: a NaN or Inf reaches `values` (so the caller's output
+// shows it) but never the memory: where m + beta * g is not finite the entry
+// keeps its value. Returns how many entries were kept that way.
+int64_t gather_and_update(float* memory, const float* grad, int64_t numel,
+                          const int32_t* indices, int64_t k, float beta,
+                          float* values, int num_threads);
 
 // out[I[i]] = values[i]; every other element of out is set to zero.
 void scatter(const int32_t* indices, const float* values, int64_t k,

@@ -168,6 +168,9 @@ PyObject* Engine_wait(EngineObject* self, PyObject* args) {
 }
 
 PyObject* Engine_rank(EngineObject* self, PyObject*) { return PyLong_FromLong(self->engine->rank()); }
+PyObject* Engine_nonfinite(EngineObject* self, PyObject*) {
+  return PyLong_FromLongLong(self->engine->last_nonfinite());
+}
 PyObject* Engine_size(EngineObject* self, PyObject*) { return PyLong_FromLong(self->engine->size()); }
 
 PyMethodDef Engine_methods[] = {
@@ -177,6 +180,8 @@ PyMethodDef Engine_methods[] = {
      "wait(timeout_s) -> bytes sent; TimeoutError if the exchange did not finish"},
     {"rank", reinterpret_cast<PyCFunction>(Engine_rank), METH_NOARGS, "rank in the ring"},
     {"size", reinterpret_cast<PyCFunction>(Engine_size), METH_NOARGS, "ranks in the ring"},
+    {"last_nonfinite", reinterpret_cast<PyCFunction>(Engine_nonfinite), METH_NOARGS,
+     "memory entries that refused a non-finite update in the last exchange"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyTypeObject EngineType = {PyVarObject_HEAD_INIT(nullptr, 0)};

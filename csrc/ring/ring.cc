@@ -104,8 +104,10 @@ void RingEngine::run(std::vector<RingTensor> tensors, double ratio, float beta,
                      int num_threads) {
   try {
     bytes_ = 0;
+    nonfinite_ = 0;
     exchange(tensors, ratio, beta, num_threads);
     last_bytes_ = bytes_;
+    last_nonfinite_ = nonfinite_;
   } catch (...) {
     std::lock_guard<std::mutex> lock(mu_);
     error_ = std::current_exception();
@@ -265,8 +267,9 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
     all.clear();
     for (const auto& idx : p.indices) all.insert(all.end(), idx.begin(), idx.end());
     scratch.resize(all.size());
-    gather_and_update(p.t.memory, p.t.grad, p.t.numel, all.data(),
-                      static_cast<int64_t>(all.size()), beta, scratch.data(), num_threads);
+    nonfinite_ += gather_and_update(p.t.memory, p.t.grad, p.t.numel, all.data(),
+                                    static_cast<int64_t>(all.size()), beta, scratch.data(),
+                                    num_threads);
   }
 }
 

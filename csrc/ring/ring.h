@@ -60,6 +60,8 @@ class RingEngine {
 
   // Bytes this rank sent in the last finished exchange (payload of all hops).
   int64_t last_bytes() const { return last_bytes_; }
+  // Memory entries that refused a non-finite update in the last exchange.
+  int64_t last_nonfinite() const { return last_nonfinite_; }
 
  private:
   void run(std::vector<RingTensor> tensors, double ratio, float beta, int num_threads);
@@ -79,6 +81,8 @@ class RingEngine {
   std::exception_ptr error_;
   int64_t last_bytes_ = 0;
   int64_t bytes_ = 0;
+  int64_t last_nonfinite_ = 0;
+  int64_t nonfinite_ = 0;
 };
 
 }  // namespace scalecom

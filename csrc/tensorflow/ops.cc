@@ -84,14 +84,17 @@ class GatherUpdateOp : public OpKernel {
                 InvalidArgument("scalecom: indices must be 1-D"));
     Tensor* values = nullptr;
     Tensor* new_memory = nullptr;
+    Tensor* kept = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, indices.shape(), &values));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, memory.shape(), &new_memory));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({}), &kept));
     float* m = new_memory->flat<float>().data();
     std::memcpy(m, memory.flat<float>().data(), sizeof(float) * memory.NumElements());
+    kept->scalar<int64_t>()() = 0;
     guarded(ctx, [&] {
-      scalecom::gather_and_update(m, grad.flat<float>().data(), memory.NumElements(),
-                                  indices.flat<int32_t>().data(), indices.NumElements(), beta_,
-                                  values->flat<float>().data(), threads(ctx));
+      kept->scalar<int64_t>()() = scalecom::gather_and_update(
+          m, grad.flat<float>().data(), memory.NumElements(), indices.flat<int32_t>().data(),
+          indices.NumElements(), beta_, values->flat<float>().data(), threads(ctx));
     });
   }
 
@@ -144,12 +147,15 @@ REGISTER_OP("ScalecomGatherUpdate")
     .Attr("beta: float")
     .Output("values: float")
     .Output("new_memory: float")
+    .Output("nonfinite_kept: int64")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(2));
       c->set_output(1, c->input(0));
+      c->set_output(2, c->Scalar());
       return absl::OkStatus();
     })
-    .Doc("values = (memory + grad)[indices]; new_memory = the low-pass update.");
+    .Doc("values = (memory + grad)[indices]; new_memory = the low-pass update, which "
+         "refuses non-finite results; nonfinite_kept counts those entries.");
 
 REGISTER_OP("ScalecomScatter")
     .Input("indices: int32")

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <stdexcept>
+#include <tuple>
 
 #include "../core/scalecom.h"
 
@@ -51,20 +52,22 @@ at::Tensor select_topk(const at::Tensor& memory, const at::Tensor& grad, int64_t
   return out;
 }
 
-at::Tensor gather_update_(at::Tensor memory, const at::Tensor& grad,
-                          const at::Tensor& indices, double beta) {
+std::tuple<at::Tensor, int64_t> gather_update_(at::Tensor memory, const at::Tensor& grad,
+                                               const at::Tensor& indices, double beta) {
   check_cpu_float(memory, "memory");
   at::Tensor g = as_f32(grad, memory);
   TORCH_CHECK(indices.scalar_type() == at::kInt && indices.dim() == 1 &&
                   indices.is_contiguous() && indices.device().is_cpu(),
               "scalecom: indices must be a contiguous 1-D int32 CPU tensor");
   at::Tensor values = at::empty({indices.numel()}, memory.options());
+  int64_t kept = 0;
   translate_errors([&] {
-    scalecom::gather_and_update(memory.data_ptr<float>(), g.data_ptr<float>(), memory.numel(),
-                                indices.data_ptr<int32_t>(), indices.numel(),
-                                static_cast<float>(beta), values.data_ptr<float>(), threads());
+    kept = scalecom::gather_and_update(memory.data_ptr<float>(), g.data_ptr<float>(),
+                                       memory.numel(), indices.data_ptr<int32_t>(),
+                                       indices.numel(), static_cast<float>(beta),
+                                       values.data_ptr<float>(), threads());
   });
-  return values;
+  return {values, kept};
 }
 
 at::Tensor scatter(const at::Tensor& indices, const at::Tensor& values, int64_t numel) {
@@ -90,7 +93,9 @@ int64_t num_selected(int64_t numel, double ratio) {
 
 TORCH_LIBRARY(scalecom, m) {
   m.def("select_topk(Tensor memory, Tensor grad, int k) -> Tensor");
-  m.def("gather_update_(Tensor(a!) memory, Tensor grad, Tensor indices, float beta) -> Tensor");
+  // Returns the gathered values and how many non-finite updates the memory refused.
+  m.def("gather_update_(Tensor(a!) memory, Tensor grad, Tensor indices, float beta) "
+        "-> (Tensor, int)");
   m.def("scatter(Tensor indices, Tensor values, int numel) -> Tensor");
   m.def("num_selected(int numel, float ratio) -> int", &num_selected);
 }

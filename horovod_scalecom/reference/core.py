@@ -7,6 +7,10 @@ Every kernel (C++, CUDA) reproduces these functions bit for bit:
     c   = p[I]
     m_j = m_j + beta32 * g_j             for j not in I
     m_j = decay32 * m_j                  for j in I     (decay32 = 1 - beta32 in float32)
+
+Non-finite policy: where m_j + beta32 * g_j is NaN or Inf the memory entry
+keeps its value, so a bad gradient never poisons the memory; a selected
+non-finite p_j still reaches c and the output, where the caller sees it.
 """
 
 from __future__ import annotations
@@ -49,16 +53,21 @@ def gather_and_update(memory: np.ndarray, grad: np.ndarray, indices: np.ndarray,
     """c = (m + g)[I] and the low-pass memory update, as a new memory array.
 
     Returns (c, new_memory). ``indices`` must be ascending and unique.
+    Non-finite updates are not absorbed (see the module docstring).
     """
     m = _as_f32(memory).copy()
     g = _as_f32(grad)
     idx = np.asarray(indices, dtype=np.int64)
     beta32 = F32(beta)
     decay32 = F32(F32(1.0) - beta32)
-    c = m[idx] + g[idx]
+    with np.errstate(over="ignore", invalid="ignore"):
+        c = m[idx] + g[idx]
     rest = np.ones(m.size, dtype=bool)
     rest[idx] = False
-    m[rest] = m[rest] + beta32 * g[rest]
+    with np.errstate(over="ignore", invalid="ignore"):   # non-finite values are handled
+        updated = m[rest] + beta32 * g[rest]
+    # Non-finite policy: a NaN/Inf never enters the memory (it still reaches c).
+    m[rest] = np.where(np.isfinite(updated), updated, m[rest])
     m[idx] = decay32 * m[idx]
     return c, m
 

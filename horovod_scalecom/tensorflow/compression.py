@@ -149,7 +149,7 @@ class ScaleCom(tf.Module, Compressor):
                            lambda: ops.scalecom_select_topk(memory, grad, k=entry.k),
                            lambda: tf.zeros([entry.k], tf.int32))
             indices = self._share(mine, lead, entry.op_name)
-            values, new_memory = ops.scalecom_gather_update(
+            values, new_memory, _ = ops.scalecom_gather_update(
                 memory, grad, indices, beta=float(self.config.beta))
             with tf.control_dependencies([memory.assign(new_memory)]):
                 return tf.identity(values), indices

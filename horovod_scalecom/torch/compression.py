@@ -167,10 +167,11 @@ class ScaleCom(Compressor):
         t1 = time.perf_counter()
         self._share(indices, lead, state.name)
         t2 = time.perf_counter()
-        values = ops.gather_update_(state.memory, grad, indices, self.config.beta)
+        values, nonfinite = ops.gather_update_(state.memory, grad, indices, self.config.beta)
         t3 = time.perf_counter()
         ctx.indices = indices
         self._last[state.name] = self._record(state, numel, k, lead, t1 - t0, t2 - t1, t3 - t2)
+        self._last[state.name]["nonfinite_kept"] = nonfinite
         return values, ctx
 
     def decompress(self, tensor: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
@@ -238,6 +239,8 @@ class ScaleCom(Compressor):
             "select_s": total("select_s"),
             "comm_s": total("share_s"),
             "update_s": total("update_s"),
+            # Memory entries that refused a NaN/Inf update (DESIGN's non-finite policy).
+            "nonfinite_kept": total("nonfinite_kept"),
             "tensors": tensors,
         }
 
@@ -315,6 +318,7 @@ class ScaleCom(Compressor):
             "step": state.step - 1,
             "bytes_sent": dense if k is None else bytes_model.path_a(k, size),
             "dense_bytes": dense,
+            "nonfinite_kept": 0,
             "select_s": select_s,
             "share_s": share_s,
             "update_s": update_s,

@@ -128,6 +128,7 @@ class _RingOptimizer(torch.optim.Optimizer):
             "ring_dense_bytes": sum(bytes_model.dense_ring_allreduce(p.numel(), size)
                                     for _, p, _, _ in ring),
             "dense_tensors": len(dense),
+            "nonfinite_kept": self._engine.last_nonfinite() if ring else 0,
             "exchange_s": time.perf_counter() - start,
         }
 

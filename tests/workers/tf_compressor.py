@@ -23,41 +23,14 @@ from common import SHAPES, gradient, run  # noqa: E402
 NAMES = [n.replace(".", "_") for n in SHAPES]
 
 
-def sequence(args, out):
-    """Feed gradient(seed, rank, step, i) through DistributedGradientTape; save
-    the averaged gradients and the memory (same layout as the torch worker)."""
-    variables = [tf.Variable(tf.zeros(shape), name=name)
-                 for name, shape in zip(NAMES, SHAPES.values())]
-    compression = ScaleCom(ratio=args.ratio, beta=args.beta, warmup_steps=args.warmup,
-                           min_numel=args.min_numel)
-
-    def step(grads_in):
-        with tf.GradientTape() as tape:
-            loss = tf.add_n([tf.reduce_sum(v * g) for v, g in zip(variables, grads_in)])
-        tape = hvd.DistributedGradientTape(tape, compression=compression)
-        return tape.gradient(loss, variables)
-
-    if args.function:
-        step = tf.function(step)
-    result = {}
-    for t in range(args.steps):
-        grads_in = [tf.constant(gradient(args.seed, hvd.rank(), t, i, shape))
-                    for i, shape in enumerate(SHAPES.values())]
-        for name, g in zip(NAMES, step(grads_in)):
-            result[f"out/{t}/{name}"] = g.numpy()
-    for entry in compression.tensors():
-        name = NAMES[entry["offset"]]
-        result[f"mem/{name}"] = compression.memory[entry["key"]].numpy()
-        result[f"step/{name}"] = np.array(compression.steps[entry["key"]].numpy())
-    np.savez(out / f"rank{hvd.rank()}.npz", **result)
-
-
 RING_SHAPES = {"a": (64, 48), "b": (37, 29), "bias": (64,), "c": (1000,)}
 
 
-def ring_sequence(args, out):
-    """Path B: the worker of tests/test_ring.py, through horovod_scalecom's tape."""
-    shapes = dict(RING_SHAPES, tiny=(3,)) if args.tiny else RING_SHAPES
+def feed(args, out, shapes, wrap):
+    """Feed gradient(seed, rank, step, i) for `shapes` through the tape that
+    `wrap(tape, compression)` returns; save the averaged gradients, the memory,
+    the step counters and, for path B, the ring's bytes (the torch workers'
+    layout)."""
     variables = [tf.Variable(tf.zeros(shape), name=name) for name, shape in shapes.items()]
     compression = ScaleCom(ratio=args.ratio, beta=args.beta, warmup_steps=args.warmup,
                            min_numel=args.min_numel)
@@ -66,7 +39,7 @@ def ring_sequence(args, out):
     def step(grads_in):
         with tf.GradientTape() as tape:
             loss = tf.add_n([tf.reduce_sum(v * g) for v, g in zip(variables, grads_in)])
-        tape = DistributedGradientTape(tape, compression=compression)
+        tape = wrap(tape, compression)
         tapes.append(tape)
         return tape.gradient(loss, variables)
 
@@ -78,11 +51,27 @@ def ring_sequence(args, out):
                     for i, shape in enumerate(shapes.values())]
         for name, g in zip(shapes, step(grads_in)):
             result[f"out/{t}/{name}"] = g.numpy()
-        result[f"bytes/{t}"] = np.array(tapes[-1]._exchange.last_bytes)
+        exchange = getattr(tapes[-1], "_exchange", None)
+        if exchange is not None:
+            result[f"bytes/{t}"] = np.array(exchange.last_bytes)
     for entry in compression.tensors():
         name = list(shapes)[entry["offset"]]
         result[f"mem/{name}"] = compression.memory[entry["key"]].numpy()
+        result[f"step/{name}"] = np.array(compression.steps[entry["key"]].numpy())
     np.savez(out / f"rank{hvd.rank()}.npz", **result)
+
+
+def sequence(args, out):
+    """Path A: Horovod's DistributedGradientTape with ScaleCom as its compression."""
+    feed(args, out, dict(zip(NAMES, SHAPES.values())),
+         lambda tape, compression: hvd.DistributedGradientTape(tape, compression=compression))
+
+
+def ring_sequence(args, out):
+    """Path B: the worker of tests/test_ring.py, through horovod_scalecom's tape."""
+    shapes = dict(RING_SHAPES, tiny=(3,)) if args.tiny else RING_SHAPES
+    feed(args, out, shapes,
+         lambda tape, compression: DistributedGradientTape(tape, compression=compression))
 
 
 def ring_keras(args, out):

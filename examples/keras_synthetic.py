@@ -17,7 +17,7 @@ import tensorflow as tf  # noqa: E402
 import horovod.tensorflow.keras as hvd  # noqa: E402
 from horovod_scalecom.tensorflow import ScaleCom  # noqa: E402
 from horovod_scalecom.tensorflow.keras import ScaleComCallback  # noqa: E402
-from synthetic_data import make_data  # noqa: E402
+from horovod_scalecom.benchmarks.synthetic import make_data  # noqa: E402
 
 
 def main():

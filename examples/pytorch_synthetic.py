@@ -14,7 +14,7 @@ import torch
 
 import horovod.torch as hvd
 from horovod_scalecom.torch import ScaleCom
-from synthetic_data import make_data
+from horovod_scalecom.benchmarks.synthetic import make_data
 
 
 def main():

@@ -20,7 +20,7 @@ import tensorflow as tf  # noqa: E402
 
 import horovod.tensorflow as hvd  # noqa: E402
 import horovod_scalecom.tensorflow as hsc  # noqa: E402
-from synthetic_data import make_data  # noqa: E402
+from horovod_scalecom.benchmarks.synthetic import make_data  # noqa: E402
 
 
 def main():

@@ -6,6 +6,8 @@
   allreduce of the k values (the drop-in Horovod compressor).
 * :mod:`.path_b`: n workers in one process, the compressed ring allreduce with
   chunk-wise cyclic owners.
+* :mod:`.topk_allgather`: the baseline, local top-k + allgather + classic
+  error feedback (GRACE / DGC), for the convergence study.
 
 The simulators also count the bytes each worker sends, for large-n studies.
 """
@@ -18,6 +20,7 @@ from horovod_scalecom.reference.core import (
 )
 from horovod_scalecom.reference.path_a import PathASimulator
 from horovod_scalecom.reference.path_b import PathBSimulator, ring_exchange
+from horovod_scalecom.reference.topk_allgather import TopkAllgatherSimulator
 
 __all__ = [
     "accumulate",
@@ -27,4 +30,5 @@ __all__ = [
     "PathASimulator",
     "PathBSimulator",
     "ring_exchange",
+    "TopkAllgatherSimulator",
 ]

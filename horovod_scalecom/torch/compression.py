@@ -35,6 +35,7 @@ gradients to Horovod in one order; if they do not, the share times out after
 from __future__ import annotations
 
 import time
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Union
@@ -119,6 +120,8 @@ class ScaleCom(Compressor):
         if not share_timeout > 0:
             raise ValueError(f"share_timeout must be positive, got {share_timeout!r}")
         self.share_timeout = float(share_timeout)
+        self._stagger = bool(stagger_leaders)
+        self._config_checked = False
         pairs = _named_list(named_parameters)
         names = [n for n, _ in pairs]
         dups = sorted({n for n in names if names.count(n) > 1})
@@ -138,6 +141,7 @@ class ScaleCom(Compressor):
 
     def compress(self, tensor: torch.Tensor) -> tuple[torch.Tensor, _Ctx]:
         state = self._identify(tensor)
+        self._check_config()
         ctx = _Ctx(state, None, tensor.shape, tensor.dtype)
         t = state.step
         state.step += 1
@@ -258,10 +262,39 @@ class ScaleCom(Compressor):
         for state in self._by_shape.get(tensor.shape, ()):
             if state.param.grad is tensor:
                 return state
+        for state in self._states.values():     # a parameter whose shape changed
+            if state.param.grad is tensor:
+                return state
         raise ValueError(
             f"ScaleCom was handed a tensor of shape {tuple(tensor.shape)} that is not the "
             ".grad of any parameter it was given. Build ScaleCom from the same model (or "
             "named_parameters) as hvd.DistributedOptimizer; it does not compress other tensors.")
+
+    def _check_config(self) -> None:
+        """Once, at the first exchange: every rank must run ScaleCom with the same
+        knobs over the same parameters. Otherwise index shares and ring messages
+        would pair unrelated tensors, or one rank would wait for a collective the
+        others never start; caught here, the error names the difference."""
+        if self._config_checked or hvd.size() == 1:
+            return
+        self._config_checked = True
+        cfg = self.config
+        params = "|".join(f"{n}:{s.param.numel()}" for n, s in self._states.items())
+        values = (cfg.ratio, cfg.beta, cfg.warmup_steps, cfg.min_numel, self._stagger,
+                  len(self._states), zlib.crc32(params.encode()))
+        mine = torch.tensor([values], dtype=torch.float64)
+        every = self._wait(hvd.allgather_async(mine, name="scalecom.config"),
+                           "ScaleCom's configuration from every rank")
+        differ = [j for j in range(len(values)) if not bool((every[:, j] == mine[0, j]).all())]
+        if differ:
+            names = ("ratio", "beta", "warmup_steps", "min_numel", "stagger_leaders",
+                     "number of parameters", "parameter names/sizes checksum")
+            rows = "; ".join(f"rank {r}: " + ", ".join(f"{names[j]} {every[r, j].item():.10g}"
+                                                       for j in differ)
+                             for r in range(every.shape[0]))
+            raise ValueError(f"ScaleCom: ranks disagree on {', '.join(names[j] for j in differ)} "
+                             f"({rows}); every rank must build ScaleCom with the same arguments "
+                             "from the same model")
 
     def _prepare(self, state: _TensorState, tensor: torch.Tensor) -> None:
         numel = tensor.numel()

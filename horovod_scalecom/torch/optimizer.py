@@ -77,10 +77,14 @@ class _RingOptimizer(torch.optim.Optimizer):
     def synchronize(self) -> None:
         compression = self._compression
         cfg = compression.config
+        compression._check_config()
         ring, dense = [], []
         for name, p in self._params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)   # another rank may have a gradient for it
+            if p.grad.is_sparse:
+                raise ValueError(f"ScaleCom: the gradient of {name} is sparse; the ring "
+                                 "exchanges dense gradients (use a dense embedding, sparse=False)")
             state = compression._states[name]
             t = state.step
             state.step += 1

@@ -5,6 +5,7 @@ usage: tf_compressor.py OUTDIR MODE [options]; see the modes below.
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -132,7 +133,10 @@ def tape_train(args, out):
         def train_step(x, y):
             with tf.GradientTape() as tape:
                 loss = loss_fn(y, model(x, training=True))
-            tape = hvd.DistributedGradientTape(tape, compression=compression)
+            if args.path == "a":
+                tape = hvd.DistributedGradientTape(tape, compression=compression)
+            else:
+                tape = DistributedGradientTape(tape, compression=compression)
             grads = tape.gradient(loss, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables))
             return loss
@@ -143,6 +147,8 @@ def tape_train(args, out):
     model, train_step, ckpt = build()
     stop = args.resume_at or args.steps
     for s in range(stop):
+        if s == args.kill_at and hvd.rank() == 1:
+            os.kill(os.getpid(), signal.SIGKILL)    # a rank dies mid-run, no goodbye
         train_step(*data(args.seed, s))
     if args.resume_at:
         path = ckpt.write(str(out / f"ckpt_rank{hvd.rank()}"))
@@ -181,6 +187,8 @@ def main():
     parser.add_argument("--resume-at", type=int, default=0)
     parser.add_argument("--case", default="")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--path", choices=["a", "b"], default="a")
+    parser.add_argument("--kill-at", type=int, default=-1)
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -4,13 +4,15 @@ usage: torch_compressor.py OUTDIR MODE [options]; see the modes below.
 """
 
 import argparse
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import horovod.torch as hvd
-from horovod_scalecom.torch import ScaleCom
+from horovod_scalecom.torch import DistributedOptimizer, ScaleCom
 
 from common import SHAPES, gradient, run
 
@@ -20,11 +22,16 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class Params(torch.nn.Module):
     """One parameter per entry of SHAPES, whose gradient the test dictates."""
 
-    def __init__(self, shapes, dtype):
+    def __init__(self, shapes, dtype, noncontig=False):
         super().__init__()
         for name, shape in shapes.items():
-            self.register_parameter(name.replace(".", "_"),
-                                    torch.nn.Parameter(torch.zeros(shape, dtype=dtype)))
+            if noncontig and len(shape) == 2:
+                # A transposed parameter: autograd gives it a gradient of the
+                # same (non-contiguous) strides.
+                data = torch.zeros(shape[::-1], dtype=dtype).t()
+            else:
+                data = torch.zeros(shape, dtype=dtype)
+            self.register_parameter(name.replace(".", "_"), torch.nn.Parameter(data))
 
     def loss(self, grads):
         # d/dp sum(p * G) = G: backward hands Horovod exactly the gradients chosen.
@@ -34,7 +41,7 @@ class Params(torch.nn.Module):
 def sequence(args, out):
     """Feed gradient(seed, rank, step, i) for `steps` steps; save outputs and memory."""
     dtype = DTYPES[args.dtype]
-    model = Params(SHAPES, dtype)
+    model = Params(SHAPES, dtype, args.noncontig)
     names = [n for n, _ in model.named_parameters()]
     compression = ScaleCom(model, ratio=args.ratio, beta=args.beta,
                            warmup_steps=args.warmup, min_numel=args.min_numel)
@@ -50,6 +57,8 @@ def sequence(args, out):
             if args.skip_param is not None and step % 2 == 1:
                 grads[args.skip_param] = None        # this parameter gets no gradient
             model.loss(grads).backward()
+            if args.noncontig:
+                assert not model.fc1_weight.grad.is_contiguous()
         opt.synchronize()
         for name, p in zip(names, model.parameters()):
             result[f"out/{step}/{name}"] = p.grad.float().numpy().copy()
@@ -75,19 +84,25 @@ class MLP(torch.nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
+def optimizer(args, model, compression, lr=0.1):
+    """Path A: Horovod's DistributedOptimizer; path B: the ring's."""
+    wrap = hvd.DistributedOptimizer if args.path == "a" else DistributedOptimizer
+    return wrap(torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
+                named_parameters=model.named_parameters(), compression=compression)
+
+
 def build(args):
     torch.manual_seed(args.seed)
     model = MLP()
     compression = ScaleCom(model, ratio=args.ratio, beta=args.beta, min_numel=args.min_numel,
                            warmup_steps=args.warmup)
-    opt = hvd.DistributedOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
-        named_parameters=model.named_parameters(), compression=compression)
-    return model, opt, compression
+    return model, optimizer(args, model, compression), compression
 
 
-def train_steps(model, opt, first, last, seed):
+def train_steps(model, opt, first, last, seed, kill_at=-1):
     for step in range(first, last):
+        if step == kill_at and hvd.rank() == 1:
+            os.kill(os.getpid(), signal.SIGKILL)    # a rank dies mid-run, no goodbye
         rng = np.random.default_rng([seed, hvd.rank(), step])
         x = torch.from_numpy(rng.standard_normal((16, 32)).astype(np.float32))
         y = torch.from_numpy(rng.integers(0, 10, 16))
@@ -100,7 +115,7 @@ def train(args, out):
     """A small MLP with SGD + momentum; optionally checkpoint and resume mid-way."""
     model, opt, compression = build(args)
     stop = args.resume_at if args.resume_at else args.steps
-    train_steps(model, opt, 0, stop, args.seed)
+    train_steps(model, opt, 0, stop, args.seed, args.kill_at)
     if args.resume_at:
         path = out / f"ckpt_rank{hvd.rank()}.pt"
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
@@ -125,14 +140,36 @@ def bad(args, out):
         ScaleCom(model, beta=args.beta)
     elif args.case == "unknown":
         hvd.allreduce(torch.randn(4000), compression=ScaleCom(model, min_numel=0))
-    elif args.case == "numel":
-        # Rank-dependent width: the same parameter name with a different numel.
-        model.fc1 = torch.nn.Linear(32, 64 + hvd.rank())
-        model.fc2 = torch.nn.Linear(64 + hvd.rank(), 10)
-        opt = hvd.DistributedOptimizer(
-            torch.optim.SGD(model.parameters(), lr=0.1), named_parameters=model.named_parameters(),
-            compression=ScaleCom(model, min_numel=0))
-        model(torch.randn(4, 32)).sum().backward()
+    elif args.case in ("numel", "extra_param", "ratio_differs"):
+        if args.case == "numel":     # the same parameter name with a rank-dependent numel
+            model.fc1 = torch.nn.Linear(32, 64 + hvd.rank())
+            model.fc2 = torch.nn.Linear(64 + hvd.rank(), 10)
+        if args.case == "extra_param" and hvd.rank() == 1:
+            model.extra = torch.nn.Parameter(torch.zeros(10))
+        ratio = 0.01 * (1 + hvd.rank()) if args.case == "ratio_differs" else 0.01
+        opt = optimizer(args, model, ScaleCom(model, ratio=ratio, min_numel=0))
+        (model(torch.randn(4, 32)).sum() + sum(p.sum() for p in model.parameters())).backward()
+        opt.step()
+    elif args.case == "shape_change":
+        # Autograd refuses a gradient of a new shape, so the gradients are handed
+        # over directly: to the ring's synchronize (path B), or to compress in one
+        # fixed order (path A; Horovod's synchronize would visit them in set order).
+        compression = ScaleCom(model, min_numel=0)
+        opt = optimizer(args, model, compression)
+        for width in (32, 16):
+            if width != 32:
+                model.fc1.weight.data = torch.zeros(64, width)   # model surgery between steps
+            for p in model.parameters():
+                p.grad = torch.randn_like(p)
+            if args.path == "b":
+                opt.synchronize()
+            else:
+                for p in model.parameters():
+                    compression.compress(p.grad)
+    elif args.case == "sparse":
+        emb = torch.nn.Embedding(100, 16, sparse=True)
+        opt = optimizer(args, emb, ScaleCom(emb, min_numel=0))
+        emb(torch.tensor([1, 2, 3])).sum().backward()
         opt.step()
     elif args.case == "generator":
         ScaleCom(model.named_parameters())
@@ -164,6 +201,9 @@ def main():
     parser.add_argument("--skip-param", type=int, default=None)
     parser.add_argument("--resume-at", type=int, default=0)
     parser.add_argument("--case", default="")
+    parser.add_argument("--path", choices=["a", "b"], default="a")
+    parser.add_argument("--kill-at", type=int, default=-1)
+    parser.add_argument("--noncontig", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     hvd.init()

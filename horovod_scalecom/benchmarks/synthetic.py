@@ -1,4 +1,4 @@
-"""The examples' data: a synthetic 10-class problem, nothing to download.
+"""Synthetic 10-class data for the examples and the convergence study (no download).
 
 Labels come from a fixed random teacher (the same on every rank): the argmax
 of a linear map plus a smaller nonlinear term, which a small MLP learns to

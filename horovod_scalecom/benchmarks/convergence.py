@@ -1,0 +1,196 @@
+"""Convergence study: n simulated workers in one process, exact to the reference.
+
+    python -m horovod_scalecom.benchmarks.convergence --ranks 4 8 \\
+        --ratios 0.04 0.01 0.0025 --seeds 0 1 2 --json docs/convergence/normal.json
+
+Every step draws one global batch (256 samples of the synthetic task),
+splits it into n equal per-worker batches, takes each worker's gradient
+(torch.func.vmap) and hands the n gradients of every tensor to a simulator of
+``horovod_scalecom.reference``: PathASimulator for ScaleCom (beta 0.1) and
+classic error feedback (the same CLT-k with beta 1), TopkAllgatherSimulator
+for local top-k + allgather. The averaged gradient then goes to an ordinary
+torch SGD with momentum, as after hvd.DistributedOptimizer. The real path A
+is bitwise equal to PathASimulator for n = 2 and equal up to MPI's summation
+order above (tests/test_torch_compressor.py), so the n workers here train as
+n real ranks would, at a cost that lets n reach 256 on a laptop.
+
+Per run it records the test accuracy and loss after every epoch, the train
+loss every 16 steps, the bytes per worker by the byte model, and for the
+CLT-k methods the overlap |I_leader & I_r| / k between the leader's index set
+and each worker's own top-k set of its p_r = m_r + g_r (the similarity the
+paper's contraction argument relies on), on the largest tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad_and_value, vmap
+
+from horovod_scalecom.benchmarks.synthetic import make_data
+from horovod_scalecom.config import ScaleComConfig
+from horovod_scalecom.reference import PathASimulator, TopkAllgatherSimulator
+from horovod_scalecom.reference.path_a import allreduce_mean
+
+METHODS = ("dense", "scalecom", "ef", "topk")
+# The two learning-rate settings of docs/convergence.md; everything else is shared.
+REGIMES = {"normal": {"lr": 0.1, "momentum": 0.9}, "hard": {"lr": 0.4, "momentum": 0.9}}
+
+
+@dataclass
+class RunSpec:
+    method: str
+    ranks: int
+    ratio: float
+    seed: int
+    lr: float
+    momentum: float
+    epochs: int
+    warmup_steps: int = 0
+    global_batch: int = 256
+    train_size: int = 16384
+
+    @property
+    def beta(self) -> float:
+        return {"scalecom": 0.1, "ef": 1.0}.get(self.method, float("nan"))
+
+
+def make_model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(),
+                               torch.nn.Linear(256, 256), torch.nn.ReLU(),
+                               torch.nn.Linear(256, 10))
+
+
+def make_simulator(spec: RunSpec):
+    if spec.method == "dense":
+        return None
+    config = ScaleComConfig(ratio=spec.ratio, beta=spec.beta if spec.method != "topk" else 1.0,
+                            warmup_steps=spec.warmup_steps)
+    if spec.method == "topk":
+        return TopkAllgatherSimulator(spec.ranks, config)
+    return PathASimulator(spec.ranks, config)
+
+
+def own_topk_overlap(sim: PathASimulator, name: str, grads: np.ndarray, k: int) -> list:
+    """Each worker's own top-k set of p_r = m_r + g_r, before the step updates m_r."""
+    if name not in sim.tensors:
+        return []
+    return [np.argpartition(-np.abs(sim.memory(name, r) + grads[r]), k - 1)[:k]
+            for r in range(sim.size)]
+
+
+def train(spec: RunSpec, overlap_every: int = 8) -> dict:
+    if spec.global_batch % spec.ranks:
+        raise ValueError(f"global batch {spec.global_batch} is not divisible by n={spec.ranks}")
+    x, y = map(torch.from_numpy, make_data(seed=100, n=spec.train_size))
+    x_test, y_test = map(torch.from_numpy, make_data(seed=99, n=4096))
+    model = make_model(spec.seed)
+    names = [n for n, _ in model.named_parameters()]
+    largest = max(names, key=lambda n: dict(model.named_parameters())[n].numel())
+    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
+    # Cosine decay to zero over the run, the same for every method.
+    total = spec.epochs * (spec.train_size // spec.global_batch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1.0 + np.cos(np.pi * min(s, total) / total)))
+    sim = make_simulator(spec)
+    n, b = spec.ranks, spec.global_batch // spec.ranks
+
+    def loss_fn(params, xb, yb):
+        return torch.nn.functional.cross_entropy(functional_call(model, params, (xb,)), yb)
+
+    worker_grads = vmap(grad_and_value(loss_fn), in_dims=(None, 0, 0))
+    record = {"test_acc": [], "test_loss": [], "train_loss": [], "overlap": []}
+    sent = 0.0
+    window = []
+    step = 0
+    for epoch in range(spec.epochs):
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1000 * spec.seed + epoch))
+        for i in range(0, len(x) - spec.global_batch + 1, spec.global_batch):
+            batch = perm[i:i + spec.global_batch]
+            params = {k: v.detach() for k, v in model.named_parameters()}
+            grads, losses = worker_grads(params, x[batch].view(n, b, -1), y[batch].view(n, b))
+            window.append(losses.mean().item())
+            for name, p in model.named_parameters():
+                g = grads[name].reshape(n, -1).numpy()
+                if sim is None:
+                    out = allreduce_mean(list(g))
+                else:
+                    track = (spec.method != "topk" and name == largest
+                             and step % overlap_every == 0)
+                    own = own_topk_overlap(sim, name, g, sim.config.k(g.shape[1])) if track else []
+                    result = sim.step(name, list(g))
+                    out = result.outputs[0]
+                    sent += result.bytes_sent[0]
+                    if own and result.indices is not None:
+                        lead = set(result.indices.tolist())
+                        record["overlap"].append(float(np.mean(
+                            [len(lead.intersection(s.tolist())) / len(lead) for s in own])))
+                p.grad = torch.from_numpy(out.reshape(p.shape))
+            opt.step()
+            schedule.step()
+            step += 1
+            if len(window) == 16:
+                record["train_loss"].append(float(np.mean(window)))
+                window = []
+        with torch.no_grad():
+            logits = model(x_test)
+            record["test_loss"].append(torch.nn.functional.cross_entropy(logits, y_test).item())
+            record["test_acc"].append((logits.argmax(1) == y_test).float().mean().item())
+    if sim is None:
+        from horovod_scalecom import bytes_model
+        sent = step * sum(bytes_model.dense_ring_allreduce(p.numel(), n)
+                          for p in model.parameters())
+    return {**asdict(spec), "beta": spec.beta, "steps": step, "bytes_per_worker": sent,
+            "final_acc": record["test_acc"][-1], "final_test_loss": record["test_loss"][-1],
+            "mean_overlap": float(np.mean(record["overlap"])) if record["overlap"] else None,
+            **record}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.04, 0.01, 0.0025])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--regime", choices=sorted(REGIMES), default="normal")
+    parser.add_argument("--lr", type=float, help="overrides the regime's learning rate")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--warmup-steps", type=int, default=0)
+    parser.add_argument("--json", help="write the runs here (appends to an existing file)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    regime = dict(REGIMES[args.regime], **({"lr": args.lr} if args.lr else {}))
+    runs = []
+    for ranks in args.ranks:
+        for seed in args.seeds:
+            for method in args.methods:
+                for ratio in ([1.0] if method == "dense" else args.ratios):
+                    spec = RunSpec(method, ranks, ratio, seed, epochs=args.epochs,
+                                   warmup_steps=args.warmup_steps, **regime)
+                    start = time.perf_counter()
+                    run = dict(train(spec), regime=args.regime)
+                    runs.append(run)
+                    overlap = run["mean_overlap"]
+                    print(f"n={ranks:<3} seed={seed} {method:>8} ratio={ratio:<7g} "
+                          f"acc {run['final_acc']:.3f}  loss {run['final_test_loss']:.3f}  "
+                          f"{run['bytes_per_worker'] / 1e6:8.2f} MB/worker  "
+                          f"overlap {'-' if overlap is None else f'{overlap:.2f}'}  "
+                          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    if args.json:
+        try:
+            with open(args.json) as f:
+                runs = json.load(f) + runs
+        except FileNotFoundError:
+            pass
+        with open(args.json, "w") as f:
+            json.dump(runs, f)
+
+
+if __name__ == "__main__":
+    main()

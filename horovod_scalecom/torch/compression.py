@@ -178,7 +178,10 @@ class ScaleCom(Compressor):
         self._last[state.name]["nonfinite_kept"] = nonfinite
         return values, ctx
 
-    def decompress(self, tensor: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
+    def decompress(self, tensor: torch.Tensor, ctx: _Ctx | None) -> torch.Tensor:
+        if ctx is None:
+            # Horovod's sparse allreduce (an allgather) never calls compress.
+            return tensor
         if ctx.indices is None:
             return tensor.to(ctx.dtype)
         numel = ctx.shape.numel()

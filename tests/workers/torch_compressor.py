@@ -166,28 +166,44 @@ def bad(args, out):
             else:
                 for p in model.parameters():
                     compression.compress(p.grad)
-    elif args.case == "sparse":
+    elif args.case == "sparse":      # path B; path A hands them to Horovod (see edge)
         emb = torch.nn.Embedding(100, 16, sparse=True)
         opt = optimizer(args, emb, ScaleCom(emb, min_numel=0))
         emb(torch.tensor([1, 2, 3])).sum().backward()
         opt.step()
-    elif args.case == "generator":
-        ScaleCom(model.named_parameters())
-    elif args.case == "order":
-        # Ranks reach the two tensors in opposite orders: the index share of
-        # the first cannot complete, and must time out rather than hang.
-        compression = ScaleCom(model, min_numel=0, share_timeout=5)
-        model(torch.randn(4, 32)).sum().backward()
-        grads = [model.fc1.weight.grad, model.fc2.weight.grad]
-        for g in (grads if hvd.rank() == 0 else grads[::-1]):
-            compression.compress(g)
     raise AssertionError(f"case {args.case} raised nothing")
+
+
+def edge(args, out):
+    """Inputs with a documented behaviour: an empty parameter, a float64 one
+    (both sent dense), and in path A a sparse embedding (Horovod's sparse
+    allreduce, uncompressed)."""
+    torch.manual_seed(0)
+    model = MLP()
+    model.empty = torch.nn.Parameter(torch.zeros(0))
+    model.wide = torch.nn.Parameter(torch.zeros(3000, dtype=torch.float64))
+    if args.path == "a":
+        model.emb = torch.nn.Embedding(50, 8, sparse=True)
+    opt = optimizer(args, model, ScaleCom(model, ratio=0.01, min_numel=0))
+    result = {}
+    for step in range(3):
+        g = torch.from_numpy(gradient(args.seed, hvd.rank(), step, 9, (3000,))).double()
+        loss = model(torch.randn(4, 32)).sum() + (model.wide * g).sum() + model.empty.sum()
+        if args.path == "a":
+            loss = loss + model.emb(torch.tensor([step, 7 + hvd.rank()])).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.synchronize()
+        for name, p in model.named_parameters():
+            grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
+            result[f"out/{step}/{name}"] = grad.numpy().copy()
+    np.savez(out / f"rank{hvd.rank()}.npz", **result)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("outdir")
-    parser.add_argument("mode", choices=["sequence", "train", "bad"])
+    parser.add_argument("mode", choices=["sequence", "train", "bad", "edge"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--ratio", type=float, default=0.05)
@@ -208,7 +224,7 @@ def main():
     torch.set_num_threads(1)
     hvd.init()
     out = Path(args.outdir)
-    {"sequence": sequence, "train": train, "bad": bad}[args.mode](args, out)
+    {"sequence": sequence, "train": train, "bad": bad, "edge": edge}[args.mode](args, out)
 
 
 if __name__ == "__main__":

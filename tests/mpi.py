@@ -23,6 +23,18 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKERS = Path(__file__).resolve().parent / "workers"
 
 
+def requires(module: str) -> None:
+    """Skip unless ``module`` is installed, without importing it: the test
+    process must never load horovod.torch and horovod.tensorflow together."""
+    import importlib.util
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        pytest.skip(f"{module} is not installed", allow_module_level=True)
+
+
 def mpirun_command(n: int) -> list[str]:
     mpirun = shutil.which("mpirun")
     if mpirun is None:

@@ -5,14 +5,14 @@ import time
 
 import pytest
 
-from mpi import run_mpi
+from mpi import run_mpi, requires
 
 WORKERS = {"torch": ("torch_compressor.py", "train"), "tensorflow": ("tf_compressor.py", "tape")}
 BOTH = [(framework, path) for framework in WORKERS for path in ("a", "b")]
 
 
 def needs(framework):
-    pytest.importorskip("horovod.torch" if framework == "torch" else "horovod.tensorflow")
+    requires("horovod.torch" if framework == "torch" else "horovod.tensorflow")
 
 
 @pytest.mark.parametrize("framework,path", BOTH)

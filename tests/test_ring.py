@@ -6,15 +6,16 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("horovod.torch")
-
 from horovod_scalecom import bytes_model  # noqa: E402
 from horovod_scalecom.config import ScaleComConfig, num_selected  # noqa: E402
 from horovod_scalecom.reference import PathBSimulator  # noqa: E402
 from horovod_scalecom.reference.path_a import allreduce_mean  # noqa: E402
 
-from mpi import run_mpi  # noqa: E402
+from mpi import run_mpi, requires  # noqa: E402
+
 from workers.common import gradient  # noqa: E402
+
+requires("horovod.torch")
 
 SHAPES = {"a": (64, 48), "b": (37, 29), "bias": (64,), "c": (1000,)}
 
@@ -112,7 +113,7 @@ def test_rank_failing_mid_step_ends_every_rank(tmp_path):
 
 @pytest.mark.parametrize("n,extra", [(2, ()), (3, ("--function",))])
 def test_tf_tape_ring_matches_reference_bitwise(n, extra, tmp_path):
-    pytest.importorskip("horovod.tensorflow")
+    requires("horovod.tensorflow")
     cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
     job = run_mpi(n, "tf_compressor.py", tmp_path, "ring_sequence", "--steps", "8", *extra,
                   timeout=300).check_ok()
@@ -120,7 +121,7 @@ def test_tf_tape_ring_matches_reference_bitwise(n, extra, tmp_path):
 
 
 def test_tf_ring_tiny_tensors_and_warmup(tmp_path):
-    pytest.importorskip("horovod.tensorflow")
+    requires("horovod.tensorflow")
     shapes = dict(SHAPES, tiny=(3,))
     cfg = ScaleComConfig(ratio=0.05, beta=0.3, warmup_steps=2, min_numel=0)
     job = run_mpi(4, "tf_compressor.py", tmp_path, "ring_sequence", "--steps", "5", "--tiny",
@@ -130,7 +131,7 @@ def test_tf_ring_tiny_tensors_and_warmup(tmp_path):
 
 
 def test_keras_fit_with_ring_optimizer(tmp_path):
-    pytest.importorskip("horovod.tensorflow")
+    requires("horovod.tensorflow")
     job = run_mpi(2, "tf_compressor.py", tmp_path, "ring_keras", "--steps", "10",
                   timeout=300).check_ok()
     job.assert_ranks_equal("w")

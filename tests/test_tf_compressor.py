@@ -8,12 +8,12 @@ never share a process.
 import numpy as np
 import pytest
 
-pytest.importorskip("horovod.tensorflow")
-
 from horovod_scalecom.config import ScaleComConfig  # noqa: E402
 
 from compressor_check import NAMES, check  # noqa: E402
-from mpi import run_mpi  # noqa: E402
+from mpi import run_mpi, requires  # noqa: E402
+
+requires("horovod.tensorflow")
 
 STEPS = 20
 CFG = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)

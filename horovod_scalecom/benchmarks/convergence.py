@@ -51,7 +51,9 @@ class RunSpec:
     lr: float
     momentum: float
     epochs: int
-    warmup_steps: int = 0
+    warmup_steps: int = 0        # ScaleCom's dense warm-up
+    lr_warmup_steps: int = 0     # linear learning-rate ramp before the cosine decay
+    clip: float = 0.0            # per-worker gradient-norm clipping before compression
     global_batch: int = 256
     train_size: int = 16384
 
@@ -96,8 +98,9 @@ def train(spec: RunSpec, overlap_every: int = 8) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
     # Cosine decay to zero over the run, the same for every method.
     total = spec.epochs * (spec.train_size // spec.global_batch)
+    ramp = max(spec.lr_warmup_steps, 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1.0 + np.cos(np.pi * min(s, total) / total)))
+        opt, lambda s: min(1.0, (s + 1) / ramp) * 0.5 * (1.0 + np.cos(np.pi * min(s, total) / total)))
     sim = make_simulator(spec)
     n, b = spec.ranks, spec.global_batch // spec.ranks
 
@@ -116,6 +119,10 @@ def train(spec: RunSpec, overlap_every: int = 8) -> dict:
             params = {k: v.detach() for k, v in model.named_parameters()}
             grads, losses = worker_grads(params, x[batch].view(n, b, -1), y[batch].view(n, b))
             window.append(losses.mean().item())
+            if spec.clip > 0:     # each worker clips its own gradient's global norm
+                norms = torch.sqrt(sum(g.reshape(n, -1).pow(2).sum(1) for g in grads.values()))
+                scale = torch.clamp(spec.clip / (norms + 1e-6), max=1.0)
+                grads = {k: g * scale.view(-1, *[1] * (g.dim() - 1)) for k, g in grads.items()}
             for name, p in model.named_parameters():
                 g = grads[name].reshape(n, -1).numpy()
                 if sim is None:
@@ -162,6 +169,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="overrides the regime's learning rate")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--warmup-steps", type=int, default=0)
+    parser.add_argument("--lr-warmup-steps", type=int, default=0)
+    parser.add_argument("--clip", type=float, default=0.0)
     parser.add_argument("--json", help="write the runs here (appends to an existing file)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -172,7 +181,8 @@ def main() -> None:
             for method in args.methods:
                 for ratio in ([1.0] if method == "dense" else args.ratios):
                     spec = RunSpec(method, ranks, ratio, seed, epochs=args.epochs,
-                                   warmup_steps=args.warmup_steps, **regime)
+                                   warmup_steps=args.warmup_steps,
+                                   lr_warmup_steps=args.lr_warmup_steps, clip=args.clip, **regime)
                     start = time.perf_counter()
                     run = dict(train(spec), regime=args.regime)
                     runs.append(run)

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 import horovod.tensorflow as hvd
 
+from horovod_scalecom.ring import load_ring
 from horovod_scalecom.tensorflow.compression import COMPRESSIBLE_DTYPES, ScaleCom
 
 
@@ -38,8 +39,7 @@ class RingExchange:
         # Runs in Python (tf.numpy_function). The engine is created at the first
         # exchange, which every rank reaches together (MPI_Comm_dup is collective).
         if self._engine is None:
-            from horovod_scalecom import _ring
-            self._engine = _ring.Engine()
+            self._engine = load_ring().Engine()
         count = len(arrays) // 2
         memories = [np.array(a, dtype=np.float32, copy=True).reshape(-1) for a in arrays[:count]]
         grads = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in arrays[count:]]

@@ -25,13 +25,9 @@ import torch
 import horovod.torch as hvd
 
 from horovod_scalecom import bytes_model
+from horovod_scalecom.ring import load_ring
 from horovod_scalecom.torch.compression import ScaleCom
 
-try:
-    from horovod_scalecom import _ring
-except ImportError as exc:  # pragma: no cover - exercised when built without MPI
-    _ring = None
-    _RING_IMPORT_ERROR = exc
 
 
 class _RingOptimizer(torch.optim.Optimizer):
@@ -65,11 +61,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         # Registration order, the same on every rank: the ring's tensor order.
         self._params.sort(key=lambda item: compression._order[item[0]])
         if hvd.size() > 1:
-            if _ring is None:
-                raise ImportError(f"the ring allreduce extension is not built: "
-                                  f"{_RING_IMPORT_ERROR}; rebuild with Open MPI installed "
-                                  "(bash scripts/setup.sh)")
-            self._engine = _ring.Engine()
+            self._engine = load_ring().Engine()
         else:
             self._engine = None
         self._last: dict[str, Any] = {}

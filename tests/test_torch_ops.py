@@ -144,3 +144,28 @@ def test_nonfinite_gradients_never_enter_the_memory(threads):
     assert np.isfinite(mt.numpy()).all(), "the memory stays finite"
     assert kept == 2                  # the two infinities off the index set
     np.testing.assert_array_equal(mt.numpy()[[70_000, 250_000]], m[[70_000, 250_000]])
+
+
+def test_clip_before_exchange_bounds_each_gradient_before_accumulation():
+    from horovod_scalecom.torch import clip_before_exchange
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 2))
+    handles = clip_before_exchange(model, max_norm=0.5)
+    x = torch.randn(32, 8) * 100                     # large gradients
+    model(x).pow(2).sum().backward()
+    clipped = [p.grad.clone() for p in model.parameters()]
+    for h in handles:
+        h.remove()
+    model.zero_grad()
+    model(x).pow(2).sum().backward()
+    for c, p in zip(clipped, model.parameters()):
+        assert torch.linalg.vector_norm(c) <= 0.5 * (1 + 1e-5)
+        assert torch.linalg.vector_norm(p.grad) > 0.5        # it did need clipping
+        cos = torch.nn.functional.cosine_similarity(c.flatten(), p.grad.flatten(), dim=0)
+        assert cos > 0.9999                                  # direction kept
+    small = torch.nn.Linear(4, 1)
+    clip_before_exchange(small, max_norm=1e6)
+    small(torch.ones(1, 4)).sum().backward()
+    np.testing.assert_array_equal(small.weight.grad.numpy(), np.ones((1, 4), np.float32))
+    with pytest.raises(ValueError, match="max_norm"):
+        clip_before_exchange(small, max_norm=0)

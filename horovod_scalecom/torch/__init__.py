@@ -11,7 +11,7 @@ Importing this module loads horovod.torch; never import horovod_scalecom.tensorf
 in the same process.
 """
 
-__all__ = ["ScaleCom", "DistributedOptimizer"]
+__all__ = ["ScaleCom", "DistributedOptimizer", "clip_before_exchange"]
 
 
 def __getattr__(name: str):
@@ -22,4 +22,7 @@ def __getattr__(name: str):
     if name == "DistributedOptimizer":
         from horovod_scalecom.torch.optimizer import DistributedOptimizer
         return DistributedOptimizer
+    if name == "clip_before_exchange":
+        from horovod_scalecom.torch.clipping import clip_before_exchange
+        return clip_before_exchange
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,117 @@
+"""Plots and a Markdown table from the convergence study's JSON (needs matplotlib).
+
+    python -m horovod_scalecom.benchmarks.plot_convergence docs/convergence/normal.json \\
+        --out docs/img/normal
+
+Writes OUT_acc.png (final test accuracy against compression, one panel per
+n), OUT_curves.png (test accuracy per epoch at ratio 1/100) and, with
+--overlap, OUT_overlap.png (leader/worker top-k overlap against n); prints
+the table of mean and spread over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import numpy as np
+
+LABELS = {"dense": "dense (Horovod)", "scalecom": "ScaleCom (beta 0.1)",
+          "ef": "CLT-k + classic EF (beta 1)", "topk": "local top-k + allgather"}
+
+
+def group(runs, keys):
+    out = defaultdict(list)
+    for run in runs:
+        out[tuple(run[k] for k in keys)].append(run)
+    return out
+
+
+def table(runs) -> str:
+    rows = ["| n | method | ratio | test accuracy (mean ± sd over seeds) | seeds | "
+            "MB sent per worker (run) |", "| --- | --- | --- | --- | --- | --- |"]
+    for (n, method, ratio), cell in sorted(group(runs, ("ranks", "method", "ratio")).items(),
+                                           key=lambda kv: (kv[0][0], list(LABELS).index(kv[0][1]),
+                                                           -kv[0][2])):
+        acc = np.array([r["final_acc"] for r in cell])
+        ratio_s = "1" if method == "dense" else f"1/{round(1 / ratio)}"
+        rows.append(f"| {n} | {LABELS[method]} | {ratio_s} | {acc.mean():.3f} ± {acc.std():.3f} "
+                    f"| {len(cell)} | {np.mean([r['bytes_per_worker'] for r in cell]) / 1e6:.2f} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--overlap", action="store_true")
+    args = parser.parse_args()
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(args.json) as f:
+        runs = json.load(f)
+    print(table(runs))
+    sizes = sorted({r["ranks"] for r in runs})
+
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
+    for ax, n in zip(axes[0], sizes):
+        for method in LABELS:
+            cells = group([r for r in runs if r["ranks"] == n and r["method"] == method],
+                          ("ratio",))
+            if not cells:
+                continue
+            ratios = sorted(cells)
+            x = [1 / r[0] for r in ratios]
+            acc = [np.mean([c["final_acc"] for c in cells[r]]) for r in ratios]
+            if method == "dense":
+                ax.axhline(acc[0], color="black", ls="--", label=LABELS[method])
+            else:
+                ax.plot(x, acc, marker="o", label=LABELS[method])
+        ax.set_xscale("log")
+        ax.set_xlabel("compression (1 / ratio)")
+        ax.set_ylabel("final test accuracy")
+        ax.set_title(f"n = {n}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(f"{args.out}_acc.png", dpi=110)
+
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
+    for ax, n in zip(axes[0], sizes):
+        for method in LABELS:
+            cell = [r for r in runs if r["ranks"] == n and r["method"] == method
+                    and (method == "dense" or abs(r["ratio"] - 0.01) < 1e-12)]
+            if cell:
+                curves = np.mean([r["test_acc"] for r in cell], axis=0)
+                ax.plot(np.arange(1, len(curves) + 1), curves, marker=".", label=LABELS[method])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"n = {n}, ratio 1/100")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(f"{args.out}_curves.png", dpi=110)
+
+    if args.overlap:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for method in ("scalecom", "ef"):
+            cells = group([r for r in runs if r["method"] == method and r["mean_overlap"]],
+                          ("ranks",))
+            if cells:
+                ns = sorted(cells)
+                ax.plot([n[0] for n in ns], [np.mean([c["mean_overlap"] for c in cells[n]])
+                                             for n in ns], marker="o", label=LABELS[method])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("n (workers)")
+        ax.set_ylabel("|I_leader ∩ I_worker| / k")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(f"{args.out}_overlap.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -176,6 +176,12 @@ def main() -> None:
     torch.set_num_threads(1)
     regime = dict(REGIMES[args.regime], **({"lr": args.lr} if args.lr else {}))
     runs = []
+    if args.json:           # append: the study is run in several invocations
+        try:
+            with open(args.json) as f:
+                runs = json.load(f)
+        except FileNotFoundError:
+            pass
     for ranks in args.ranks:
         for seed in args.seeds:
             for method in args.methods:
@@ -185,21 +191,16 @@ def main() -> None:
                                    lr_warmup_steps=args.lr_warmup_steps, clip=args.clip, **regime)
                     start = time.perf_counter()
                     run = dict(train(spec), regime=args.regime)
-                    runs.append(run)
                     overlap = run["mean_overlap"]
                     print(f"n={ranks:<3} seed={seed} {method:>8} ratio={ratio:<7g} "
                           f"acc {run['final_acc']:.3f}  loss {run['final_test_loss']:.3f}  "
                           f"{run['bytes_per_worker'] / 1e6:8.2f} MB/worker  "
                           f"overlap {'-' if overlap is None else f'{overlap:.2f}'}  "
                           f"({time.perf_counter() - start:.0f} s)", flush=True)
-    if args.json:
-        try:
-            with open(args.json) as f:
-                runs = json.load(f) + runs
-        except FileNotFoundError:
-            pass
-        with open(args.json, "w") as f:
-            json.dump(runs, f)
+                    if args.json:   # after every run, so an interrupted study keeps its runs
+                        runs.append(run)
+                        with open(args.json, "w") as f:
+                            json.dump(runs, f)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@
 
 Writes OUT_acc.png (final test accuracy against compression, one panel per
 n), OUT_curves.png (test accuracy per epoch at ratio 1/100) and, with
---overlap, OUT_overlap.png (leader/worker top-k overlap against n); prints
-the table of mean and spread over seeds.
+--by-n, OUT_by_n.png (accuracy and the leader/worker top-k overlap against
+n); prints the table of mean and spread over seeds.
 """
 
 from __future__ import annotations
@@ -41,18 +41,33 @@ def table(runs) -> str:
     return "\n".join(rows)
 
 
+def label(ax, xlabel: str, ylabel: str, title: str = "") -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
+def save(fig, legend_ax, path: str) -> None:
+    legend_ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("json")
+    parser.add_argument("json", nargs="+", help="one or more files of the study's runs")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--overlap", action="store_true")
+    parser.add_argument("--by-n", action="store_true", help="also plot against n")
     args = parser.parse_args()
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(args.json) as f:
-        runs = json.load(f)
+    runs = []
+    for path in args.json:
+        with open(path) as f:
+            runs += json.load(f)
     print(table(runs))
     sizes = sorted({r["ranks"] for r in runs})
 
@@ -71,13 +86,8 @@ def main() -> None:
             else:
                 ax.plot(x, acc, marker="o", label=LABELS[method])
         ax.set_xscale("log")
-        ax.set_xlabel("compression (1 / ratio)")
-        ax.set_ylabel("final test accuracy")
-        ax.set_title(f"n = {n}")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(f"{args.out}_acc.png", dpi=110)
+        label(ax, "compression (1 / ratio)", "final test accuracy", f"n = {n}")
+    save(fig, axes[0][0], f"{args.out}_acc.png")
 
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
     for ax, n in zip(axes[0], sizes):
@@ -87,30 +97,29 @@ def main() -> None:
             if cell:
                 curves = np.mean([r["test_acc"] for r in cell], axis=0)
                 ax.plot(np.arange(1, len(curves) + 1), curves, marker=".", label=LABELS[method])
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"n = {n}, ratio 1/100")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(f"{args.out}_curves.png", dpi=110)
+        label(ax, "epoch", "test accuracy", f"n = {n}, ratio 1/100")
+    save(fig, axes[0][0], f"{args.out}_curves.png")
 
-    if args.overlap:
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for method in ("scalecom", "ef"):
-            cells = group([r for r in runs if r["method"] == method and r["mean_overlap"]],
-                          ("ranks",))
-            if cells:
-                ns = sorted(cells)
-                ax.plot([n[0] for n in ns], [np.mean([c["mean_overlap"] for c in cells[n]])
-                                             for n in ns], marker="o", label=LABELS[method])
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("n (workers)")
-        ax.set_ylabel("|I_leader ∩ I_worker| / k")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(f"{args.out}_overlap.png", dpi=110)
+    if args.by_n:     # accuracy and top-k overlap against n, at ratio 1/100
+        fig, (acc_ax, ov_ax) = plt.subplots(1, 2, figsize=(10, 4))
+        for method in LABELS:
+            cells = group([r for r in runs if r["method"] == method
+                           and (method == "dense" or abs(r["ratio"] - 0.01) < 1e-12)], ("ranks",))
+            ns = sorted(cells)
+            if not ns:
+                continue
+            x = [n[0] for n in ns]
+            acc_ax.plot(x, [np.mean([c["final_acc"] for c in cells[n]]) for n in ns],
+                        marker="o", label=LABELS[method])
+            if method in ("scalecom", "ef"):
+                ov_ax.plot(x, [np.mean([c["mean_overlap"] for c in cells[n]]) for n in ns],
+                           marker="o", label=LABELS[method])
+        for ax in (acc_ax, ov_ax):
+            ax.set_xscale("log", base=2)
+        label(acc_ax, "n (workers)", "final test accuracy", "ratio 1/100")
+        label(ov_ax, "n (workers)", "mean |I_leader ∩ I_r| / k", "leader vs own top-k set")
+        ov_ax.legend(fontsize=8)
+        save(fig, acc_ax, f"{args.out}_by_n.png")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,76 @@
+"""The benchmark and study harnesses: shapes, the top-k baseline, the
+convergence study's simulated workers, and the network cluster's teardown."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from horovod_scalecom.benchmarks.shapes import MODELS
+from horovod_scalecom.config import ScaleComConfig
+from horovod_scalecom.reference import TopkAllgatherSimulator
+
+from mpi import ROOT
+
+
+@pytest.mark.parametrize("model,tensors,params", [("resnet50", 161, 25_557_032),
+                                                  ("bert-base", 199, 109_482_240)])
+def test_model_shapes_match_the_published_sizes(model, tensors, params):
+    shapes = MODELS[model]()
+    assert len(shapes) == tensors
+    assert sum(int(np.prod(s)) for s in shapes) == params
+
+
+def test_topk_allgather_baseline_by_brute_force():
+    n, numel, k = 3, 50, 5
+    sim = TopkAllgatherSimulator(n, ScaleComConfig(ratio=k / numel, min_numel=0))
+    rng = np.random.default_rng(0)
+    memory = [np.zeros(numel, np.float32) for _ in range(n)]
+    for _ in range(4):
+        grads = [rng.standard_normal(numel).astype(np.float32) for _ in range(n)]
+        out = sim.step("t", grads).outputs[0]
+        expected = np.zeros(numel, np.float32)
+        for r in range(n):
+            p = memory[r] + grads[r]
+            top = np.argsort(-np.abs(p), kind="stable")[:k]
+            sent = np.zeros(numel, np.float32)
+            sent[top] = p[top]
+            expected = expected + sent
+            p[top] = 0
+            memory[r] = p
+        np.testing.assert_array_equal(out, expected / np.float32(n))
+        for r in range(n):
+            np.testing.assert_array_equal(sim.memory["t"][r], memory[r])
+
+
+def test_study_at_ratio_one_is_exactly_dense_training():
+    torch = pytest.importorskip("torch")
+    from horovod_scalecom.benchmarks.convergence import RunSpec, train
+    torch.set_num_threads(1)
+    common = dict(ranks=4, seed=0, lr=0.1, momentum=0.9, epochs=1, train_size=4096)
+    dense = train(RunSpec("dense", ratio=1.0, **common))
+    full = train(RunSpec("scalecom", ratio=1.0, **common))
+    assert dense["test_loss"] == full["test_loss"] and dense["test_acc"] == full["test_acc"]
+    sparse = train(RunSpec("scalecom", ratio=0.01, **common))
+    assert sparse["test_loss"] != dense["test_loss"]
+    assert sparse["bytes_per_worker"] < dense["bytes_per_worker"] / 20
+    assert 0 < sparse["mean_overlap"] <= 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("tc") is None
+                    or shutil.which("ip") is None, reason="needs root, ip and tc")
+def test_network_cluster_is_removed_when_the_run_fails(tmp_path):
+    # An exchange argument the benchmark rejects: every rank fails at once.
+    proc = subprocess.run(
+        [sys.executable, "-m", "horovod_scalecom.benchmarks.network", "--ranks", "2",
+         "--model", "mlp", "--out", str(tmp_path / "net"), "--timeout", "120",
+         "--methods", "no-such-method"],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode != 0
+    assert "building the namespaces" in proc.stdout
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "hsc-" not in left, left

@@ -71,7 +71,10 @@ class PowerSGD:
                                     world_size=size)
         self.shapes = shapes
         self.module = _Params(shapes)
-        self.ddp = DistributedDataParallel(self.module)
+        # One bucket: with several, the hook's chained P and Q allreduces of
+        # different buckets were issued in a different order on different ranks
+        # and gloo failed with "Received data size doesn't match expected size".
+        self.ddp = DistributedDataParallel(self.module, bucket_cap_mb=4096)
         state = psgd.PowerSGDState(process_group=None, matrix_approximation_rank=matrix_rank,
                                    start_powerSGD_iter=warmup, min_compression_rate=2,
                                    use_error_feedback=True, warm_start=True)

@@ -28,16 +28,22 @@ def group(runs, keys):
     return out
 
 
+def name(method: str, clip: float) -> str:
+    return LABELS[method] + (f", clipped to {clip:g}" if clip else "")
+
+
 def table(runs) -> str:
-    rows = ["| n | method | ratio | test accuracy (mean ± sd over seeds) | seeds | "
-            "MB sent per worker (run) |", "| --- | --- | --- | --- | --- | --- |"]
-    for (n, method, ratio), cell in sorted(group(runs, ("ranks", "method", "ratio")).items(),
-                                           key=lambda kv: (kv[0][0], list(LABELS).index(kv[0][1]),
-                                                           -kv[0][2])):
+    rows = ["| n | method | ratio | clip | test accuracy (mean ± sd over seeds) | seeds | "
+            "MB sent per worker (run) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    cells = group(runs, ("ranks", "clip", "method", "ratio"))
+    for (n, clip, method, ratio), cell in sorted(
+            cells.items(), key=lambda kv: (kv[0][0], kv[0][1], list(LABELS).index(kv[0][2]),
+                                           -kv[0][3])):
         acc = np.array([r["final_acc"] for r in cell])
         ratio_s = "1" if method == "dense" else f"1/{round(1 / ratio)}"
-        rows.append(f"| {n} | {LABELS[method]} | {ratio_s} | {acc.mean():.3f} ± {acc.std():.3f} "
-                    f"| {len(cell)} | {np.mean([r['bytes_per_worker'] for r in cell]) / 1e6:.2f} |")
+        rows.append(f"| {n} | {LABELS[method]} | {ratio_s} | {clip or '-'} | "
+                    f"{acc.mean():.3f} ± {acc.std():.3f} | {len(cell)} | "
+                    f"{np.mean([r['bytes_per_worker'] for r in cell]) / 1e6:.2f} |")
     return "\n".join(rows)
 
 
@@ -74,29 +80,38 @@ def main() -> None:
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
     for ax, n in zip(axes[0], sizes):
         for method in LABELS:
-            cells = group([r for r in runs if r["ranks"] == n and r["method"] == method],
-                          ("ratio",))
-            if not cells:
-                continue
-            ratios = sorted(cells)
-            x = [1 / r[0] for r in ratios]
-            acc = [np.mean([c["final_acc"] for c in cells[r]]) for r in ratios]
-            if method == "dense":
-                ax.axhline(acc[0], color="black", ls="--", label=LABELS[method])
-            else:
-                ax.plot(x, acc, marker="o", label=LABELS[method])
+            for clip in sorted({r["clip"] for r in runs}):
+                cells = group([r for r in runs if r["ranks"] == n and r["method"] == method
+                               and r["clip"] == clip], ("ratio",))
+                if not cells:
+                    continue
+                ratios = sorted(cells)
+                x = [1 / r[0] for r in ratios]
+                acc = [np.mean([c["final_acc"] for c in cells[r]]) for r in ratios]
+                style = ":" if clip else "-"
+                if method == "dense":
+                    ax.axhline(acc[0], color="black", ls="--" if not clip else ":",
+                               label=name(method, clip))
+                else:
+                    ax.plot(x, acc, marker="o", ls=style, label=name(method, clip))
         ax.set_xscale("log")
+        ticks = sorted({round(1 / r["ratio"]) for r in runs if r["method"] != "dense"})
+        ax.set_xticks(ticks, [f"{t}x" for t in ticks])
+        ax.minorticks_off()
         label(ax, "compression (1 / ratio)", "final test accuracy", f"n = {n}")
     save(fig, axes[0][0], f"{args.out}_acc.png")
 
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
     for ax, n in zip(axes[0], sizes):
         for method in LABELS:
-            cell = [r for r in runs if r["ranks"] == n and r["method"] == method
-                    and (method == "dense" or abs(r["ratio"] - 0.01) < 1e-12)]
-            if cell:
-                curves = np.mean([r["test_acc"] for r in cell], axis=0)
-                ax.plot(np.arange(1, len(curves) + 1), curves, marker=".", label=LABELS[method])
+            for clip in sorted({r["clip"] for r in runs}):
+                cell = [r for r in runs if r["ranks"] == n and r["method"] == method
+                        and r["clip"] == clip
+                        and (method == "dense" or abs(r["ratio"] - 0.01) < 1e-12)]
+                if cell:
+                    curves = np.mean([r["test_acc"] for r in cell], axis=0)
+                    ax.plot(np.arange(1, len(curves) + 1), curves, marker=".",
+                            ls=":" if clip else "-", label=name(method, clip))
         label(ax, "epoch", "test accuracy", f"n = {n}, ratio 1/100")
     save(fig, axes[0][0], f"{args.out}_curves.png")
 

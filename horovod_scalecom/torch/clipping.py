@@ -6,8 +6,8 @@ can collapse while dense training converges: a few large gradients enter the
 memory, come back late and amplified by momentum. Clipping each worker's
 gradient of each parameter *before* it reaches the compressor bounds what
 enters the memory. Clipping after the exchange (the usual
-``clip_grad_norm_`` before ``optimizer.step()``) comes too late for that:
-the memory has already absorbed the spike.
+``clip_grad_norm_`` before ``optimizer.step()``) acts on the averaged
+gradient, after each worker's memory has already absorbed the spike.
 
     from horovod_scalecom.torch import ScaleCom, clip_before_exchange
     clip_before_exchange(model, max_norm=0.5)

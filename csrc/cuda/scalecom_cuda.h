@@ -1,0 +1,55 @@
+// ScaleCom's kernels on the GPU: the same arithmetic and tie rule as the CPU
+// core (csrc/core/scalecom.h, horovod_scalecom/reference/core.py).
+//
+// A framework-free C ABI over raw device pointers and a cudaStream_t (passed
+// as void*), so that any frontend (ctypes, torch, TensorFlow) can call it.
+// Every function only enqueues work on `stream` (no host synchronisation)
+// and returns a cudaError_t as int: 0 on success.
+//
+// Status: compiled for sm_80 and sm_90 by the test suite; not yet run on a
+// GPU, and not yet dispatched from the torch/TensorFlow ops (docs/design.md).
+
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Gradient element types; the memory is always float32.
+enum ScalecomGradType { SCALECOM_F32 = 0, SCALECOM_F16 = 1, SCALECOM_BF16 = 2 };
+
+// Scratch bytes select_topk needs for a tensor of numel elements.
+int scalecom_cuda_select_workspace_bytes(int64_t numel, int64_t k, size_t* bytes);
+
+// indices[0..k) = the k largest |memory + grad|, ties to the lower index,
+// NaN above +inf, in ascending order (int32).
+int scalecom_cuda_select_topk(const float* memory, const void* grad, int grad_type,
+                              int64_t numel, int64_t k, int32_t* indices, void* workspace,
+                              size_t workspace_bytes, void* stream);
+
+// Scratch bytes gather_update needs for k indices.
+int scalecom_cuda_gather_update_workspace_bytes(int64_t k, size_t* bytes);
+
+// values[t] = memory[I[t]] + grad[I[t]]; then the low-pass update
+//   j not in I: memory[j] += beta32 * grad[j]   (kept when not finite)
+//   j in I:     memory[j] *= 1 - beta32
+// `indices` ascending and unique (as select_topk returns them). *nonfinite
+// (a device counter, set, not added to) = entries off I that refused a
+// non-finite update.
+int scalecom_cuda_gather_update(float* memory, const void* grad, int grad_type, int64_t numel,
+                                const int32_t* indices, int64_t k, float beta, float* values,
+                                unsigned long long* nonfinite, void* workspace,
+                                size_t workspace_bytes, void* stream);
+
+// out[0..numel) = 0, out[I[t]] = values[t].
+int scalecom_cuda_scatter(const int32_t* indices, const float* values, int64_t k, int64_t numel,
+                          float* out, void* stream);
+
+const char* scalecom_cuda_error_string(int code);
+
+#ifdef __cplusplus
+}
+#endif

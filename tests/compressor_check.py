@@ -9,7 +9,7 @@ F32 = np.float32
 NAMES = [n.replace(".", "_") for n in SHAPES]
 
 
-def reference(n, steps, cfg, seed=0, bpps=1, skip_param=None, cast=None):
+def reference(n, steps, cfg, seed=0, bpps=1, skip_param=None, cast=None, inject=False):
     """Outputs and memories the spec gives for the worker's gradient sequence."""
     sim = PathASimulator(n, cfg)
     for name, shape in zip(NAMES, SHAPES.values()):
@@ -22,7 +22,7 @@ def reference(n, steps, cfg, seed=0, bpps=1, skip_param=None, cast=None):
             for r in range(n):
                 g = np.zeros(shape, F32)
                 for micro in range(bpps):
-                    part = gradient(seed, r, step * bpps + micro, i, shape)
+                    part = gradient(seed, r, step * bpps + micro, i, shape, inject)
                     if skip_param == i and step % 2 == 1:
                         part = np.zeros(shape, F32)     # zero_grad() left zeros behind
                     g = g + (cast(part) if cast else part)

@@ -42,6 +42,26 @@ def test_parity_with_torch_and_reference(n, tmp_path):
                                               err_msg=key)
 
 
+def test_nonfinite_gradients_same_policy_and_count_as_torch(tmp_path):
+    # Rank 1 sends an Inf and a NaN in one tensor at step 2: the memory keeps
+    # its entries (both frontends bitwise equal to the reference) and both
+    # report the refused updates alike.
+    args = ("sequence", "--steps", "4", "--inject")
+    tf_job = run_mpi(2, "tf_compressor.py", tmp_path / "tf", *args, timeout=300).check_ok()
+    torch_job = run_mpi(2, "torch_compressor.py", tmp_path / "torch", *args,
+                        timeout=300).check_ok()
+    tf_results = check(tf_job, 2, 4, CFG, exact=True, inject=True)
+    torch_results = check(torch_job, 2, 4, CFG, exact=True, inject=True)
+    counts = {(r, t): int(torch_results[r][f"nonfinite/{t}"]) for r in range(2) for t in range(4)}
+    for (r, t), count in counts.items():
+        assert int(tf_results[r][f"nonfinite/{t}"]) == count, (r, t)
+    assert counts[(1, 2)] > 0 and sum(counts.values()) == counts[(1, 2)], counts
+    for r in range(2):
+        for key, mem in tf_results[r].items():
+            if key.startswith("mem/"):
+                assert np.isfinite(mem).all(), key
+
+
 def test_inside_tf_function_with_warmup(tmp_path):
     cfg = ScaleComConfig(ratio=0.02, beta=0.3, warmup_steps=3, min_numel=100)
     job = run_mpi(2, "tf_compressor.py", tmp_path, "sequence", "--steps", "8", "--function",

@@ -109,6 +109,8 @@ class ScaleCom(tf.Module, Compressor):
             self.enabled = tf.Variable(True, trainable=False, name="enabled")
         self.memory: dict[str, tf.Variable] = {}
         self.steps: dict[str, tf.Variable] = {}
+        # Per tensor, the last step's memory entries that refused a NaN/Inf update.
+        self.nonfinite: dict[str, tf.Variable] = {}
         self._registry = _Registry()
 
     # -- Horovod's Compressor interface -------------------------------------------
@@ -141,17 +143,21 @@ class ScaleCom(tf.Module, Compressor):
         lead = tf.cast(tf.math.floormod(t + entry.offset, size), tf.int32)
         grad = tf.reshape(tf.cast(tensor, tf.float32), [-1])
 
+        nonfinite = self.nonfinite[key]
+
         def dense_branch():
-            return grad, tf.zeros([entry.k], tf.int32)
+            with tf.control_dependencies([nonfinite.assign(0)]):
+                return tf.identity(grad), tf.zeros([entry.k], tf.int32)
 
         def compressed_branch():
             mine = tf.cond(tf.equal(lead, hvd.rank()),
                            lambda: ops.scalecom_select_topk(memory, grad, k=entry.k),
                            lambda: tf.zeros([entry.k], tf.int32))
             indices = self._share(mine, lead, entry.op_name)
-            values, new_memory, _ = ops.scalecom_gather_update(
+            values, new_memory, kept = ops.scalecom_gather_update(
                 memory, grad, indices, beta=float(self.config.beta))
-            with tf.control_dependencies([memory.assign(new_memory)]):
+            updates = [memory.assign(new_memory), nonfinite.assign(tf.cast(kept, tf.int64))]
+            with tf.control_dependencies(updates):
                 return tf.identity(values), indices
 
         payload, indices = tf.cond(dense, dense_branch, compressed_branch)
@@ -193,10 +199,14 @@ class ScaleCom(tf.Module, Compressor):
                 "bytes_sent": bytes_model.path_a(entry.k, size) if compressed else dense,
                 "dense_bytes": dense,
             }
+            tensors[key]["nonfinite_kept"] = int(self.nonfinite[key].numpy())
         sent = sum(t["bytes_sent"] for t in tensors.values())
         dense = sum(t["dense_bytes"] for t in tensors.values())
         return {"bytes_sent": sent, "dense_bytes": dense,
-                "compression": dense / sent if sent else 1.0, "tensors": tensors}
+                "compression": dense / sent if sent else 1.0,
+                # Memory entries that refused a NaN/Inf update (DESIGN's non-finite policy).
+                "nonfinite_kept": sum(t["nonfinite_kept"] for t in tensors.values()),
+                "tensors": tensors}
 
     # -- internals --------------------------------------------------------------------
 
@@ -213,6 +223,8 @@ class ScaleCom(tf.Module, Compressor):
                                                name=f"memory_{var_name}")
                 self.steps[key] = tf.Variable(tf.constant(0, tf.int64), trainable=False,
                                               name=f"step_{var_name}")
+                self.nonfinite[key] = tf.Variable(tf.constant(0, tf.int64), trainable=False,
+                                                  name=f"nonfinite_{var_name}")
         return entries[key]
 
     def tensors(self) -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ class RingExchange:
         self.timeout = timeout
         self._engine = None
         self.last_bytes = 0
+        self.last_nonfinite = 0     # memory entries that refused a NaN/Inf update, last step
 
     def _exchange(self, step, *arrays):
         # Runs in Python (tf.numpy_function). The engine is created at the first
@@ -52,6 +53,7 @@ class RingExchange:
             self.last_bytes = self._engine.wait(self.timeout)
         except TimeoutError as exc:
             raise RuntimeError(f"ScaleCom ring on rank {hvd.rank()}: {exc}") from exc
+        self.last_nonfinite = self._engine.last_nonfinite()
         return memories + outs
 
     def allreduce(self, grads: Sequence[tf.Tensor | None],

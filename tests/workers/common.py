@@ -14,9 +14,15 @@ import numpy as np
 SHAPES = {"fc1.weight": (64, 48), "fc1.bias": (64,), "fc2.weight": (10, 64), "emb": (37, 29)}
 
 
-def gradient(seed: int, rank: int, step: int, index: int, shape) -> np.ndarray:
+def gradient(seed: int, rank: int, step: int, index: int, shape,
+             inject: bool = False) -> np.ndarray:
+    """Deterministic per (seed, rank, step, tensor); with ``inject``, rank 1's
+    first tensor gets an Inf and a NaN at step 2 (the non-finite policy tests)."""
     rng = np.random.default_rng([seed, rank, step, index])
-    return rng.standard_normal(shape).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    if inject and rank == 1 and step == 2 and index == 0:
+        g.flat[5], g.flat[9] = np.inf, np.nan
+    return g
 
 
 def launcher_rank() -> int:

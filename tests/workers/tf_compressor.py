@@ -48,10 +48,11 @@ def feed(args, out, shapes, wrap):
         step = tf.function(step)
     result = {}
     for t in range(args.steps):
-        grads_in = [tf.constant(gradient(args.seed, hvd.rank(), t, i, shape))
+        grads_in = [tf.constant(gradient(args.seed, hvd.rank(), t, i, shape, args.inject))
                     for i, shape in enumerate(shapes.values())]
         for name, g in zip(shapes, step(grads_in)):
             result[f"out/{t}/{name}"] = g.numpy()
+        result[f"nonfinite/{t}"] = np.array(compression.stats()["nonfinite_kept"])
         exchange = getattr(tapes[-1], "_exchange", None)
         if exchange is not None:
             result[f"bytes/{t}"] = np.array(exchange.last_bytes)
@@ -189,6 +190,7 @@ def main():
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--path", choices=["a", "b"], default="a")
     parser.add_argument("--kill-at", type=int, default=-1)
+    parser.add_argument("--inject", action="store_true", help="NaN/Inf in one gradient")
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -52,7 +52,7 @@ def sequence(args, out):
     for step in range(args.steps):
         for micro in range(args.bpps):
             grads = [torch.from_numpy(gradient(args.seed, hvd.rank(), step * args.bpps + micro,
-                                               i, shape)).to(dtype)
+                                               i, shape, args.inject)).to(dtype)
                      for i, shape in enumerate(SHAPES.values())]
             if args.skip_param is not None and step % 2 == 1:
                 grads[args.skip_param] = None        # this parameter gets no gradient
@@ -62,6 +62,7 @@ def sequence(args, out):
         opt.synchronize()
         for name, p in zip(names, model.parameters()):
             result[f"out/{step}/{name}"] = p.grad.float().numpy().copy()
+        result[f"nonfinite/{step}"] = np.array(compression.stats()["nonfinite_kept"])
         # Horovod's zero_grad() takes no arguments; the module's does.
         model.zero_grad(set_to_none=args.set_to_none)
     for name, entry in compression.state_dict()["tensors"].items():
@@ -220,6 +221,7 @@ def main():
     parser.add_argument("--path", choices=["a", "b"], default="a")
     parser.add_argument("--kill-at", type=int, default=-1)
     parser.add_argument("--noncontig", action="store_true")
+    parser.add_argument("--inject", action="store_true", help="NaN/Inf in one gradient")
     args = parser.parse_args()
     torch.set_num_threads(1)
     hvd.init()

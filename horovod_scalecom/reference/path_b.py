@@ -25,6 +25,7 @@ from horovod_scalecom.bytes_model import INDEX_BYTES, VALUE_BYTES
 from horovod_scalecom.config import ScaleComConfig, check_numel, num_selected
 from horovod_scalecom.reference.core import (
     F32, accumulate, gather_and_update, scatter, topk_indices)
+from horovod_scalecom.reference.workers import Workers
 from horovod_scalecom.schedule import chunk_bounds, chunk_owner
 
 
@@ -81,7 +82,7 @@ def ring_exchange(memories: Sequence[np.ndarray], grads: Sequence[np.ndarray],
     return result, new_memories, sent
 
 
-class PathBSimulator:
+class PathBSimulator(Workers):
     """All n workers of path B in one process; one call per training step.
 
     ``step({name: [grad_rank0, ..., grad_rank{n-1}]})`` exchanges every
@@ -91,12 +92,7 @@ class PathBSimulator:
     """
 
     def __init__(self, size: int, config: ScaleComConfig | None = None) -> None:
-        if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        self.size = size
-        self.config = config or ScaleComConfig()
-        self.memory: dict[str, list[np.ndarray]] = {}
-        self.steps: dict[str, int] = {}
+        super().__init__(size, config)
         self.last_bytes = np.zeros(size, dtype=np.int64)
 
     def step(self, grads: Mapping[str, Sequence[np.ndarray]]
@@ -105,15 +101,10 @@ class PathBSimulator:
         sent = np.zeros(self.size, dtype=np.int64)
         results: dict[str, RingResult | None] = {}
         for name, per_rank in grads.items():
-            flat = [np.asarray(g).reshape(-1) for g in per_rank]
-            if len(flat) != self.size:
-                raise ValueError(f"{name}: expected {self.size} gradients, got {len(flat)}")
+            flat = self._flat(name, per_rank)
             numel = flat[0].size
             check_numel(numel, name)
-            mem = self.memory.setdefault(
-                name, [np.zeros(numel, dtype=F32) for _ in range(self.size)])
-            t = self.steps.get(name, 0)
-            self.steps[name] = t + 1
+            mem, t = self._advance(name, numel)
             if t < cfg.warmup_steps or numel < cfg.min_numel:
                 results[name] = None
                 continue

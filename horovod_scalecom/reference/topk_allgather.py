@@ -15,34 +15,22 @@ from typing import Sequence
 import numpy as np
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.config import ScaleComConfig
 from horovod_scalecom.reference.core import F32, accumulate, topk_indices
 from horovod_scalecom.reference.path_a import StepResult, allreduce_mean
+from horovod_scalecom.reference.workers import Workers
 
 
-class TopkAllgatherSimulator:
+class TopkAllgatherSimulator(Workers):
     """All n workers of local top-k + allgather in one process, tensor by tensor.
 
     Uses ``config.ratio``, ``warmup_steps`` and ``min_numel`` like ScaleCom;
     ``beta`` is ignored (the memory is plain error feedback).
     """
 
-    def __init__(self, size: int, config: ScaleComConfig | None = None) -> None:
-        if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        self.size = size
-        self.config = config or ScaleComConfig()
-        self.memory: dict[str, list[np.ndarray]] = {}
-        self.steps: dict[str, int] = {}
-
     def step(self, name: str, grads: Sequence[np.ndarray]) -> StepResult:
-        if len(grads) != self.size:
-            raise ValueError(f"expected {self.size} gradients, got {len(grads)}")
-        flat = [np.asarray(g, dtype=F32).reshape(-1) for g in grads]
+        flat = [g.astype(F32, copy=False) for g in self._flat(name, grads)]
         numel = flat[0].size
-        memory = self.memory.setdefault(name, [np.zeros(numel, F32) for _ in flat])
-        t = self.steps.get(name, 0)
-        self.steps[name] = t + 1
+        memory, t = self._advance(name, numel)
         cfg = self.config
         if t < cfg.warmup_steps or numel < cfg.min_numel:
             out = allreduce_mean(flat)

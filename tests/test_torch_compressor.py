@@ -131,3 +131,17 @@ def test_documented_edge_inputs(path, tmp_path):
         if path == "a":         # rows step, 7 and 8 were looked up (by one rank each for 7, 8)
             emb = res[f"out/{step}/emb.weight"]
             assert set(np.flatnonzero(np.abs(emb).sum(1))) == {step, 7, 8}
+
+
+def test_clip_before_exchange_acts_before_the_compressor(tmp_path):
+    # Gradients of norm ~50 clipped to 5 on every rank before Horovod's hook
+    # hands them to ScaleCom: outputs and memories follow the reference fed
+    # with clipped gradients (up to the rounding of the norm), and differ
+    # from the unclipped run.
+    cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+    job = run_mpi(2, "torch_compressor.py", tmp_path, "sequence", "--steps", "6",
+                  "--clip", "5", timeout=240).check_ok()
+    check(job, 2, 6, cfg, exact=False, memory_exact=False, clip=5.0)
+    unclipped, _ = reference(2, 6, cfg)
+    out = job.result(0)[f"out/5/{NAMES[0]}"].reshape(-1)
+    assert np.abs(out).max() < 0.2 * np.abs(unclipped[5][NAMES[0]]).max()

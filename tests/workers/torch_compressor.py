@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 import horovod.torch as hvd
-from horovod_scalecom.torch import DistributedOptimizer, ScaleCom
+from horovod_scalecom.torch import DistributedOptimizer, ScaleCom, clip_before_exchange
 
 from common import SHAPES, gradient, run
 
@@ -45,6 +45,8 @@ def sequence(args, out):
     names = [n for n, _ in model.named_parameters()]
     compression = ScaleCom(model, ratio=args.ratio, beta=args.beta,
                            warmup_steps=args.warmup, min_numel=args.min_numel)
+    if args.clip:
+        clip_before_exchange(model, args.clip)
     opt = hvd.DistributedOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.0), named_parameters=model.named_parameters(),
         compression=compression, backward_passes_per_step=args.bpps, num_groups=args.groups)
@@ -222,6 +224,7 @@ def main():
     parser.add_argument("--kill-at", type=int, default=-1)
     parser.add_argument("--noncontig", action="store_true")
     parser.add_argument("--inject", action="store_true", help="NaN/Inf in one gradient")
+    parser.add_argument("--clip", type=float, default=0.0, help="clip_before_exchange max_norm")
     args = parser.parse_args()
     torch.set_num_threads(1)
     hvd.init()

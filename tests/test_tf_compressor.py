@@ -62,6 +62,14 @@ def test_nonfinite_gradients_same_policy_and_count_as_torch(tmp_path):
                 assert np.isfinite(mem).all(), key
 
 
+def test_clip_norm_acts_before_the_exchange(tmp_path):
+    # As the torch frontend's clip_before_exchange: the reference fed with
+    # each rank's clipped gradients (up to the rounding of the norm).
+    job = run_mpi(2, "tf_compressor.py", tmp_path, "sequence", "--steps", "6", "--clip", "5",
+                  "--function", timeout=300).check_ok()
+    check(job, 2, 6, CFG, exact=False, memory_exact=False, clip=5.0)
+
+
 def test_inside_tf_function_with_warmup(tmp_path):
     cfg = ScaleComConfig(ratio=0.02, beta=0.3, warmup_steps=3, min_numel=100)
     job = run_mpi(2, "tf_compressor.py", tmp_path, "sequence", "--steps", "8", "--function",
@@ -92,6 +100,7 @@ def test_tape_loop_ranks_agree(tmp_path):
     ("beta", ["--beta", "1.5"], "beta must lie in"),
     ("eager", [], "not on an eager tensor"),
     ("callback", [], "needs the ScaleCom instance"),
+    ("clip", [], "clip_norm must be a positive number"),
 ])
 def test_bad_configuration_fails_clearly(case, args, message, tmp_path):
     job = run_mpi(2, "tf_compressor.py", tmp_path, "bad", "--case", case, *args, timeout=180)

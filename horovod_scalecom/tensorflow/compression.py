@@ -92,6 +92,11 @@ class ScaleCom(tf.Module, Compressor):
         min_numel: smaller tensors are sent dense.
         stagger_leaders: offset each tensor's leader by the order in which it
             was first seen (False: the paper's schedule).
+        clip_norm: if set, every floating gradient handed to the compressor
+            is first scaled to L2 norm at most ``clip_norm`` on this worker,
+            before it enters the memory or the exchange: the remedy for the
+            hard regime of docs/convergence.md (the PyTorch frontend's
+            ``clip_before_exchange``). Off by default.
 
     Dense, memory untouched: warm-up steps, steps while ``enabled`` is False
     (ScaleComCallback uses it), tensors below ``min_numel``, tensors of
@@ -100,11 +105,16 @@ class ScaleCom(tf.Module, Compressor):
 
     def __init__(self, ratio: float = 0.01, beta: float = 0.1, warmup_steps: int = 0,
                  min_numel: int = 1024, stagger_leaders: bool = True,
-                 name: str = "scalecom") -> None:
+                 clip_norm: float | None = None, name: str = "scalecom") -> None:
         super().__init__(name=name)
         self.config = ScaleComConfig(ratio=ratio, beta=beta, warmup_steps=warmup_steps,
                                      min_numel=min_numel)
         self.stagger_leaders = stagger_leaders
+        if clip_norm is not None and (isinstance(clip_norm, bool) or
+                                      not isinstance(clip_norm, (int, float)) or
+                                      not clip_norm > 0):
+            raise ValueError(f"clip_norm must be a positive number or None, got {clip_norm!r}")
+        self.clip_norm = clip_norm
         with tf.init_scope():
             self.enabled = tf.Variable(True, trainable=False, name="enabled")
         self.memory: dict[str, tf.Variable] = {}
@@ -125,7 +135,10 @@ class ScaleCom(tf.Module, Compressor):
                 "name; use it through hvd.DistributedGradientTape, the Keras "
                 "DistributedOptimizer or inside tf.function, not on an eager tensor")
         numel = tensor.shape.num_elements()
+        # The incoming gradient belongs to the graph that holds all of them;
+        # ops made here (the clipping) land in Horovod's per-tensor cond branch.
         offset = self._registry.next_index(tensor.graph)
+        tensor = self.clip(tensor)
         key = f"{offset}|{tensor.shape.as_list()}"
         self._registry.offsets[key] = offset
         if (numel is None or numel < self.config.min_numel
@@ -164,6 +177,14 @@ class ScaleCom(tf.Module, Compressor):
         with tf.control_dependencies([payload]):
             step.assign_add(1)
         return payload, _Ctx(entry, dense, indices, tensor.shape, tensor.dtype)
+
+    def clip(self, tensor: tf.Tensor) -> tf.Tensor:
+        """This worker's gradient scaled to norm <= clip_norm (unchanged without it)."""
+        if self.clip_norm is None or not tensor.dtype.is_floating:
+            return tensor
+        norm = tf.norm(tf.cast(tensor, tf.float32))
+        scale = tf.minimum(1.0, self.clip_norm / (norm + 1e-6))
+        return tensor * tf.cast(scale, tensor.dtype)
 
     def decompress(self, tensor: tf.Tensor, ctx: _Ctx | None) -> tf.Tensor:
         if ctx is None:

@@ -66,6 +66,7 @@ class RingExchange:
                 continue
             if isinstance(grad, tf.IndexedSlices):
                 grad = tf.convert_to_tensor(grad)
+            grad = compression.clip(grad)
             numel = grad.shape.num_elements()
             if (hvd.size() == 1 or numel is None or numel < cfg.min_numel
                     or grad.dtype not in COMPRESSIBLE_DTYPES):

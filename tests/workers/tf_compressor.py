@@ -34,7 +34,7 @@ def feed(args, out, shapes, wrap):
     layout)."""
     variables = [tf.Variable(tf.zeros(shape), name=name) for name, shape in shapes.items()]
     compression = ScaleCom(ratio=args.ratio, beta=args.beta, warmup_steps=args.warmup,
-                           min_numel=args.min_numel)
+                           min_numel=args.min_numel, clip_norm=args.clip or None)
     tapes = []
 
     def step(grads_in):
@@ -170,6 +170,8 @@ def bad(args, out):
         hvd.allreduce(tf.ones([4000]), compression=ScaleCom(min_numel=0))
     elif args.case == "callback":
         ScaleComCallback(hvd.Compression.none)
+    elif args.case == "clip":
+        ScaleCom(clip_norm=0)
     raise AssertionError(f"case {args.case} raised nothing")
 
 
@@ -191,6 +193,7 @@ def main():
     parser.add_argument("--path", choices=["a", "b"], default="a")
     parser.add_argument("--kill-at", type=int, default=-1)
     parser.add_argument("--inject", action="store_true", help="NaN/Inf in one gradient")
+    parser.add_argument("--clip", type=float, default=0.0, help="ScaleCom(clip_norm=...)")
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)

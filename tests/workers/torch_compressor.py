@@ -65,8 +65,10 @@ def sequence(args, out):
         for name, p in zip(names, model.parameters()):
             result[f"out/{step}/{name}"] = p.grad.float().numpy().copy()
         result[f"nonfinite/{step}"] = np.array(compression.stats()["nonfinite_kept"])
-        # Horovod's zero_grad() takes no arguments; the module's does.
-        model.zero_grad(set_to_none=args.set_to_none)
+        # Horovod's zero_grad() takes no arguments; the module's does. Horovod
+        # set_()s .grad to the (contiguous) decompressed tensor, so only a fresh
+        # .grad keeps the transposed parameter's layout in the next step.
+        model.zero_grad(set_to_none=args.set_to_none or args.noncontig)
     for name, entry in compression.state_dict()["tensors"].items():
         if entry["memory"] is not None:
             result[f"mem/{name}"] = entry["memory"].numpy()
@@ -174,6 +176,16 @@ def bad(args, out):
         opt = optimizer(args, emb, ScaleCom(emb, min_numel=0))
         emb(torch.tensor([1, 2, 3])).sum().backward()
         opt.step()
+    elif args.case == "generator":
+        ScaleCom(model.named_parameters())
+    elif args.case == "order":
+        # Ranks reach the two tensors in opposite orders: the index share of
+        # the first cannot complete, and must time out rather than hang.
+        compression = ScaleCom(model, min_numel=0, share_timeout=5)
+        model(torch.randn(4, 32)).sum().backward()
+        grads = [model.fc1.weight.grad, model.fc2.weight.grad]
+        for g in (grads if hvd.rank() == 0 else grads[::-1]):
+            compression.compress(g)
     raise AssertionError(f"case {args.case} raised nothing")
 
 

@@ -36,6 +36,11 @@ class RingExchange:
         self.last_bytes = 0
         self.last_nonfinite = 0     # memory entries that refused a NaN/Inf update, last step
 
+    def stats(self) -> dict[str, int]:
+        """The last exchange: bytes this rank sent in the ring (the engine's
+        count) and memory entries that refused a NaN/Inf update."""
+        return {"ring_bytes": int(self.last_bytes), "nonfinite_kept": int(self.last_nonfinite)}
+
     def _exchange(self, step, *arrays):
         # Runs in Python (tf.numpy_function). The engine is created at the first
         # exchange, which every rank reaches together (MPI_Comm_dup is collective).
@@ -120,6 +125,11 @@ class DistributedGradientTape(tf.GradientTape):
         self._tape = gradtape._tape
         self._recording = gradtape._recording
         self._exchange = RingExchange(compression, timeout)
+
+    @property
+    def exchange(self) -> RingExchange:
+        """The ring exchange behind this tape; ``tape.exchange.stats()``."""
+        return self._exchange
 
     def gradient(self, target, sources, output_gradients=None, **kwargs):
         grads = super().gradient(target, sources, output_gradients, **kwargs)

@@ -53,9 +53,9 @@ def feed(args, out, shapes, wrap):
         for name, g in zip(shapes, step(grads_in)):
             result[f"out/{t}/{name}"] = g.numpy()
         result[f"nonfinite/{t}"] = np.array(compression.stats()["nonfinite_kept"])
-        exchange = getattr(tapes[-1], "_exchange", None)
+        exchange = getattr(tapes[-1], "exchange", None)
         if exchange is not None:
-            result[f"bytes/{t}"] = np.array(exchange.last_bytes)
+            result[f"bytes/{t}"] = np.array(exchange.stats()["ring_bytes"])
     for entry in compression.tensors():
         name = list(shapes)[entry["offset"]]
         result[f"mem/{name}"] = compression.memory[entry["key"]].numpy()

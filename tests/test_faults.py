@@ -32,11 +32,15 @@ def test_killed_rank_ends_the_job_within_60_s(framework, path, tmp_path):
 
 
 @pytest.mark.parametrize("framework,path", BOTH)
-def test_resume_from_checkpoint_follows_the_uninterrupted_run(framework, path, tmp_path):
+def test_job_stopped_after_a_checkpoint_resumes_on_the_same_trajectory(framework, path,
+                                                                       tmp_path):
     needs(framework)
     worker, mode = WORKERS[framework]
     common = (mode, "--steps", "30", "--ratio", "0.02", "--warmup", "3", "--path", path)
     straight = run_mpi(2, worker, tmp_path / "straight", *common, timeout=300).check_ok()
-    resumed = run_mpi(2, worker, tmp_path / "resumed", *common, "--resume-at", "15",
-                      timeout=300).check_ok()
+    # One job trains 15 steps, saves model, optimizer and ScaleCom state, and
+    # ends; a second job (new processes) restores them and trains on.
+    run_mpi(2, worker, tmp_path / "first", *common, "--stop-at", "15", timeout=300).check_ok()
+    resumed = run_mpi(2, worker, tmp_path / "second", *common, "--start-at", "15", "--ckpt",
+                      str(tmp_path / "first"), timeout=300).check_ok()
     resumed.assert_same_as(straight)

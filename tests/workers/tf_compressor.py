@@ -121,7 +121,8 @@ def keras_fit(args, out):
 
 
 def tape_train(args, out):
-    """A GradientTape loop in tf.function; optionally checkpoint and resume."""
+    """A GradientTape loop in tf.function. --stop-at N: checkpoint after N steps
+    and end the job; --start-at N --ckpt DIR: a new job that restores it."""
 
     def build():
         model = mlp()
@@ -146,17 +147,16 @@ def tape_train(args, out):
         return model, train_step, ckpt
 
     model, train_step, ckpt = build()
-    stop = args.resume_at or args.steps
-    for s in range(stop):
+    if args.start_at:       # a new job, from the checkpoint of an earlier one
+        ckpt.read(str(Path(args.ckpt) / f"ckpt_rank{hvd.rank()}")
+                  ).assert_existing_objects_matched()
+    for s in range(args.start_at, args.stop_at or args.steps):
         if s == args.kill_at and hvd.rank() == 1:
             os.kill(os.getpid(), signal.SIGKILL)    # a rank dies mid-run, no goodbye
         train_step(*data(args.seed, s))
-    if args.resume_at:
-        path = ckpt.write(str(out / f"ckpt_rank{hvd.rank()}"))
-        model, train_step, ckpt = build()
-        ckpt.read(path).assert_existing_objects_matched()
-        for s in range(args.resume_at, args.steps):
-            train_step(*data(args.seed, s))
+    if args.stop_at:
+        ckpt.write(str(out / f"ckpt_rank{hvd.rank()}"))
+        return
     np.savez(out / f"rank{hvd.rank()}.npz",
              **{f"w{i}": w for i, w in enumerate(model.get_weights())})
 
@@ -187,7 +187,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=0)
     parser.add_argument("--min-numel", type=int, default=100)
     parser.add_argument("--function", action="store_true")
-    parser.add_argument("--resume-at", type=int, default=0)
+    parser.add_argument("--stop-at", type=int, default=0)
+    parser.add_argument("--start-at", type=int, default=0)
+    parser.add_argument("--ckpt", default="")
     parser.add_argument("--case", default="")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--path", choices=["a", "b"], default="a")

@@ -117,21 +117,20 @@ def train_steps(model, opt, first, last, seed, kill_at=-1):
 
 
 def train(args, out):
-    """A small MLP with SGD + momentum; optionally checkpoint and resume mid-way."""
+    """A small MLP with SGD + momentum. --stop-at N: save a checkpoint after N
+    steps and end the job; --start-at N --ckpt DIR: a new job that loads it
+    and trains on from step N."""
     model, opt, compression = build(args)
-    stop = args.resume_at if args.resume_at else args.steps
-    train_steps(model, opt, 0, stop, args.seed, args.kill_at)
-    if args.resume_at:
-        path = out / f"ckpt_rank{hvd.rank()}.pt"
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                    "scalecom": compression.state_dict()}, path)
-        del model, opt, compression
-        model, opt, compression = build(args)
-        ckpt = torch.load(path)
+    if args.start_at:
+        ckpt = torch.load(Path(args.ckpt) / f"ckpt_rank{hvd.rank()}.pt")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         compression.load_state_dict(ckpt["scalecom"])
-        train_steps(model, opt, args.resume_at, args.steps, args.seed)
+    train_steps(model, opt, args.start_at, args.stop_at or args.steps, args.seed, args.kill_at)
+    if args.stop_at:
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                    "scalecom": compression.state_dict()}, out / f"ckpt_rank{hvd.rank()}.pt")
+        return
     np.savez(out / f"rank{hvd.rank()}.npz",
              **{name: p.detach().numpy() for name, p in model.named_parameters()})
 
@@ -230,7 +229,9 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--set-to-none", action="store_true")
     parser.add_argument("--skip-param", type=int, default=None)
-    parser.add_argument("--resume-at", type=int, default=0)
+    parser.add_argument("--stop-at", type=int, default=0)
+    parser.add_argument("--start-at", type=int, default=0)
+    parser.add_argument("--ckpt", default="")
     parser.add_argument("--case", default="")
     parser.add_argument("--path", choices=["a", "b"], default="a")
     parser.add_argument("--kill-at", type=int, default=-1)

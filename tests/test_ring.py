@@ -46,6 +46,9 @@ def check(job, n, steps, cfg, shapes, dynamic=False):
                                               err_msg=f"{name} at step {step}")
         for r, res in enumerate(results):
             assert int(res[f"bytes/{step}"]) == sim.last_bytes[r], f"bytes of rank {r}"
+            if f"compress_s/{step}" in res:     # the engine timed its selection + update
+                compute = float(res[f"compress_s/{step}"])
+                assert (compute > 0) == (sim.last_bytes[r] > 0), (step, compute)
     for r, res in enumerate(results):
         for name in shapes:
             if name in sim.memory and f"mem/{name}" in res:

@@ -172,6 +172,9 @@ PyObject* Engine_nonfinite(EngineObject* self, PyObject*) {
   return PyLong_FromLongLong(self->engine->last_nonfinite());
 }
 PyObject* Engine_size(EngineObject* self, PyObject*) { return PyLong_FromLong(self->engine->size()); }
+PyObject* Engine_compute(EngineObject* self, PyObject*) {
+  return PyFloat_FromDouble(self->engine->last_compute_s());
+}
 
 PyMethodDef Engine_methods[] = {
     {"start", reinterpret_cast<PyCFunction>(Engine_start), METH_VARARGS,
@@ -182,6 +185,8 @@ PyMethodDef Engine_methods[] = {
     {"size", reinterpret_cast<PyCFunction>(Engine_size), METH_NOARGS, "ranks in the ring"},
     {"last_nonfinite", reinterpret_cast<PyCFunction>(Engine_nonfinite), METH_NOARGS,
      "memory entries that refused a non-finite update in the last exchange"},
+    {"last_compute_s", reinterpret_cast<PyCFunction>(Engine_compute), METH_NOARGS,
+     "seconds the last exchange spent selecting and updating the memory"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyTypeObject EngineType = {PyVarObject_HEAD_INIT(nullptr, 0)};

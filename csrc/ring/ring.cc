@@ -105,9 +105,11 @@ void RingEngine::run(std::vector<RingTensor> tensors, double ratio, float beta,
   try {
     bytes_ = 0;
     nonfinite_ = 0;
+    compute_s_ = 0.0;
     exchange(tensors, ratio, beta, num_threads);
     last_bytes_ = bytes_;
     last_nonfinite_ = nonfinite_;
+    last_compute_s_ = compute_s_;
   } catch (...) {
     std::lock_guard<std::mutex> lock(mu_);
     error_ = std::current_exception();
@@ -161,6 +163,11 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
                           int num_threads) {
   check_agreement(tensors, ratio);
   const int64_t n = size_, r = rank_;
+  using Clock = std::chrono::steady_clock;
+  const auto seconds_since = [](Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  const auto select_start = Clock::now();
 
   std::vector<Plan> plans(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
@@ -187,6 +194,7 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
     }
     p.held = j;
   }
+  compute_s_ += seconds_since(select_start);
 
   std::vector<uint32_t> send, recv;
   // Reduce-scatter: hop h receives the chunk owned by rank r - h.
@@ -261,6 +269,7 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
   check_mpi(MPI_Barrier(comm_), "MPI_Barrier");
 
   // The low-pass memory update for the union of the chunks' index sets.
+  const auto update_start = Clock::now();
   std::vector<int32_t> all;
   std::vector<float> scratch;
   for (Plan& p : plans) {
@@ -271,6 +280,7 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
                                     static_cast<int64_t>(all.size()), beta, scratch.data(),
                                     num_threads);
   }
+  compute_s_ += seconds_since(update_start);
 }
 
 }  // namespace scalecom

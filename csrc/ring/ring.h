@@ -62,6 +62,9 @@ class RingEngine {
   int64_t last_bytes() const { return last_bytes_; }
   // Memory entries that refused a non-finite update in the last exchange.
   int64_t last_nonfinite() const { return last_nonfinite_; }
+  // Seconds the last exchange spent selecting and updating the memory (its
+  // CPU work outside MPI), so a benchmark can tell compute from communication.
+  double last_compute_s() const { return last_compute_s_; }
 
  private:
   void run(std::vector<RingTensor> tensors, double ratio, float beta, int num_threads);
@@ -83,6 +86,8 @@ class RingEngine {
   int64_t bytes_ = 0;
   int64_t last_nonfinite_ = 0;
   int64_t nonfinite_ = 0;
+  double last_compute_s_ = 0.0;
+  double compute_s_ = 0.0;
 };
 
 }  // namespace scalecom

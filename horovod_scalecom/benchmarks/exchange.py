@@ -97,6 +97,8 @@ def run(method: str, shapes, grads, args) -> dict:
             if method == "path A":
                 stats = compression.stats()
                 compress.append(stats["select_s"] + stats["update_s"])
+            elif method == "path B":
+                compress.append(opt.stats()["compress_s"])
             model.zero_grad()
         if method == "path B":
             def sent_now():

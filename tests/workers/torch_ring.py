@@ -56,6 +56,7 @@ def sequence(args, out):
         for name, p in model.named_parameters():
             result[f"out/{step}/{name}"] = p.grad.numpy().copy()
         result[f"bytes/{step}"] = np.array(opt.stats()["ring_bytes"])
+        result[f"compress_s/{step}"] = np.array(opt.stats()["compress_s"])
         model.zero_grad()
     for name, entry in compression.state_dict()["tensors"].items():
         if entry["memory"] is not None:

@@ -80,7 +80,8 @@ def main() -> None:
             if all("dense" in by_n[n] for n in have):
                 speed_ax.plot(have, [by_n[n]["dense"]["step_s"] / by_n[n][method]["step_s"]
                                      for n in have], marker="o", label=NAMES[method])
-            if all(r["compress_s"] is not None for r in rows) and method in ("topk", "path A"):
+            if all(r["compress_s"] is not None for r in rows) and method in ("topk", "path A",
+                                                                             "path B"):
                 cpu_ax.plot(have, [1e3 * r["compress_s"] for r in rows], marker="o",
                             label=NAMES[method])
         bytes_ax.set_yscale("log")

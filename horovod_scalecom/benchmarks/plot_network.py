@@ -74,16 +74,15 @@ def main() -> None:
             if not have:
                 continue
             rows = [by_n[n][method] for n in have]
-            comm_ax.plot(have, [1e3 * r["comm_s"] for r in rows], marker="o", label=NAMES[method])
-            bytes_ax.plot(have, [r["bytes_per_rank"] / 1e6 for r in rows], marker="o",
-                          label=NAMES[method])
+            style = dict(marker="o", label=NAMES[method], color=f"C{ORDER.index(method)}")
+            comm_ax.plot(have, [1e3 * r["comm_s"] for r in rows], **style)
+            bytes_ax.plot(have, [r["bytes_per_rank"] / 1e6 for r in rows], **style)
             if all("dense" in by_n[n] for n in have):
                 speed_ax.plot(have, [by_n[n]["dense"]["step_s"] / by_n[n][method]["step_s"]
-                                     for n in have], marker="o", label=NAMES[method])
+                                     for n in have], **style)
             if all(r["compress_s"] is not None for r in rows) and method in ("topk", "path A",
                                                                              "path B"):
-                cpu_ax.plot(have, [1e3 * r["compress_s"] for r in rows], marker="o",
-                            label=NAMES[method])
+                cpu_ax.plot(have, [1e3 * r["compress_s"] for r in rows], **style)
         bytes_ax.set_yscale("log")
         for ax in row_axes:
             ax.set_xticks(ns)

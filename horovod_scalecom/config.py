@@ -18,6 +18,13 @@ def num_selected(numel: int, ratio: float) -> int:
     return min(numel, max(1, math.ceil(ratio * numel)))
 
 
+def positive_number(value, name: str) -> float:
+    """``value`` as a float; ValueError unless it is a positive real number (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
 def check_numel(numel: int, name: str = "tensor") -> None:
     if numel > MAX_NUMEL:
         raise ValueError(

@@ -70,7 +70,7 @@ class PowerSGD:
             dist.init_process_group("gloo", init_method=f"tcp://{master}", rank=rank,
                                     world_size=size)
         self.shapes = shapes
-        self.module = _Params(shapes)
+        self.module = Params(shapes)
         # One bucket: with several, the hook's chained P and Q allreduces of
         # different buckets were issued in a different order on different ranks
         # and gloo failed with "Received data size doesn't match expected size".
@@ -101,9 +101,9 @@ class PowerSGD:
         return total
 
 
-class _Params(torch.nn.Module):
+class Params(torch.nn.Module):
     """Parameters of the given shapes; forward(grads) = sum(p * g), so backward
-    hands DDP exactly the chosen gradients."""
+    produces exactly the chosen gradients (for DDP and for Horovod alike)."""
 
     def __init__(self, shapes) -> None:
         super().__init__()

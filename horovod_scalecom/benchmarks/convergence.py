@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
+from horovod_scalecom import bytes_model
 from horovod_scalecom.benchmarks.synthetic import make_data
 from horovod_scalecom.config import ScaleComConfig
 from horovod_scalecom.reference import PathASimulator, TopkAllgatherSimulator
@@ -150,7 +151,6 @@ def train(spec: RunSpec, overlap_every: int = 8) -> dict:
             record["test_loss"].append(torch.nn.functional.cross_entropy(logits, y_test).item())
             record["test_acc"].append((logits.argmax(1) == y_test).float().mean().item())
     if sim is None:
-        from horovod_scalecom import bytes_model
         sent = step * sum(bytes_model.dense_ring_allreduce(p.numel(), n)
                           for p in model.parameters())
     return {**asdict(spec), "beta": spec.beta, "steps": step, "bytes_per_worker": sent,

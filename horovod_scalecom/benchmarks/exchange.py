@@ -34,22 +34,11 @@ import torch
 
 import horovod.torch as hvd
 from horovod_scalecom import bytes_model
-from horovod_scalecom.benchmarks.baselines import PowerSGD, TopkAllgather
+from horovod_scalecom.benchmarks.baselines import Params, PowerSGD, TopkAllgather
 from horovod_scalecom.benchmarks.shapes import MODELS
 from horovod_scalecom.torch import DistributedOptimizer, ScaleCom
 
 METHODS = ("powersgd", "dense", "fp16", "topk", "path A", "path B")
-
-
-class Params(torch.nn.Module):
-    def __init__(self, shapes):
-        super().__init__()
-        for i, shape in enumerate(shapes):
-            self.register_parameter(f"p{i}", torch.nn.Parameter(torch.zeros(shape)))
-
-    def loss(self, grads):
-        # d/dp sum(p * g) = g: the backward pass produces exactly these gradients.
-        return sum((p * g).sum() for p, g in zip(self.parameters(), grads))
 
 
 def barrier(tag: str) -> None:
@@ -77,7 +66,7 @@ def run(method: str, shapes, grads, args) -> dict:
 
     if method == "backward":
         def step():
-            model.loss(grads).backward()
+            model(grads).backward()
             model.zero_grad()
     elif method in ("dense", "fp16", "path A", "path B"):
         compression = None
@@ -92,7 +81,7 @@ def run(method: str, shapes, grads, args) -> dict:
             opt = wrap(base, named_parameters=model.named_parameters(), compression=compression)
 
         def step():
-            model.loss(grads).backward()
+            model(grads).backward()
             opt.synchronize()
             if method == "path A":
                 stats = compression.stats()
@@ -114,7 +103,7 @@ def run(method: str, shapes, grads, args) -> dict:
         topk = TopkAllgather(shapes, args.ratio)
 
         def step():
-            model.loss(grads).backward()
+            model(grads).backward()
             topk.exchange([p.grad for p in model.parameters()])
             compress.append(topk.compress_s)
             model.zero_grad()

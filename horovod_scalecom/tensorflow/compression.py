@@ -38,7 +38,7 @@ import horovod.tensorflow as hvd
 from horovod.tensorflow.compression import Compressor
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.config import ScaleComConfig, check_numel
+from horovod_scalecom.config import ScaleComConfig, check_numel, positive_number
 from horovod_scalecom.tensorflow._ops import ops
 
 COMPRESSIBLE_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
@@ -110,11 +110,7 @@ class ScaleCom(tf.Module, Compressor):
         self.config = ScaleComConfig(ratio=ratio, beta=beta, warmup_steps=warmup_steps,
                                      min_numel=min_numel)
         self.stagger_leaders = stagger_leaders
-        if clip_norm is not None and (isinstance(clip_norm, bool) or
-                                      not isinstance(clip_norm, (int, float)) or
-                                      not clip_norm > 0):
-            raise ValueError(f"clip_norm must be a positive number or None, got {clip_norm!r}")
-        self.clip_norm = clip_norm
+        self.clip_norm = None if clip_norm is None else positive_number(clip_norm, "clip_norm")
         with tf.init_scope():
             self.enabled = tf.Variable(True, trainable=False, name="enabled")
         self.memory: dict[str, tf.Variable] = {}

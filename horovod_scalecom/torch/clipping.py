@@ -24,6 +24,8 @@ from typing import Iterable, Union
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from horovod_scalecom.config import positive_number
+
 
 def clip_before_exchange(parameters: Union[torch.nn.Module, Iterable[torch.Tensor]],
                          max_norm: float) -> list[RemovableHandle]:
@@ -36,10 +38,8 @@ def clip_before_exchange(parameters: Union[torch.nn.Module, Iterable[torch.Tenso
     each backward pass is clipped on its own. Returns the hook handles
     (``handle.remove()`` undoes it).
     """
-    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
-        raise ValueError(f"max_norm must be a positive number, got {max_norm!r}")
+    limit = positive_number(max_norm, "max_norm")
     params = parameters.parameters() if isinstance(parameters, torch.nn.Module) else parameters
-    limit = float(max_norm)
 
     def clip(grad: torch.Tensor) -> torch.Tensor:
         norm = torch.linalg.vector_norm(grad.detach().float())

@@ -129,7 +129,6 @@ class ScaleCom(Compressor):
             raise ValueError(f"parameter names must be unique; repeated: {', '.join(dups)}")
         self._states = {name: _TensorState(name, p, offset if stagger_leaders else 0)
                         for offset, (name, p) in enumerate(pairs)}
-        self._order = {name: offset for offset, (name, _) in enumerate(pairs)}
         # Candidates by shape: finding which parameter's .grad a tensor is costs
         # a few identity checks, not a scan of the model.
         self._by_shape: dict[torch.Size, list[_TensorState]] = defaultdict(list)

@@ -59,7 +59,8 @@ class _RingOptimizer(torch.optim.Optimizer):
         if unknown:
             raise ValueError(f"ScaleCom was not given these parameters: {', '.join(unknown)}")
         # Registration order, the same on every rank: the ring's tensor order.
-        self._params.sort(key=lambda item: compression._order[item[0]])
+        order = {name: i for i, name in enumerate(compression._states)}
+        self._params.sort(key=lambda item: order[item[0]])
         if hvd.size() > 1:
             self._engine = load_ring().Engine()
         else:

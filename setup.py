@@ -3,16 +3,23 @@
 The framework-free core in csrc/core is compiled into each framework's
 binding: horovod_scalecom._torch_ops when torch is importable at build time,
 horovod_scalecom._tf_ops (TensorFlow custom ops) when tensorflow is, and the
-MPI ring allreduce horovod_scalecom._ring when Open MPI's mpicxx is found.
+MPI ring allreduce horovod_scalecom._ring when Open MPI's mpicxx is found,
+and the CUDA kernels (libscalecom_cuda.so, loaded with ctypes) when nvcc is
+found and torch or tensorflow was built with CUDA.
 Build with the framework already installed (pip install --no-build-isolation).
 """
 
+from __future__ import annotations
+
 import glob
+import importlib.util
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORE_SOURCES = sorted(glob.glob("csrc/core/*.cc"))
@@ -89,9 +96,90 @@ def ring_extension():
     )]
 
 
+def framework_has_cuda() -> str | None:
+    """Which installed framework was built with CUDA, if any."""
+    try:
+        import torch
+        if torch.version.cuda:
+            return f"torch {torch.__version__}"
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+        if tf.test.is_built_with_cuda():
+            return f"tensorflow {tf.__version__}"
+    except ImportError:
+        pass
+    return None
+
+
+def _cuda_build_module():
+    spec = importlib.util.spec_from_file_location(
+        "cuda_build", os.path.join(HERE, "horovod_scalecom", "cuda_build.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cuda_archs() -> list[str] | None:
+    """The GPU architectures to build libscalecom_cuda.so for, or None to skip it.
+    Built when nvcc is found and torch or tensorflow has CUDA.
+    HOROVOD_SCALECOM_CUDA=0 skips it, =1 makes a missing nvcc an error;
+    HOROVOD_SCALECOM_CUDA_ARCHS="80;90" picks the architectures."""
+    wanted = os.environ.get("HOROVOD_SCALECOM_CUDA", "auto")
+    if wanted == "0":
+        return None
+    framework = framework_has_cuda()
+    if wanted != "1" and framework is None:
+        print("setup.py: no CUDA build of torch or tensorflow; skipping libscalecom_cuda.so")
+        return None
+    if shutil.which("nvcc") is None:
+        if wanted == "1":
+            raise SystemExit("setup.py: HOROVOD_SCALECOM_CUDA=1 but nvcc is not on PATH")
+        print(f"setup.py: {framework} has CUDA but nvcc is not on PATH; skipping "
+              "libscalecom_cuda.so (GPU gradients will be refused with a message)")
+        return None
+    default = ";".join(_cuda_build_module().ARCHS)
+    return os.environ.get("HOROVOD_SCALECOM_CUDA_ARCHS", default).split(";")
+
+
+def build_cuda_library(package_dir: str, archs: list[str]) -> None:
+    """libscalecom_cuda.so (csrc/cuda, the C ABI horovod_scalecom.cuda loads)
+    next to the extensions; rebuilt only when its sources or archs changed."""
+    cuda_build = _cuda_build_module()
+    output = Path(package_dir) / "libscalecom_cuda.so"
+    stamp = output.with_suffix(".archs")
+    if cuda_build.up_to_date(output) and stamp.exists() and stamp.read_text() == ";".join(archs):
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    print(f"setup.py: nvcc -> {output} (sm_{', sm_'.join(archs)})")
+    subprocess.check_call(cuda_build.nvcc_command(output, archs))
+    stamp.write_text(";".join(archs))
+
+
+def with_cuda_library(build_ext_class, archs):
+    """First the CUDA library, then the extensions; the TensorFlow ops then get
+    their GPU kernels, linked against that library (found beside them)."""
+    class BuildExtWithCuda(build_ext_class):
+        def run(self):
+            if archs is not None:
+                package_dir = os.path.dirname(self.get_ext_fullpath("horovod_scalecom._ring"))
+                build_cuda_library(package_dir, archs)
+                for ext in self.extensions:
+                    if ext.name == "horovod_scalecom._tf_ops":
+                        ext.sources = ext.sources + ["csrc/tensorflow/gpu_kernels.cc"]
+                        ext.depends = ext.depends + ["csrc/cuda/scalecom_cuda.h"]
+                        ext.library_dirs = [package_dir]
+                        ext.libraries = ["scalecom_cuda"]
+                        ext.extra_link_args = ext.extra_link_args + ["-Wl,-rpath,$ORIGIN"]
+            super().run()
+    return BuildExtWithCuda
+
+
 ext_modules, cmdclass = torch_extension()
 ext_modules += tensorflow_extension()
 ext_modules += ring_extension()
+cmdclass["build_ext"] = with_cuda_library(cmdclass.get("build_ext", build_ext), cuda_archs())
 
 setup(
     name="horovod-scalecom",
@@ -100,6 +188,7 @@ setup(
     packages=find_packages(include=["horovod_scalecom", "horovod_scalecom.*"]),
     python_requires=">=3.9",
     install_requires=["numpy"],
+    package_data={"horovod_scalecom": ["libscalecom_cuda.so"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -1,13 +1,14 @@
 """Every .cu file compiles with nvcc for sm_80 and sm_90, warnings as errors,
 and the shared library exports the C ABI (here, where there is no GPU)."""
 
+import os
 import re
 import shutil
 import subprocess
 
 import pytest
 
-from gpu.kernels import SOURCES, nvcc_command
+from horovod_scalecom.cuda_build import ROOT, SOURCES, nvcc_command
 
 SYMBOLS = ("scalecom_cuda_select_workspace_bytes", "scalecom_cuda_select_topk",
            "scalecom_cuda_gather_update_workspace_bytes", "scalecom_cuda_gather_update",
@@ -27,3 +28,29 @@ def test_cuda_sources_compile_for_sm80_and_sm90(tmp_path):
                               text=True, check=True).stdout
     for name in SYMBOLS:
         assert f" T {name}" in exported, name
+
+
+def test_tensorflow_ops_have_gpu_kernels_exactly_when_the_cuda_library_is_built():
+    # setup.py compiles csrc/tensorflow/gpu_kernels.cc into the op library only
+    # beside libscalecom_cuda.so (which it links); TensorFlow's kernel registry,
+    # read in a process of its own, must show GPU kernels with host-memory indices.
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("tensorflow is not installed")
+    from horovod_scalecom import cuda
+    built = (cuda.library_path().parent / cuda.LIBRARY_NAME).exists()
+    probe = (
+        "from horovod_scalecom.tensorflow._ops import ops\n"
+        "from tensorflow.python.framework import kernels\n"
+        "for op in ('ScalecomSelectTopk', 'ScalecomGatherUpdate', 'ScalecomScatter'):\n"
+        "    for k in kernels.get_registered_kernels_for_op(op).kernel:\n"
+        "        print(op, k.device_type, ','.join(k.host_memory_arg))\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop(cuda.LIBRARY_ENV, None)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=300, check=True).stdout.split("\n")
+    for op in ("ScalecomSelectTopk", "ScalecomGatherUpdate", "ScalecomScatter"):
+        assert f"{op} CPU " in out
+        assert (f"{op} GPU indices" in out) == built, (op, built, out)

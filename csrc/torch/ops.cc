@@ -17,7 +17,7 @@ int threads() { return at::get_num_threads(); }
 
 void check_cpu_float(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu(), "scalecom: ", what, " must be a CPU tensor, got ",
-              t.device(), " (the CUDA kernels are not part of this build)");
+              t.device(), " (for CUDA tensors: horovod_scalecom.torch._cuda.CudaOps)");
   TORCH_CHECK(t.scalar_type() == at::kFloat, "scalecom: ", what,
               " must be float32, got ", t.scalar_type());
   TORCH_CHECK(t.is_contiguous(), "scalecom: ", what, " must be contiguous");

@@ -13,7 +13,9 @@ For each gradient tensor, at its t-th allreduce:
 
 Steps 1-4 run in ``compress`` inside Horovod's gradient hook; 2 and 4 are
 the C++ core (``torch.ops.scalecom``), one fused pass over m and g on
-non-leaders.
+non-leaders. For CUDA gradients they are the CUDA kernels
+(``horovod_scalecom.cuda``) on the current stream, and the memory lives on
+the gradient's GPU.
 
 Why Horovod's own broadcast for the index share, rather than MPI on a
 dedicated communicator from the C++ op: it is the same transport as the
@@ -47,6 +49,7 @@ from horovod.torch.compression import Compressor
 from horovod_scalecom import bytes_model
 from horovod_scalecom.config import ScaleComConfig, check_numel
 from horovod_scalecom.schedule import leader
+from horovod_scalecom.torch._cuda import CudaOps
 from horovod_scalecom.torch._ops import ops
 
 COMPRESSIBLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -135,6 +138,7 @@ class ScaleCom(Compressor):
         for state in self._states.values():
             self._by_shape[state.param.shape].append(state)
         self._last: dict[str, dict[str, Any]] = {}
+        self._cuda_ops: CudaOps | None = None     # loaded at the first CUDA gradient
 
     # -- Horovod's Compressor interface -------------------------------------------
 
@@ -153,10 +157,7 @@ class ScaleCom(Compressor):
         if tensor.is_sparse:
             raise ValueError(f"ScaleCom: the gradient of {state.name} is sparse; "
                              "use sparse_as_dense=True in hvd.DistributedOptimizer")
-        if tensor.device.type != "cpu":
-            raise RuntimeError(
-                f"ScaleCom: the gradient of {state.name} is on {tensor.device}; this build "
-                "has the CPU kernels only (the CUDA kernels are not part of it yet)")
+        kernels = self._kernels(tensor, state.name)
         self._prepare(state, tensor)
 
         k = self.config.k(numel)
@@ -164,13 +165,13 @@ class ScaleCom(Compressor):
         grad = tensor.detach().reshape(-1)
         t0 = time.perf_counter()
         if hvd.rank() == lead:
-            indices = ops.select_topk(state.memory, grad, k)
+            indices = kernels.select_topk(state.memory, grad, k)
         else:
-            indices = torch.empty(k, dtype=torch.int32)
+            indices = torch.empty(k, dtype=torch.int32, device=tensor.device)
         t1 = time.perf_counter()
         self._share(indices, lead, state.name)
         t2 = time.perf_counter()
-        values, nonfinite = ops.gather_update_(state.memory, grad, indices, self.config.beta)
+        values, nonfinite = kernels.gather_update_(state.memory, grad, indices, self.config.beta)
         t3 = time.perf_counter()
         ctx.indices = indices
         self._last[state.name] = self._record(state, numel, k, lead, t1 - t0, t2 - t1, t3 - t2)
@@ -184,7 +185,8 @@ class ScaleCom(Compressor):
         if ctx.indices is None:
             return tensor.to(ctx.dtype)
         numel = ctx.shape.numel()
-        dense = ops.scatter(ctx.indices, tensor.to(torch.float32).contiguous(), numel)
+        kernels = self._kernels(tensor, ctx.state.name)
+        dense = kernels.scatter(ctx.indices, tensor.to(torch.float32).contiguous(), numel)
         return dense.view(ctx.shape).to(ctx.dtype)
 
     # -- checkpoints and figures ----------------------------------------------------
@@ -233,9 +235,13 @@ class ScaleCom(Compressor):
 
         ``bytes_sent`` follows the byte model of DESIGN.md section 4 (index
         share + ring allreduce of k float32 values); ``dense_bytes`` is what a
-        dense ring allreduce of the same tensors would send.
+        dense ring allreduce of the same tensors would send. For CUDA
+        gradients ``select_s`` and ``update_s`` time the kernel launches, not
+        the kernels (they run asynchronously on the current stream).
         """
-        tensors = dict(self._last)
+        # On a GPU the counts are device tensors until asked for (here).
+        tensors = {name: {**v, "nonfinite_kept": int(v["nonfinite_kept"])}
+                   for name, v in self._last.items()}
         total = lambda key: sum(v[key] for v in tensors.values())  # noqa: E731
         sent, dense = total("bytes_sent"), total("dense_bytes")
         return {
@@ -256,6 +262,21 @@ class ScaleCom(Compressor):
         """Warm-up steps, small tensors and unsupported dtypes skip compression."""
         return (step < self.config.warmup_steps or tensor.numel() < self.config.min_numel
                 or tensor.dtype not in COMPRESSIBLE_DTYPES)
+
+    def _kernels(self, tensor: torch.Tensor, name: str):
+        """The CPU core's ops, or the CUDA kernels for a gradient on a GPU."""
+        if tensor.device.type == "cpu":
+            return ops
+        if tensor.device.type != "cuda":
+            raise RuntimeError(f"ScaleCom: the gradient of {name} is on {tensor.device}; "
+                               "ScaleCom runs on CPU and CUDA tensors")
+        if self._cuda_ops is None:
+            try:
+                self._cuda_ops = CudaOps()
+            except ImportError as exc:
+                raise RuntimeError(f"ScaleCom: the gradient of {name} is on {tensor.device}, "
+                                   f"but {exc}") from exc
+        return self._cuda_ops
 
     def _named(self) -> list[tuple[str, torch.Tensor]]:
         return [(name, s.param) for name, s in self._states.items()]
@@ -305,10 +326,13 @@ class ScaleCom(Compressor):
             self._check_agreement(state, numel)
             state.checked = True
         if state.memory is None:
-            state.memory = torch.zeros(numel, dtype=torch.float32)
+            state.memory = torch.zeros(numel, dtype=torch.float32, device=tensor.device)
         elif state.memory.numel() != numel:
             raise ValueError(f"ScaleCom: the gradient of {state.name} has {numel} elements, "
                              f"its memory {state.memory.numel()}; shapes must not change")
+        elif state.memory.device != tensor.device:
+            # A checkpoint loaded onto the CPU, or a model moved: the memory follows.
+            state.memory = state.memory.to(tensor.device)
 
     def _check_agreement(self, state: _TensorState, numel: int) -> None:
         """Once per tensor: every rank must compress the same numel with the same leader."""

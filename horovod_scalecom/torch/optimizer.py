@@ -86,8 +86,10 @@ class _RingOptimizer(torch.optim.Optimizer):
                 dense.append((name, p))
             else:
                 if grad.device.type != "cpu":
-                    raise RuntimeError(f"ScaleCom ring: the gradient of {name} is on "
-                                       f"{grad.device}; this build has CPU kernels only")
+                    raise RuntimeError(
+                        f"ScaleCom ring: the gradient of {name} is on {grad.device}; the ring "
+                        "(path B) exchanges host buffers only. For GPU gradients use path A: "
+                        "hvd.DistributedOptimizer(..., compression=ScaleCom(model, ...)).")
                 compression._prepare(state, grad)
                 ring.append((name, p, state, t))
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gpu.kernels import Kernels, build  # noqa: E402
+from gpu.kernels import cuda_ops  # noqa: E402
 
 
 def timed(fn, repeats):
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json")
     args = parser.parse_args()
-    kernels = Kernels(build(Path(tempfile.gettempdir()) / "scalecom_cuda"))
+    kernels = cuda_ops(Path(tempfile.gettempdir()) / "scalecom_cuda")
     from horovod_scalecom.torch._ops import ops
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
 

@@ -38,13 +38,32 @@ class Params(torch.nn.Module):
         return sum((p * g).sum() for p, g in zip(self.parameters(), grads) if g is not None)
 
 
+def route_through_kernels_library(compression, path):
+    """Every compressed tensor, CPU ones too, through CudaOps over the library
+    at `path`: with tests/abi_double's host build of the C ABI, the compressor's
+    GPU path (device-tensor counters, workspaces, dtype codes) runs on a CPU."""
+    import contextlib
+    from horovod_scalecom.cuda import CudaKernels
+    from horovod_scalecom.torch._cuda import CudaOps
+
+    class HostOps(CudaOps):
+        def launch(self, tensor):
+            return contextlib.nullcontext(0)
+
+    ops = HostOps(CudaKernels(path))
+    compression._kernels = lambda tensor, name: ops
+
+
 def sequence(args, out):
     """Feed gradient(seed, rank, step, i) for `steps` steps; save outputs and memory."""
     dtype = DTYPES[args.dtype]
-    model = Params(SHAPES, dtype, args.noncontig)
+    device = torch.device(args.device)
+    model = Params(SHAPES, dtype, args.noncontig).to(device)
     names = [n for n, _ in model.named_parameters()]
     compression = ScaleCom(model, ratio=args.ratio, beta=args.beta,
                            warmup_steps=args.warmup, min_numel=args.min_numel)
+    if args.kernels_lib:
+        route_through_kernels_library(compression, args.kernels_lib)
     if args.clip:
         clip_before_exchange(model, args.clip)
     opt = hvd.DistributedOptimizer(
@@ -54,7 +73,7 @@ def sequence(args, out):
     for step in range(args.steps):
         for micro in range(args.bpps):
             grads = [torch.from_numpy(gradient(args.seed, hvd.rank(), step * args.bpps + micro,
-                                               i, shape, args.inject)).to(dtype)
+                                               i, shape, args.inject)).to(device, dtype)
                      for i, shape in enumerate(SHAPES.values())]
             if args.skip_param is not None and step % 2 == 1:
                 grads[args.skip_param] = None        # this parameter gets no gradient
@@ -63,7 +82,7 @@ def sequence(args, out):
                 assert not model.fc1_weight.grad.is_contiguous()
         opt.synchronize()
         for name, p in zip(names, model.parameters()):
-            result[f"out/{step}/{name}"] = p.grad.float().numpy().copy()
+            result[f"out/{step}/{name}"] = p.grad.float().cpu().numpy().copy()
         result[f"nonfinite/{step}"] = np.array(compression.stats()["nonfinite_kept"])
         # Horovod's zero_grad() takes no arguments; the module's does. Horovod
         # set_()s .grad to the (contiguous) decompressed tensor, so only a fresh
@@ -71,7 +90,8 @@ def sequence(args, out):
         model.zero_grad(set_to_none=args.set_to_none or args.noncontig)
     for name, entry in compression.state_dict()["tensors"].items():
         if entry["memory"] is not None:
-            result[f"mem/{name}"] = entry["memory"].numpy()
+            assert entry["memory"].device == device, (name, entry["memory"].device)
+            result[f"mem/{name}"] = entry["memory"].cpu().numpy()
         result[f"step/{name}"] = np.array(entry["step"])
     stats = compression.stats()
     result["stats/bytes_sent"] = np.array(stats["bytes_sent"])
@@ -238,6 +258,9 @@ def main():
     parser.add_argument("--noncontig", action="store_true")
     parser.add_argument("--inject", action="store_true", help="NaN/Inf in one gradient")
     parser.add_argument("--clip", type=float, default=0.0, help="clip_before_exchange max_norm")
+    parser.add_argument("--device", default="cpu", help="sequence mode: cpu or cuda")
+    parser.add_argument("--kernels-lib", default="",
+                        help="sequence mode: CudaOps over this build of the C ABI for every tensor")
     args = parser.parse_args()
     torch.set_num_threads(1)
     hvd.init()

@@ -1,0 +1,211 @@
+"""The path from torch tensors to the CUDA kernels' C ABI, without a GPU.
+
+horovod_scalecom.cuda (ctypes signatures, errors) and
+horovod_scalecom.torch._cuda.CudaOps (dtype codes, workspace protocol, the
+non-finite counter) are driven here against tests/abi_double/host_abi.cc: the
+same C ABI implemented on host memory by the CPU core. A wrong argument
+order, type or dtype code shows up as a result that differs from
+torch.ops.scalecom. The kernels themselves are compared with the CPU core in
+tests/gpu (needs a GPU).
+"""
+
+import contextlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from horovod_scalecom import cuda  # noqa: E402
+from horovod_scalecom.torch._cuda import CudaOps  # noqa: E402
+from horovod_scalecom.torch._ops import ops  # noqa: E402
+
+from abi_double import build_host_double  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def double_lib(tmp_path_factory) -> Path:
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed")
+    return build_host_double(tmp_path_factory.mktemp("abi"))
+
+
+class HostOps(CudaOps):
+    """CudaOps on CPU tensors: no device to make current, stream 0."""
+
+    def launch(self, tensor):
+        return contextlib.nullcontext(0)
+
+
+@pytest.fixture(scope="module")
+def host_ops(double_lib) -> HostOps:
+    return HostOps(cuda.CudaKernels(double_lib))
+
+
+def bits(x):
+    """Bit patterns, every NaN as one: a float16 NaN widens to 0x7fc00000 or
+    0x7fffffff depending on the converter (torch's own CPU paths differ by
+    tensor size), and no NaN payload carries meaning here."""
+    b = x.float().cpu().numpy().view(np.uint32).copy()
+    b[np.isnan(x.float().cpu().numpy())] = 0x7FC00000
+    return b
+
+
+def inputs(numel, dtype, kind, seed=0):
+    rng = np.random.default_rng(seed)
+    if kind == "ties":
+        m = rng.integers(-3, 4, numel).astype(np.float32)
+        g = rng.integers(-3, 4, numel).astype(np.float32)
+    else:
+        m = rng.standard_normal(numel).astype(np.float32)
+        g = rng.standard_normal(numel).astype(np.float32)
+        if kind == "nonfinite":
+            # More non-finite entries than k: some fall outside the selection,
+            # where the memory must refuse them.
+            g[1::40] = np.nan
+            g[2::40] = np.inf
+            g[3::40] = -np.inf
+    return torch.from_numpy(m), torch.from_numpy(g).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["normal", "ties", "nonfinite"])
+@pytest.mark.parametrize("numel,k", [(3, 1), (1000, 10), (50_001, 501)])
+def test_cuda_ops_match_the_cpu_ops_bitwise(host_ops, dtype, kind, numel, k):
+    m, g = inputs(numel, dtype, kind)
+    idx_cpu = ops.select_topk(m, g, k)
+    m_cpu = m.clone()
+    values_cpu, kept_cpu = ops.gather_update_(m_cpu, g, idx_cpu, 0.1)
+
+    m_dev = m.clone()
+    idx = host_ops.select_topk(m_dev, g, k)
+    assert idx.dtype == torch.int32 and idx.shape == (k,)
+    np.testing.assert_array_equal(idx.numpy(), idx_cpu.numpy())
+    values, kept = host_ops.gather_update_(m_dev, g, idx, 0.1)
+    np.testing.assert_array_equal(bits(values), bits(values_cpu))
+    np.testing.assert_array_equal(bits(m_dev), bits(m_cpu))
+    assert kept.dtype == torch.int64 and kept.shape == (1,) and int(kept) == kept_cpu
+    if kind == "nonfinite":
+        assert kept_cpu > 0     # the counter is exercised, not only zero
+    dense = host_ops.scatter(idx, values, numel)
+    np.testing.assert_array_equal(bits(dense), bits(ops.scatter(idx_cpu, values_cpu, numel)))
+
+
+def test_non_contiguous_gradient_is_read_in_logical_order(host_ops):
+    m, g = inputs(4000, torch.float32, "normal")
+    g2 = g.reshape(40, 100).t()         # non-contiguous view; its logical order is what counts
+    idx = host_ops.select_topk(m, g2, 40)
+    np.testing.assert_array_equal(idx.numpy(), ops.select_topk(m, g2.contiguous(), 40).numpy())
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda m, g: (m.double(), g), "memory must be a contiguous 1-D float32"),
+    (lambda m, g: (m, g.double()), "float32, float16 or bfloat16 gradients, got torch.float64"),
+    (lambda m, g: (m, g[:-1]), "gradient has 99 elements but its memory has 100"),
+])
+def test_bad_inputs_raise_before_the_kernels(host_ops, bad, message):
+    m, g = inputs(100, torch.float32, "normal")
+    with pytest.raises(ValueError, match=message):
+        host_ops.select_topk(*bad(m, g), 5)
+
+
+def test_kernel_errors_name_the_call(host_ops):
+    m, g = inputs(100, torch.float32, "normal")
+    with pytest.raises(RuntimeError, match=r"select_workspace_bytes\(numel=100, k=101\)"):
+        host_ops.select_topk(m, g, 101)
+    idx = torch.tensor([3, 7], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match=r"gather_update\(numel=100, k=2\)"):
+        host_ops.gather_update_(m, g, idx, 1.5)     # beta out of (0, 1]
+    with pytest.raises(ValueError, match="indices must be a contiguous 1-D int32"):
+        host_ops.gather_update_(m, g, idx.long(), 0.1)
+
+
+def test_missing_library_says_how_to_build(monkeypatch, tmp_path):
+    monkeypatch.setenv(cuda.LIBRARY_ENV, str(tmp_path / "nowhere.so"))
+    with pytest.raises(ImportError, match=r"CUDA kernels are not built .*nowhere\.so.*nvcc"):
+        cuda.load_kernels()
+
+
+def test_corrupt_or_foreign_library_is_refused(tmp_path):
+    corrupt = tmp_path / "corrupt.so"
+    corrupt.write_bytes(b"not an ELF file")
+    with pytest.raises(ImportError, match="not a usable build"):
+        cuda.CudaKernels(corrupt)
+    # A real shared library without the ABI's symbols.
+    foreign = Path(torch.__file__).parent / "lib" / "libc10.so"
+    with pytest.raises(ImportError, match="not a usable build.*scalecom_cuda"):
+        cuda.CudaKernels(foreign)
+
+
+def test_load_kernels_uses_the_override_once(monkeypatch, double_lib):
+    monkeypatch.setenv(cuda.LIBRARY_ENV, str(double_lib))
+    assert cuda.load_kernels() is cuda.load_kernels()
+    assert cuda.load_kernels().path == double_lib
+
+
+# -- the compressor's GPU path under mpirun ------------------------------------------
+
+def _horovod_torch_installed() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("horovod.torch") is not None
+
+
+needs_horovod = pytest.mark.skipif(not _horovod_torch_installed(),
+                                   reason="horovod.torch is not installed")
+
+
+@needs_horovod
+def test_compressor_through_the_c_abi_matches_reference(double_lib, tmp_path):
+    # ScaleCom's CUDA branch (device-side non-finite counters turned into ints
+    # only by stats(), workspaces, dtype codes) with every kernel call going
+    # through the C ABI's host double: bitwise the reference, counts included.
+    from compressor_check import check
+    from horovod_scalecom.config import ScaleComConfig
+    from mpi import run_mpi
+
+    cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+    job = run_mpi(2, "torch_compressor.py", tmp_path, "sequence", "--steps", "6", "--inject",
+                  "--kernels-lib", str(double_lib), timeout=300).check_ok()
+    results = check(job, 2, 6, cfg, exact=True, inject=True)
+    counts = {(r, t): int(results[r][f"nonfinite/{t}"]) for r in range(2) for t in range(6)}
+    assert counts[(1, 2)] > 0 and sum(counts.values()) == counts[(1, 2)], counts
+
+
+@needs_horovod
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_compressor_on_cuda_gradients_matches_reference(dtype, tmp_path):
+    # Two ranks on the first GPU (enough for the arithmetic): memory on the
+    # device, the real kernels, Horovod moving the indices and values.
+    from compressor_check import check, reference
+    from horovod_scalecom.config import ScaleComConfig
+    from mpi import run_mpi
+
+    cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+    job = run_mpi(2, "torch_compressor.py", tmp_path, "sequence", "--steps", "6",
+                  "--device", "cuda", "--dtype", dtype, timeout=300).check_ok()
+    if dtype == "float32":
+        check(job, 2, 6, cfg, exact=True)
+        return
+    tdtype = getattr(torch, dtype)
+    cast = lambda g: torch.from_numpy(g).to(tdtype).float().numpy()  # noqa: E731
+    expected, sim = reference(2, 6, cfg, cast=cast)
+    res = job.result(0)
+    for step in range(6):
+        for name, ref in expected[step].items():
+            ref = torch.from_numpy(ref).to(tdtype).float().numpy()
+            np.testing.assert_array_equal(res[f"out/{step}/{name}"].reshape(-1), ref)
+
+
+def test_the_library_setup_py_built_loads():
+    # Built where nvcc and a CUDA build of torch or TensorFlow exist (here: TensorFlow's
+    # pip wheel is one). Without a GPU only the queries that touch no device can run.
+    path = cuda.library_path()
+    if not path.exists():
+        pytest.skip(f"setup.py built no {cuda.LIBRARY_NAME} here (no nvcc or no CUDA framework)")
+    kernels = cuda.CudaKernels(path)
+    assert kernels.gather_update_workspace_bytes(1000) >= 4 * 1000
+    with pytest.raises(RuntimeError, match=r"gather_update_workspace_bytes\(k=-1\)"):
+        kernels.gather_update_workspace_bytes(-1)

@@ -88,8 +88,10 @@ def ring_extension():
     show = lambda what: subprocess.check_output([mpicxx, f"--showme:{what}"], text=True).split()  # noqa: E731
     return [Extension(
         name="horovod_scalecom._ring",
-        sources=CORE_SOURCES + ["csrc/ring/ring.cc", "csrc/ring/module.cc"],
-        depends=CORE_HEADERS + ["csrc/ring/ring.h"],
+        sources=CORE_SOURCES + ["csrc/ring/ring.cc", "csrc/ring/buffers.cc",
+                                "csrc/ring/module.cc"],
+        depends=CORE_HEADERS + ["csrc/ring/ring.h", "csrc/ring/buffers.h",
+                                "csrc/cuda/scalecom_cuda.h"],
         language="c++",
         extra_compile_args=CXX_FLAGS + ["-std=c++17"] + show("compile"),
         extra_link_args=["-fopenmp"] + show("link"),

@@ -33,7 +33,13 @@ _SIGNATURES = {
     "scalecom_cuda_gather_update": [_p, _p, ctypes.c_int, _i64, _p, _i64, ctypes.c_float, _p,
                                     _p, _p, _size, _p],
     "scalecom_cuda_scatter": [_p, _p, _i64, _i64, _p, _p],
+    "scalecom_cuda_gather": [_p, _p, ctypes.c_int, _i64, _p, _i64, _p, _p],
+    "scalecom_cuda_set_device": [ctypes.c_int],
+    "scalecom_cuda_copy": [_p, _p, _size, _p],
 }
+# The order of csrc/ring/buffers.h's DeviceKernels, for the ring engine.
+_RING_TABLE = ("select_workspace_bytes", "select_topk", "gather_update_workspace_bytes",
+               "gather_update", "scatter", "gather", "set_device", "copy", "error_string")
 
 
 class CudaKernels:
@@ -53,6 +59,11 @@ class CudaKernels:
             raise ImportError(f"{self.path} is not a usable build of horovod_scalecom's CUDA "
                               f"kernels: {exc}. Rebuild with `bash scripts/setup.sh`.") from exc
         self._lib = lib
+
+    def addresses(self) -> tuple[int, ...]:
+        """The functions' addresses in the ring engine's order (use_device_kernels)."""
+        return tuple(ctypes.cast(getattr(self._lib, f"scalecom_cuda_{name}"), ctypes.c_void_p).value
+                     for name in _RING_TABLE)
 
     def _check(self, code: int, what: str) -> None:
         if code != 0:

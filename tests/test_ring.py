@@ -82,6 +82,30 @@ def test_ring_tiny_tensors_and_warmup(tmp_path):
     check(job, 4, 6, cfg, shapes)
 
 
+def test_ring_device_buffers_through_the_c_abi(tmp_path):
+    # The engine's device buffers (scratch layout, staging copies, chunk-local
+    # selection, the union update) with every kernel call going through the C
+    # ABI's host double: bitwise the reference, bytes and memory included, with
+    # an empty chunk (tiny) and warm-up steps.
+    from abi_double import build_host_double
+    lib = build_host_double(tmp_path)
+    shapes = dict(SHAPES, tiny=(3,))
+    cfg = ScaleComConfig(ratio=0.05, beta=0.3, warmup_steps=2, min_numel=0)
+    job = run_mpi(4, "torch_ring.py", tmp_path / "job", "sequence", "--steps", "6", "--tiny",
+                  "--min-numel", "0", "--warmup", "2", "--beta", "0.3", "--kernels-lib",
+                  str(lib), timeout=300).check_ok()
+    check(job, 4, 6, cfg, shapes)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
+def test_ring_on_cuda_gradients(tmp_path):
+    # Two ranks on the first GPU: the real kernels, memory on the device.
+    cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+    job = run_mpi(2, "torch_ring.py", tmp_path, "sequence", "--steps", "6", "--device", "cuda",
+                  timeout=300).check_ok()
+    check(job, 2, 6, cfg, SHAPES)
+
+
 def test_ring_bytes_bounded_in_n(tmp_path):
     """Per-rank bytes follow 12 k (n - 1) / n: bounded by 12 k for any n, where
     top-k allgather's 8 k (n - 1) grows linearly."""

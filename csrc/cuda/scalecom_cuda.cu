@@ -265,6 +265,27 @@ int select_typed(const float* m, const G* g, int64_t n, int64_t k, int32_t* indi
 }
 
 template <typename G>
+__global__ void values_kernel(const float* __restrict__ m, const G* __restrict__ g,
+                              const int32_t* __restrict__ idx, int64_t k,
+                              float* __restrict__ values) {
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < k;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t j = idx[t];
+    values[t] = __fadd_rn(m[j], to_float(g[j]));
+  }
+}
+
+template <typename G>
+int gather_typed(const float* m, const G* g, const int32_t* idx, int64_t k, float* values,
+                 cudaStream_t stream) {
+  if (k > 0) {
+    values_kernel<G><<<blocks_for(k), kThreads, 0, stream>>>(m, g, idx, k, values);
+    SCALECOM_LAUNCHED();
+  }
+  return cudaSuccess;
+}
+
+template <typename G>
 int gather_update_typed(float* m, const G* g, int64_t n, const int32_t* idx, int64_t k,
                         float beta, float* values, unsigned long long* nonfinite, char* ws,
                         cudaStream_t stream) {
@@ -373,6 +394,31 @@ int scalecom_cuda_scatter(const int32_t* indices, const float* values, int64_t k
     SCALECOM_LAUNCHED();
   }
   return cudaSuccess;
+}
+
+int scalecom_cuda_gather(const float* memory, const void* grad, int grad_type, int64_t numel,
+                         const int32_t* indices, int64_t k, float* values, void* stream_ptr) {
+  if (!valid(numel, k)) return cudaErrorInvalidValue;
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  switch (grad_type) {
+    case SCALECOM_F32:
+      return gather_typed(memory, static_cast<const float*>(grad), indices, k, values, stream);
+    case SCALECOM_F16:
+      return gather_typed(memory, static_cast<const __half*>(grad), indices, k, values, stream);
+    case SCALECOM_BF16:
+      return gather_typed(memory, static_cast<const __nv_bfloat16*>(grad), indices, k, values,
+                          stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+int scalecom_cuda_set_device(int device) { return cudaSetDevice(device); }
+
+int scalecom_cuda_copy(void* dst, const void* src, size_t bytes, void* stream_ptr) {
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  if (bytes > 0) SCALECOM_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream));
+  return cudaStreamSynchronize(stream);
 }
 
 const char* scalecom_cuda_error_string(int code) {

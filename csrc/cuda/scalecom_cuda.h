@@ -6,8 +6,10 @@
 // Every function only enqueues work on `stream` (no host synchronisation)
 // and returns a cudaError_t as int: 0 on success.
 //
-// Status: compiled for sm_80 and sm_90 by the test suite; not yet run on a
-// GPU, and not yet dispatched from the torch/TensorFlow ops (docs/design.md).
+// Callers: horovod_scalecom.cuda (torch, through ctypes), the TensorFlow ops'
+// GPU kernels (csrc/tensorflow/gpu_kernels.cc) and the ring engine's device
+// buffers (csrc/ring/buffers.h). Status: compiled for sm_80 and sm_90 by the
+// test suite; not yet run on a GPU (docs/design.md).
 
 #pragma once
 
@@ -47,6 +49,19 @@ int scalecom_cuda_gather_update(float* memory, const void* grad, int grad_type, 
 // out[0..numel) = 0, out[I[t]] = values[t].
 int scalecom_cuda_scatter(const int32_t* indices, const float* values, int64_t k, int64_t numel,
                           float* out, void* stream);
+
+// values[t] = memory[I[t]] + grad[I[t]], the memory untouched (the ring's hops).
+int scalecom_cuda_gather(const float* memory, const void* grad, int grad_type, int64_t numel,
+                         const int32_t* indices, int64_t k, float* values, void* stream);
+
+// cudaSetDevice, for a thread of the caller's (the ring engine's) that
+// launches work on `device` without having made it current.
+int scalecom_cuda_set_device(int device);
+
+// Copies `bytes` between host and device memory in either direction
+// (cudaMemcpyDefault) on `stream`, then waits for the stream: the ring's
+// host staging, which needs the data at once.
+int scalecom_cuda_copy(void* dst, const void* src, size_t bytes, void* stream);
 
 const char* scalecom_cuda_error_string(int code);
 

@@ -2,7 +2,8 @@
 // any C-contiguous float32 buffers (numpy arrays; torch CPU tensors through
 // .numpy()), so both frameworks share it. The buffers are held until the
 // exchange ends; after a timeout they are never released, since the engine's
-// thread may still write to them.
+// thread may still write to them. GPU tensors come as device addresses
+// (start_device); their owner keeps them alive, by the same rule.
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "buffers.h"
 #include "ring.h"
 
 namespace {
@@ -136,6 +138,109 @@ PyObject* Engine_start(EngineObject* self, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// use_device_kernels((addr, ...)): the C ABI of csrc/cuda as function
+// addresses, in DeviceKernels' order (horovod_scalecom.ring passes them).
+PyObject* Engine_use_device_kernels(EngineObject* self, PyObject* args) {
+  PyObject* table;
+  if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &table)) return nullptr;
+  constexpr Py_ssize_t kCount = 9;
+  if (PyTuple_GET_SIZE(table) != kCount) {
+    PyErr_Format(PyExc_ValueError, "ring allreduce: %zd kernel addresses, expected %zd",
+                 PyTuple_GET_SIZE(table), kCount);
+    return nullptr;
+  }
+  void* a[kCount];
+  for (Py_ssize_t i = 0; i < kCount; ++i) {
+    a[i] = PyLong_AsVoidPtr(PyTuple_GET_ITEM(table, i));
+    if (PyErr_Occurred()) return nullptr;
+  }
+  scalecom::DeviceKernels k;
+  k.select_workspace_bytes = reinterpret_cast<decltype(k.select_workspace_bytes)>(a[0]);
+  k.select_topk = reinterpret_cast<decltype(k.select_topk)>(a[1]);
+  k.gather_update_workspace_bytes =
+      reinterpret_cast<decltype(k.gather_update_workspace_bytes)>(a[2]);
+  k.gather_update = reinterpret_cast<decltype(k.gather_update)>(a[3]);
+  k.scatter = reinterpret_cast<decltype(k.scatter)>(a[4]);
+  k.gather = reinterpret_cast<decltype(k.gather)>(a[5]);
+  k.set_device = reinterpret_cast<decltype(k.set_device)>(a[6]);
+  k.copy = reinterpret_cast<decltype(k.copy)>(a[7]);
+  k.error_string = reinterpret_cast<decltype(k.error_string)>(a[8]);
+  try {
+    self->engine->set_device_kernels(k);
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* Engine_device_scratch_bytes(EngineObject* self, PyObject* args) {
+  long long numel;
+  double ratio;
+  if (!PyArg_ParseTuple(args, "Ld", &numel, &ratio)) return nullptr;
+  if (numel < 0 || !(ratio > 0.0 && ratio <= 1.0)) {
+    PyErr_SetString(PyExc_ValueError, "ring allreduce: numel >= 0 and ratio in (0, 1]");
+    return nullptr;
+  }
+  try {
+    return PyLong_FromSize_t(self->engine->device_scratch_bytes(numel, ratio));
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
+// start_device([(memory, grad, grad_type, out, numel, step, device, scratch,
+// scratch_bytes), ...], ratio, beta): addresses of device memory.
+PyObject* Engine_start_device(EngineObject* self, PyObject* args) {
+  PyObject* specs;
+  double ratio, beta;
+  if (!PyArg_ParseTuple(args, "O!dd", &PyList_Type, &specs, &ratio, &beta)) return nullptr;
+  if (!(ratio > 0.0 && ratio <= 1.0) || !(beta > 0.0 && beta <= 1.0)) {
+    PyErr_Format(PyExc_ValueError, "ring allreduce: ratio and beta must lie in (0, 1], got "
+                                   "%g and %g", ratio, beta);
+    return nullptr;
+  }
+  std::vector<scalecom::RingTensor> tensors;
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(specs); ++i) {
+    PyObject* spec = PyList_GET_ITEM(specs, i);
+    PyObject *memory, *grad, *out, *scratch;
+    int grad_type, device;
+    long long numel, step;
+    unsigned long long scratch_bytes;
+    if (!PyTuple_Check(spec) ||
+        !PyArg_ParseTuple(spec, "OOiOLLiOK", &memory, &grad, &grad_type, &out, &numel, &step,
+                          &device, &scratch, &scratch_bytes)) {
+      if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "ring allreduce: start_device takes tuples");
+      return nullptr;
+    }
+    scalecom::RingTensor t;
+    t.memory = static_cast<float*>(PyLong_AsVoidPtr(memory));
+    t.grad = PyLong_AsVoidPtr(grad);
+    t.out = static_cast<float*>(PyLong_AsVoidPtr(out));
+    t.scratch = PyLong_AsVoidPtr(scratch);
+    if (PyErr_Occurred()) return nullptr;
+    if (device < 0 || numel < 0) {
+      PyErr_SetString(PyExc_ValueError, "ring allreduce: device and numel must be >= 0");
+      return nullptr;
+    }
+    t.grad_type = grad_type;
+    t.numel = numel;
+    t.step = step;
+    t.device = device;
+    t.scratch_bytes = scratch_bytes;
+    tensors.push_back(t);
+  }
+  try {
+    self->engine->start(std::move(tensors), ratio, static_cast<float>(beta), 1);
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
 PyObject* Engine_wait(EngineObject* self, PyObject* args) {
   double timeout;
   if (!PyArg_ParseTuple(args, "d", &timeout)) return nullptr;
@@ -179,6 +284,12 @@ PyObject* Engine_compute(EngineObject* self, PyObject*) {
 PyMethodDef Engine_methods[] = {
     {"start", reinterpret_cast<PyCFunction>(Engine_start), METH_VARARGS,
      "start(memories, grads, outs, steps, ratio, beta, threads): begin one fused exchange"},
+    {"use_device_kernels", reinterpret_cast<PyCFunction>(Engine_use_device_kernels),
+     METH_VARARGS, "use_device_kernels(addresses): the CUDA kernels for GPU tensors"},
+    {"device_scratch_bytes", reinterpret_cast<PyCFunction>(Engine_device_scratch_bytes),
+     METH_VARARGS, "device_scratch_bytes(numel, ratio) -> bytes of GPU scratch per tensor"},
+    {"start_device", reinterpret_cast<PyCFunction>(Engine_start_device), METH_VARARGS,
+     "start_device(specs, ratio, beta): begin one fused exchange of GPU tensors"},
     {"wait", reinterpret_cast<PyCFunction>(Engine_wait), METH_VARARGS,
      "wait(timeout_s) -> bytes sent; TimeoutError if the exchange did not finish"},
     {"rank", reinterpret_cast<PyCFunction>(Engine_rank), METH_NOARGS, "rank in the ring"},

@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "../core/scalecom.h"
+#include "buffers.h"
 
 namespace scalecom {
 namespace {
@@ -26,9 +27,11 @@ inline int64_t mod(int64_t a, int64_t n) { return ((a % n) + n) % n; }
 // of every chunk as it becomes known.
 struct Plan {
   RingTensor t;
+  std::unique_ptr<Buffers> buffers;
   std::vector<int64_t> bounds;
   std::vector<int64_t> k;
   std::vector<std::vector<int32_t>> indices;
+  std::vector<float> means;     // the dense mean at every chunk's indices, chunk by chunk
   int64_t held = 0;             // chunk whose partial (then complete) sum this rank holds
   std::vector<float> values;    // that sum
 };
@@ -57,6 +60,19 @@ RingEngine::RingEngine() {
   MPI_Comm_size(comm_, &size_);
 }
 
+void RingEngine::set_device_kernels(const DeviceKernels& kernels) {
+  if (!kernels.complete())
+    throw std::invalid_argument("ring allreduce: incomplete table of CUDA kernels");
+  std::lock_guard<std::mutex> lock(mu_);
+  if (busy_) throw std::runtime_error("ring allreduce: an exchange is in flight");
+  kernels_ = std::make_unique<DeviceKernels>(kernels);
+}
+
+size_t RingEngine::device_scratch_bytes(int64_t numel, double ratio) const {
+  if (!kernels_) throw std::runtime_error("ring allreduce: no CUDA kernels were given");
+  return scalecom::device_scratch_bytes(*kernels_, numel, size_, ratio);
+}
+
 RingEngine::~RingEngine() {
   if (worker_.joinable()) {
     if (broken_) worker_.detach();  // stuck in MPI: leave it, never block the exit
@@ -74,6 +90,11 @@ void RingEngine::start(std::vector<RingTensor> tensors, double ratio, float beta
     throw std::runtime_error("ring allreduce: an earlier exchange timed out; the engine "
                              "cannot be used again");
   if (busy_) throw std::runtime_error("ring allreduce: an exchange is already in flight");
+  for (const RingTensor& t : tensors) {
+    if (t.device >= 0 && !kernels_)
+      throw std::runtime_error("ring allreduce: a tensor on a GPU, but no CUDA kernels were "
+                               "given (set_device_kernels)");
+  }
   if (worker_.joinable()) worker_.join();
   busy_ = true;
   done_ = false;
@@ -173,25 +194,16 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
   for (size_t i = 0; i < tensors.size(); ++i) {
     Plan& p = plans[i];
     p.t = tensors[i];
-    p.bounds.resize(n + 1);
-    const int64_t base = p.t.numel / n, extra = p.t.numel % n;
-    p.bounds[0] = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      p.bounds[j + 1] = p.bounds[j] + base + (j < extra ? 1 : 0);
-      p.k.push_back(num_selected(p.bounds[j + 1] - p.bounds[j], ratio));
-    }
+    p.buffers = p.t.device >= 0 ? device_buffers(p.t, *kernels_, n, ratio)
+                                : host_buffers(p.t, num_threads);
+    chunk_plan(p.t.numel, n, ratio, &p.bounds, &p.k);
     p.indices.resize(n);
     // The chunk this rank owns at the tensor's step: select, then start its sum.
-    const int64_t j = mod(r - p.t.step, n), lo = p.bounds[j];
-    std::vector<int32_t>& idx = p.indices[j];
-    idx.resize(p.k[j]);
-    select_topk(p.t.memory + lo, p.t.grad + lo, p.bounds[j + 1] - lo, p.k[j], idx.data(),
-                num_threads);
+    const int64_t j = mod(r - p.t.step, n);
+    p.indices[j].resize(p.k[j]);
     p.values.resize(p.k[j]);
-    for (int64_t q = 0; q < p.k[j]; ++q) {
-      idx[q] += static_cast<int32_t>(lo);
-      p.values[q] = p.t.memory[idx[q]] + p.t.grad[idx[q]];
-    }
+    p.buffers->select(p.bounds[j], p.bounds[j + 1], p.k[j], p.indices[j].data(),
+                      p.values.data());
     p.held = j;
   }
   compute_s_ += seconds_since(select_start);
@@ -224,8 +236,8 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
         if (x < p.bounds[j] || x >= p.bounds[j + 1] || (q > 0 && x <= idx[q - 1]))
           throw std::runtime_error("ring allreduce: received an index outside its chunk; "
                                    "the ranks disagree on the tensors");
-        p.values[q] = p.values[q] + (p.t.memory[x] + p.t.grad[x]);
       }
+      p.buffers->accumulate(idx.data(), k, p.values.data());
       p.held = j;
     }
   }
@@ -233,11 +245,14 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
   // This rank now holds the complete sum of the chunk owned by rank r + 1.
   const float n_f = static_cast<float>(n);
   auto write_mean = [&](Plan& p, int64_t j, const float* sums) {
-    const std::vector<int32_t>& idx = p.indices[j];
-    for (size_t q = 0; q < idx.size(); ++q) p.t.out[idx[q]] = sums[q] / n_f;
+    int64_t at = 0;   // chunk j's place in `means`: chunks in order, as in the union below
+    for (int64_t c = 0; c < j; ++c) at += p.k[c];
+    for (int64_t q = 0; q < p.k[j]; ++q) p.means[at + q] = sums[q] / n_f;
   };
   for (Plan& p : plans) {
-    std::fill(p.t.out, p.t.out + p.t.numel, 0.0f);
+    int64_t k_total = 0;
+    for (int64_t kj : p.k) k_total += kj;
+    p.means.assign(k_total, 0.0f);
     write_mean(p, p.held, p.values.data());
   }
   // Allgather: values only; hop h receives the sum of the chunk owned by r + 1 - h.
@@ -268,17 +283,14 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
   // under load with Open MPI 4.1). One barrier per step costs a few latencies.
   check_mpi(MPI_Barrier(comm_), "MPI_Barrier");
 
-  // The low-pass memory update for the union of the chunks' index sets.
+  // The dense mean and the low-pass memory update for the union of the
+  // chunks' index sets (ascending: chunks are contiguous and in order).
   const auto update_start = Clock::now();
   std::vector<int32_t> all;
-  std::vector<float> scratch;
   for (Plan& p : plans) {
     all.clear();
     for (const auto& idx : p.indices) all.insert(all.end(), idx.begin(), idx.end());
-    scratch.resize(all.size());
-    nonfinite_ += gather_and_update(p.t.memory, p.t.grad, p.t.numel, all.data(),
-                                    static_cast<int64_t>(all.size()), beta, scratch.data(),
-                                    num_threads);
+    nonfinite_ += p.buffers->finish(all, p.means, beta);
   }
   compute_s_ += seconds_since(update_start);
 }

@@ -22,6 +22,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -30,12 +31,18 @@
 namespace scalecom {
 
 struct RingTensor {
-  float* memory;        // numel float32, updated in place
-  const float* grad;    // numel float32
-  float* out;           // numel float32: the dense mean of the step
-  int64_t numel;
-  int64_t step;         // the tensor's step t: fixes the chunk owners
+  float* memory = nullptr;    // numel float32, updated in place
+  const void* grad = nullptr; // numel elements of grad_type (float32 on the host)
+  int grad_type = 0;          // ScalecomGradType of csrc/cuda/scalecom_cuda.h
+  float* out = nullptr;       // numel float32: the dense mean of the step
+  int64_t numel = 0;
+  int64_t step = 0;           // the tensor's step t: fixes the chunk owners
+  int device = -1;            // -1: host memory; else the CUDA device of all three
+  void* scratch = nullptr;    // device tensors: device_scratch_bytes() on that device
+  size_t scratch_bytes = 0;
 };
+
+struct DeviceKernels;
 
 class RingEngine {
  public:
@@ -51,8 +58,14 @@ class RingEngine {
   int size() const { return size_; }
 
   // Starts one fused exchange on the engine's thread. The buffers must stay
-  // valid until wait() returns true. One exchange at a time.
+  // valid until wait() returns true. One exchange at a time. Device tensors
+  // need set_device_kernels() first.
   void start(std::vector<RingTensor> tensors, double ratio, float beta, int num_threads);
+
+  // The CUDA kernels for device tensors (see buffers.h).
+  void set_device_kernels(const DeviceKernels& kernels);
+  // Scratch bytes a device tensor of numel elements needs (RingTensor::scratch).
+  size_t device_scratch_bytes(int64_t numel, double ratio) const;
 
   // Waits up to timeout_s seconds. True when the exchange finished (rethrows
   // its error, if any); false on timeout, after which the engine is unusable.
@@ -72,6 +85,7 @@ class RingEngine {
   void check_agreement(const std::vector<RingTensor>& tensors, double ratio);
   void sendrecv(const void* send, int64_t send_bytes, void* recv, int64_t recv_bytes);
 
+  std::unique_ptr<DeviceKernels> kernels_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;
   int size_ = 1;

@@ -13,7 +13,9 @@ own thread and MPI communicator while the other gradients (warm-up steps,
 tensors below ``min_numel``, non-floating) go through Horovod's allreduce,
 overlapping the two. ScaleCom's memory and step counters are the ones of the
 ``compression`` object, so its state_dict()/load_state_dict() checkpoint
-path B too.
+path B too. CUDA gradients keep their memory on the GPU: the engine selects
+and updates with the CUDA kernels and moves only the k-sized index and value
+sets through host memory (any MPI; no CUDA-aware MPI needed or used).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 import horovod.torch as hvd
 
 from horovod_scalecom import bytes_model
+from horovod_scalecom.cuda import GRAD_TYPES
 from horovod_scalecom.ring import load_ring
 from horovod_scalecom.torch.compression import ScaleCom
 
@@ -66,6 +69,9 @@ class _RingOptimizer(torch.optim.Optimizer):
         else:
             self._engine = None
         self._last: dict[str, Any] = {}
+        self._device_kernels_set = False
+        self._in_flight: tuple | None = None
+        self._leaked: list[tuple] = []
 
     def synchronize(self) -> None:
         compression = self._compression
@@ -85,24 +91,20 @@ class _RingOptimizer(torch.optim.Optimizer):
             if self._engine is None or compression._goes_dense(t, grad):
                 dense.append((name, p))
             else:
-                if grad.device.type != "cpu":
-                    raise RuntimeError(
-                        f"ScaleCom ring: the gradient of {name} is on {grad.device}; the ring "
-                        "(path B) exchanges host buffers only. For GPU gradients use path A: "
-                        "hvd.DistributedOptimizer(..., compression=ScaleCom(model, ...)).")
                 compression._prepare(state, grad)
                 ring.append((name, p, state, t))
+        on_gpu = {self._ring_device(p.grad, name) is not None for name, p, _, _ in ring}
+        if len(on_gpu) > 1:
+            raise RuntimeError("ScaleCom ring: some compressed gradients are on a GPU and some "
+                               "on the CPU; the ring exchanges one kind per step")
 
         start = time.perf_counter()
         outs = []
         if ring:
-            grads = [p.grad.detach().reshape(-1).to(torch.float32).contiguous()
-                     for _, p, _, _ in ring]
-            outs = [torch.empty_like(g) for g in grads]
-            self._engine.start([s.memory.numpy() for _, _, s, _ in ring],
-                               [g.numpy() for g in grads], [o.numpy() for o in outs],
-                               [t for _, _, _, t in ring], float(cfg.ratio), float(cfg.beta),
-                               torch.get_num_threads())
+            # Held until the exchange ends; for ever if it times out (the engine's
+            # thread may still write into them).
+            self._in_flight = (self._start_device if on_gpu == {True} else self._start_host)(ring)
+            outs = self._in_flight[0]
         handles = []
         for name, p in dense:
             grad = p.grad if p.grad.dtype != torch.bfloat16 else p.grad.float()
@@ -113,7 +115,9 @@ class _RingOptimizer(torch.optim.Optimizer):
             try:
                 ring_bytes = self._engine.wait(compression.share_timeout)
             except TimeoutError as exc:
+                self._leaked.append(self._in_flight)
                 raise RuntimeError(f"ScaleCom ring on rank {hvd.rank()}: {exc}") from exc
+            self._in_flight = None
             for (_, p, _, _), out in zip(ring, outs):
                 p.grad.copy_(out.view_as(p.grad))
         for p, grad, handle in handles:
@@ -132,6 +136,56 @@ class _RingOptimizer(torch.optim.Optimizer):
             "compress_s": self._engine.last_compute_s() if ring else 0.0,
             "exchange_s": time.perf_counter() - start,
         }
+
+    def _start_host(self, ring) -> tuple:
+        cfg = self._compression.config
+        grads = [p.grad.detach().reshape(-1).to(torch.float32).contiguous()
+                 for _, p, _, _ in ring]
+        outs = [torch.empty_like(g) for g in grads]
+        self._engine.start([s.memory.numpy() for _, _, s, _ in ring],
+                           [g.numpy() for g in grads], [o.numpy() for o in outs],
+                           [t for _, _, _, t in ring], float(cfg.ratio), float(cfg.beta),
+                           torch.get_num_threads())
+        return outs, grads
+
+    def _start_device(self, ring) -> tuple:
+        """GPU gradients: memory, gradient and output stay on the device; the
+        engine moves only the k-sized index and value sets through the host."""
+        compression = self._compression
+        cfg = compression.config
+        if not self._device_kernels_set:
+            name, p = ring[0][0], ring[0][1]
+            self._engine.use_device_kernels(
+                compression._kernels(p.grad, name).kernels.addresses())
+            self._device_kernels_set = True
+        grads, outs, scratch, specs = [], [], [], []
+        for name, p, state, t in ring:
+            grad = p.grad.detach().reshape(-1).contiguous()
+            out = torch.empty(grad.numel(), dtype=torch.float32, device=grad.device)
+            work = torch.empty(self._engine.device_scratch_bytes(grad.numel(), float(cfg.ratio)),
+                               dtype=torch.uint8, device=grad.device)
+            specs.append((state.memory.data_ptr(), grad.data_ptr(),
+                          GRAD_TYPES[str(grad.dtype).removeprefix("torch.")], out.data_ptr(),
+                          grad.numel(), t, self._ring_device(grad, name), work.data_ptr(),
+                          work.numel()))
+            grads.append(grad)
+            outs.append(out)
+            scratch.append(work)
+        # The engine works on its own thread and stream: the gradients must be complete.
+        if grads[0].is_cuda:
+            torch.cuda.current_stream(grads[0].device).synchronize()
+        self._engine.start_device(specs, float(cfg.ratio), float(cfg.beta))
+        return outs, grads, scratch
+
+    @staticmethod
+    def _ring_device(grad: torch.Tensor, name: str) -> int | None:
+        """The CUDA device a gradient goes through the ring on; None: the host."""
+        if grad.device.type == "cpu":
+            return None
+        if grad.device.type == "cuda":
+            return grad.device.index if grad.device.index is not None else 0
+        raise RuntimeError(f"ScaleCom ring: the gradient of {name} is on {grad.device}; the "
+                           "ring takes CPU and CUDA tensors")
 
     def stats(self) -> dict[str, Any]:
         """Figures of the last step: bytes this rank sent in the ring (counted

@@ -112,6 +112,26 @@ int scalecom_cuda_scatter(const int32_t* indices, const float* values, int64_t k
   return 0;
 }
 
+int scalecom_cuda_gather(const float* memory, const void* grad, int grad_type, int64_t numel,
+                         const int32_t* indices, int64_t k, float* values, void*) {
+  if (numel < 0 || k < 0 || k > numel) return kInvalid;
+  std::vector<float> g;
+  if (!widen(grad, grad_type, numel, &g)) return kInvalid;
+  for (int64_t t = 0; t < k; ++t) {
+    if (indices[t] < 0 || indices[t] >= numel) return kInvalid;
+    values[t] = memory[indices[t]] + g[indices[t]];
+  }
+  return 0;
+}
+
+int scalecom_cuda_set_device(int device) { return device >= 0 ? 0 : kInvalid; }
+
+int scalecom_cuda_copy(void* dst, const void* src, size_t bytes, void*) {
+  if (bytes > 0 && (dst == nullptr || src == nullptr)) return kInvalid;
+  if (bytes > 0) std::memmove(dst, src, bytes);
+  return 0;
+}
+
 const char* scalecom_cuda_error_string(int code) {
   return code == kInvalid ? "invalid argument (host double)" : "unknown error (host double)";
 }

@@ -41,3 +41,23 @@ def run(main, outdir: str) -> None:
         sys.stderr.write(f"[rank {rank}] {type(exc).__name__}: {exc}\n")
         sys.stderr.flush()
         raise SystemExit(1)
+
+
+def route_through_kernels_library(compression, path, optimizer=None):
+    """Every compressed tensor, CPU ones too, through the CUDA code path over
+    the library at `path`: with tests/abi_double's host build of the C ABI,
+    the GPU branches (torch's CudaOps, the ring's device buffers) run on a
+    CPU. `optimizer`: a path B optimizer, whose ring then treats host tensors
+    as device 0's."""
+    import contextlib
+    from horovod_scalecom.cuda import CudaKernels
+    from horovod_scalecom.torch._cuda import CudaOps
+
+    class HostOps(CudaOps):
+        def launch(self, tensor):
+            return contextlib.nullcontext(0)
+
+    ops = HostOps(CudaKernels(path))
+    compression._kernels = lambda tensor, name: ops
+    if optimizer is not None:
+        optimizer._ring_device = lambda grad, name: 0

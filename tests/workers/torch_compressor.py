@@ -14,7 +14,7 @@ import torch
 import horovod.torch as hvd
 from horovod_scalecom.torch import DistributedOptimizer, ScaleCom, clip_before_exchange
 
-from common import SHAPES, gradient, run
+from common import SHAPES, gradient, route_through_kernels_library, run
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -36,22 +36,6 @@ class Params(torch.nn.Module):
     def loss(self, grads):
         # d/dp sum(p * G) = G: backward hands Horovod exactly the gradients chosen.
         return sum((p * g).sum() for p, g in zip(self.parameters(), grads) if g is not None)
-
-
-def route_through_kernels_library(compression, path):
-    """Every compressed tensor, CPU ones too, through CudaOps over the library
-    at `path`: with tests/abi_double's host build of the C ABI, the compressor's
-    GPU path (device-tensor counters, workspaces, dtype codes) runs on a CPU."""
-    import contextlib
-    from horovod_scalecom.cuda import CudaKernels
-    from horovod_scalecom.torch._cuda import CudaOps
-
-    class HostOps(CudaOps):
-        def launch(self, tensor):
-            return contextlib.nullcontext(0)
-
-    ops = HostOps(CudaKernels(path))
-    compression._kernels = lambda tensor, name: ops
 
 
 def sequence(args, out):

@@ -13,7 +13,7 @@ import torch
 import horovod.torch as hvd
 from horovod_scalecom.torch import DistributedOptimizer, ScaleCom
 
-from common import gradient, run
+from common import gradient, route_through_kernels_library, run
 
 
 def shapes_for(args):
@@ -32,17 +32,20 @@ class Params(torch.nn.Module):
 
 def sequence(args, out):
     shapes = shapes_for(args)
-    model = Params(shapes)
+    device = torch.device(args.device)
+    model = Params(shapes).to(device)
     compression = ScaleCom(model, ratio=args.ratio, beta=args.beta, warmup_steps=args.warmup,
                            min_numel=args.min_numel, share_timeout=args.timeout)
     opt = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0),
                                named_parameters=model.named_parameters(),
                                compression=compression)
+    if args.kernels_lib:
+        route_through_kernels_library(compression, args.kernels_lib, opt)
     result = {}
     for step in range(args.steps):
         if args.fail_at == step and hvd.rank() == 1:
             raise RuntimeError("injected failure on rank 1")
-        grads = [torch.from_numpy(gradient(args.seed, hvd.rank(), step, i, shape))
+        grads = [torch.from_numpy(gradient(args.seed, hvd.rank(), step, i, shape)).to(device)
                  for i, shape in enumerate(shapes.values())]
         terms = [(p * g).sum() for p, g in zip(model.parameters(), grads)]
         if args.dynamic:
@@ -54,13 +57,14 @@ def sequence(args, out):
         sum(terms).backward()
         opt.synchronize()
         for name, p in model.named_parameters():
-            result[f"out/{step}/{name}"] = p.grad.numpy().copy()
+            result[f"out/{step}/{name}"] = p.grad.cpu().numpy().copy()
         result[f"bytes/{step}"] = np.array(opt.stats()["ring_bytes"])
         result[f"compress_s/{step}"] = np.array(opt.stats()["compress_s"])
         model.zero_grad()
     for name, entry in compression.state_dict()["tensors"].items():
         if entry["memory"] is not None:
-            result[f"mem/{name}"] = entry["memory"].numpy()
+            assert entry["memory"].device == device, (name, entry["memory"].device)
+            result[f"mem/{name}"] = entry["memory"].cpu().numpy()
     np.savez(out / f"rank{hvd.rank()}.npz", **result)
 
 
@@ -78,6 +82,9 @@ def main():
     parser.add_argument("--dynamic", action="store_true")
     parser.add_argument("--fail-at", type=int, default=-1)
     parser.add_argument("--timeout", type=float, default=60)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--kernels-lib", default="",
+                        help="the CUDA code path over this build of the C ABI, for every tensor")
     args = parser.parse_args()
     torch.set_num_threads(1)
     hvd.init()

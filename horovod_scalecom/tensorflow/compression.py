@@ -118,6 +118,7 @@ class ScaleCom(tf.Module, Compressor):
         # Per tensor, the last step's memory entries that refused a NaN/Inf update.
         self.nonfinite: dict[str, tf.Variable] = {}
         self._registry = _Registry()
+        self._config_checked = False
 
     # -- Horovod's Compressor interface -------------------------------------------
 
@@ -130,6 +131,7 @@ class ScaleCom(tf.Module, Compressor):
                 "ScaleCom for TensorFlow builds graph ops and keys each gradient by its graph "
                 "name; use it through hvd.DistributedGradientTape, the Keras "
                 "DistributedOptimizer or inside tf.function, not on an eager tensor")
+        self.check_config()
         numel = tensor.shape.num_elements()
         # The incoming gradient belongs to the graph that holds all of them;
         # ops made here (the clipping) land in Horovod's per-tensor cond branch.
@@ -224,6 +226,32 @@ class ScaleCom(tf.Module, Compressor):
                 # Memory entries that refused a NaN/Inf update (DESIGN's non-finite policy).
                 "nonfinite_kept": sum(t["nonfinite_kept"] for t in tensors.values()),
                 "tensors": tensors}
+
+    def check_config(self) -> None:
+        """Once, when the first exchange is traced: every rank must run ScaleCom
+        with the same knobs. A different ratio would pair index sets of
+        different sizes (Horovod's shape error, far from the cause); a
+        different beta, warm-up or clip_norm would train on silently; caught
+        here, on every rank, with each rank's values. Runs eagerly
+        (tf.init_scope) while the step is traced, which every rank does at the
+        same point of its first step."""
+        if self._config_checked or hvd.size() == 1:
+            return
+        self._config_checked = True
+        cfg = self.config
+        names = ("ratio", "beta", "warmup_steps", "min_numel", "stagger_leaders", "clip_norm")
+        values = (cfg.ratio, cfg.beta, cfg.warmup_steps, cfg.min_numel,
+                  float(self.stagger_leaders), self.clip_norm or 0.0)
+        with tf.init_scope():
+            every = hvd.allgather(tf.constant([values], tf.float64),
+                                  name="scalecom_config").numpy()
+        differ = [j for j in range(len(values)) if not (every[:, j] == values[j]).all()]
+        if differ:
+            rows = "; ".join(f"rank {r}: " + ", ".join(f"{names[j]} {every[r, j]:.10g}"
+                                                       for j in differ)
+                             for r in range(every.shape[0]))
+            raise ValueError(f"ScaleCom: ranks disagree on {', '.join(names[j] for j in differ)} "
+                             f"({rows}); every rank must build ScaleCom with the same arguments")
 
     # -- internals --------------------------------------------------------------------
 

@@ -64,6 +64,7 @@ class RingExchange:
     def allreduce(self, grads: Sequence[tf.Tensor | None],
                   variables: Sequence[tf.Variable] | None = None) -> list[tf.Tensor | None]:
         compression, cfg = self.compression, self.compression.config
+        compression.check_config()
         out: list[tf.Tensor | None] = list(grads)
         ring = []
         for i, grad in enumerate(grads):

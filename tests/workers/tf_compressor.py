@@ -172,6 +172,15 @@ def bad(args, out):
         ScaleComCallback(hvd.Compression.none)
     elif args.case == "clip":
         ScaleCom(clip_norm=0)
+    elif args.case == "disagree":
+        # Rank 1 builds ScaleCom with another beta (and, with --clip, clip_norm).
+        args.beta = args.beta if hvd.rank() == 0 else 0.3
+        args.clip = args.clip if hvd.rank() == 0 else 0.0
+        args.steps = 2
+        wrap = (lambda tape, compression: hvd.DistributedGradientTape(
+            tape, compression=compression)) if args.path == "a" else (
+            lambda tape, compression: DistributedGradientTape(tape, compression))
+        feed(args, out, dict(zip(NAMES, SHAPES.values())), wrap)
     raise AssertionError(f"case {args.case} raised nothing")
 
 

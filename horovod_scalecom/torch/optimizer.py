@@ -20,6 +20,7 @@ sets through host memory (any MPI; no CUDA-aware MPI needed or used).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Iterable
 
@@ -162,8 +163,10 @@ class _RingOptimizer(torch.optim.Optimizer):
         for name, p, state, t in ring:
             grad = p.grad.detach().reshape(-1).contiguous()
             out = torch.empty(grad.numel(), dtype=torch.float32, device=grad.device)
-            work = torch.empty(self._engine.device_scratch_bytes(grad.numel(), float(cfg.ratio)),
-                               dtype=torch.uint8, device=grad.device)
+            with torch.cuda.device(grad.device) if grad.is_cuda else contextlib.nullcontext():
+                # The workspace queries run on the current device: make it the gradient's.
+                scratch_bytes = self._engine.device_scratch_bytes(grad.numel(), float(cfg.ratio))
+            work = torch.empty(scratch_bytes, dtype=torch.uint8, device=grad.device)
             specs.append((state.memory.data_ptr(), grad.data_ptr(),
                           GRAD_TYPES[str(grad.dtype).removeprefix("torch.")], out.data_ptr(),
                           grad.numel(), t, self._ring_device(grad, name), work.data_ptr(),

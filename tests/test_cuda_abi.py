@@ -23,6 +23,7 @@ from horovod_scalecom.torch._cuda import CudaOps  # noqa: E402
 from horovod_scalecom.torch._ops import ops  # noqa: E402
 
 from abi_double import build_host_double  # noqa: E402
+from kernel_cases import bits, inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,32 +43,6 @@ class HostOps(CudaOps):
 @pytest.fixture(scope="module")
 def host_ops(double_lib) -> HostOps:
     return HostOps(cuda.CudaKernels(double_lib))
-
-
-def bits(x):
-    """Bit patterns, every NaN as one: a float16 NaN widens to 0x7fc00000 or
-    0x7fffffff depending on the converter (torch's own CPU paths differ by
-    tensor size), and no NaN payload carries meaning here."""
-    b = x.float().cpu().numpy().view(np.uint32).copy()
-    b[np.isnan(x.float().cpu().numpy())] = 0x7FC00000
-    return b
-
-
-def inputs(numel, dtype, kind, seed=0):
-    rng = np.random.default_rng(seed)
-    if kind == "ties":
-        m = rng.integers(-3, 4, numel).astype(np.float32)
-        g = rng.integers(-3, 4, numel).astype(np.float32)
-    else:
-        m = rng.standard_normal(numel).astype(np.float32)
-        g = rng.standard_normal(numel).astype(np.float32)
-        if kind == "nonfinite":
-            # More non-finite entries than k: some fall outside the selection,
-            # where the memory must refuse them.
-            g[1::40] = np.nan
-            g[2::40] = np.inf
-            g[3::40] = -np.inf
-    return torch.from_numpy(m), torch.from_numpy(g).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

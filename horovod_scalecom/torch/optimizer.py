@@ -76,7 +76,6 @@ class _RingOptimizer(torch.optim.Optimizer):
 
     def synchronize(self) -> None:
         compression = self._compression
-        cfg = compression.config
         compression._check_config()
         ring, dense = [], []
         for name, p in self._params:

@@ -18,36 +18,12 @@ if shutil.which("nvcc") is None:
 from horovod_scalecom.torch._ops import ops  # noqa: E402
 
 from gpu.kernels import cuda_ops  # noqa: E402
+from kernel_cases import bits, inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def kernels(tmp_path_factory):
     return cuda_ops(tmp_path_factory.mktemp("cuda"))
-
-
-def bits(x):
-    """Bit patterns, every NaN as one: a float16 NaN widens to 0x7fc00000 or
-    0x7fffffff depending on the converter (torch's own CPU paths differ by
-    tensor size), and no NaN payload carries meaning here."""
-    b = x.float().cpu().numpy().view(np.uint32).copy()
-    b[np.isnan(x.float().cpu().numpy())] = 0x7FC00000
-    return b
-
-
-def inputs(numel, dtype, kind, seed=0):
-    rng = np.random.default_rng(seed)
-    if kind == "ties":          # few distinct magnitudes: ties everywhere
-        m = rng.integers(-3, 4, numel).astype(np.float32)
-        g = rng.integers(-3, 4, numel).astype(np.float32)
-    elif kind == "zeros":
-        m = np.zeros(numel, np.float32)
-        g = np.zeros(numel, np.float32)
-    else:
-        m = rng.standard_normal(numel).astype(np.float32)
-        g = rng.standard_normal(numel).astype(np.float32)
-        if kind == "nonfinite" and numel > 10:
-            g[[1, numel // 2, numel - 1]] = [np.nan, np.inf, -np.inf]
-    return torch.from_numpy(m), torch.from_numpy(g).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

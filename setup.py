@@ -161,19 +161,34 @@ def build_cuda_library(package_dir: str, archs: list[str]) -> None:
 
 def with_cuda_library(build_ext_class, archs):
     """First the CUDA library, then the extensions; the TensorFlow ops then get
-    their GPU kernels, linked against that library (found beside them)."""
+    their GPU kernels, linked against that library (found beside them). A
+    build without CUDA removes a library left by an earlier build, and the TF
+    ops are rebuilt whenever they change between the two variants."""
     class BuildExtWithCuda(build_ext_class):
         def run(self):
+            package_dir = os.path.dirname(self.get_ext_fullpath("horovod_scalecom._ring"))
+            library = Path(package_dir) / "libscalecom_cuda.so"
             if archs is not None:
-                package_dir = os.path.dirname(self.get_ext_fullpath("horovod_scalecom._ring"))
                 build_cuda_library(package_dir, archs)
-                for ext in self.extensions:
-                    if ext.name == "horovod_scalecom._tf_ops":
-                        ext.sources = ext.sources + ["csrc/tensorflow/gpu_kernels.cc"]
-                        ext.depends = ext.depends + ["csrc/cuda/scalecom_cuda.h"]
-                        ext.library_dirs = [package_dir]
-                        ext.libraries = ["scalecom_cuda"]
-                        ext.extra_link_args = ext.extra_link_args + ["-Wl,-rpath,$ORIGIN"]
+            else:
+                for stale in (library, library.with_suffix(".archs")):
+                    stale.unlink(missing_ok=True)
+            # Rewritten (so newer than the TF ops) only when the variant changes.
+            variant = Path(package_dir) / "_tf_ops.variant"
+            wanted = "cuda" if archs is not None else "cpu"
+            if not variant.exists() or variant.read_text() != wanted:
+                variant.parent.mkdir(parents=True, exist_ok=True)
+                variant.write_text(wanted)
+            for ext in self.extensions:
+                if ext.name != "horovod_scalecom._tf_ops":
+                    continue
+                ext.depends = ext.depends + [str(variant)]
+                if archs is not None:
+                    ext.sources = ext.sources + ["csrc/tensorflow/gpu_kernels.cc"]
+                    ext.depends = ext.depends + ["csrc/cuda/scalecom_cuda.h", str(library)]
+                    ext.library_dirs = [package_dir]
+                    ext.libraries = ["scalecom_cuda"]
+                    ext.extra_link_args = ext.extra_link_args + ["-Wl,-rpath,$ORIGIN"]
             super().run()
     return BuildExtWithCuda
 

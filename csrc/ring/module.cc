@@ -297,7 +297,7 @@ PyMethodDef Engine_methods[] = {
     {"last_nonfinite", reinterpret_cast<PyCFunction>(Engine_nonfinite), METH_NOARGS,
      "memory entries that refused a non-finite update in the last exchange"},
     {"last_compute_s", reinterpret_cast<PyCFunction>(Engine_compute), METH_NOARGS,
-     "seconds the last exchange spent selecting and updating the memory"},
+     "seconds the last exchange spent selecting, writing the output and updating the memory"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyTypeObject EngineType = {PyVarObject_HEAD_INIT(nullptr, 0)};

@@ -75,8 +75,9 @@ class RingEngine {
   int64_t last_bytes() const { return last_bytes_; }
   // Memory entries that refused a non-finite update in the last exchange.
   int64_t last_nonfinite() const { return last_nonfinite_; }
-  // Seconds the last exchange spent selecting and updating the memory (its
-  // CPU work outside MPI), so a benchmark can tell compute from communication.
+  // Seconds the last exchange spent selecting, writing the dense output and
+  // updating the memory (its work outside MPI), so a benchmark can tell
+  // compute from communication.
   double last_compute_s() const { return last_compute_s_; }
 
  private:

@@ -132,7 +132,7 @@ class _RingOptimizer(torch.optim.Optimizer):
                                     for _, p, _, _ in ring),
             "dense_tensors": len(dense),
             "nonfinite_kept": self._engine.last_nonfinite() if ring else 0,
-            # Selection and memory update inside the ring (its CPU work outside MPI).
+            # Selection, dense output and memory update inside the ring (its work outside MPI).
             "compress_s": self._engine.last_compute_s() if ring else 0.0,
             "exchange_s": time.perf_counter() - start,
         }

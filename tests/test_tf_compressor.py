@@ -115,3 +115,13 @@ def test_ranks_that_disagree_on_the_configuration_fail_clearly(path, tmp_path):
                   "--function", "--clip", "5", timeout=180)
     job.assert_error_on_every_rank("ranks disagree on beta, clip_norm (rank 0: beta 0.1, "
                                    "clip_norm 5; rank 1: beta 0.3, clip_norm 0)")
+
+
+@pytest.mark.parametrize("path", ["a", "b"])
+def test_one_scalecom_for_two_variable_lists_fails_clearly(path, tmp_path):
+    # Before: the second model's gradient silently got a memory entry of its own
+    # at the first one's position (and shared it whenever the shapes matched).
+    job = run_mpi(2, "tf_compressor.py", tmp_path, "bad", "--case", "two_models", "--path",
+                  path, timeout=180)
+    job.assert_error_on_every_rank("gradient 0 of this step has shape [16, 8], earlier steps "
+                                   "had [64, 32] there")

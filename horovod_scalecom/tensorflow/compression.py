@@ -72,6 +72,19 @@ class _Registry:
         self.offsets: dict[str, int] = {}
         self._seen = weakref.WeakKeyDictionary()
 
+    def record(self, key: str, offset: int) -> None:
+        """Remember the gradient at `offset` (key: offset and shape). Another
+        shape at a position seen before means another variable list: its
+        gradient would inherit a memory (and leader) that is not its own."""
+        for other, seen in self.offsets.items():
+            if seen == offset and other != key:
+                raise ValueError(
+                    f"ScaleCom: gradient {offset} of this step has shape "
+                    f"{key.split('|', 1)[1]}, earlier steps had {other.split('|', 1)[1]} there; "
+                    "a ScaleCom serves one tape or optimizer with one list of variables "
+                    "(use one ScaleCom per tape, e.g. for a GAN's two models)")
+        self.offsets[key] = offset
+
     def next_index(self, graph) -> int:
         """Position of this gradient among those compressed in the same graph:
         the position in the tape's or optimizer's variable list, dense ones
@@ -138,7 +151,7 @@ class ScaleCom(tf.Module, Compressor):
         offset = self._registry.next_index(tensor.graph)
         tensor = self.clip(tensor)
         key = f"{offset}|{tensor.shape.as_list()}"
-        self._registry.offsets[key] = offset
+        self._registry.record(key, offset)
         if (numel is None or numel < self.config.min_numel
                 or tensor.dtype not in COMPRESSIBLE_DTYPES):
             return tensor, None

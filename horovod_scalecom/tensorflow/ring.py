@@ -79,7 +79,7 @@ class RingExchange:
                 out[i] = hvd.allreduce(grad, op=hvd.Average, name=f"scalecom_dense_{i}")
                 continue
             key = f"{i}|{grad.shape.as_list()}"
-            compression._registry.offsets[key] = i
+            compression._registry.record(key, i)
             entry = compression._entry(key, grad.name if hasattr(grad, "name") else key, numel, i)
             ring.append((i, grad, entry))
         if not ring:

@@ -181,6 +181,20 @@ def bad(args, out):
             tape, compression=compression)) if args.path == "a" else (
             lambda tape, compression: DistributedGradientTape(tape, compression))
         feed(args, out, dict(zip(NAMES, SHAPES.values())), wrap)
+    elif args.case == "two_models":
+        # One ScaleCom for two tapes over different variable lists (a GAN's
+        # generator and discriminator steps, say).
+        compression = ScaleCom(min_numel=0)
+        models = [[tf.Variable(tf.ones([64, 32]))], [tf.Variable(tf.ones([16, 8]))]]
+        for step in range(2):
+            variables = models[step]
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(variables[0] * variables[0])
+            if args.path == "a":
+                tape = hvd.DistributedGradientTape(tape, compression=compression)
+            else:
+                tape = DistributedGradientTape(tape, compression=compression)
+            tape.gradient(loss, variables)
     raise AssertionError(f"case {args.case} raised nothing")
 
 

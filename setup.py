@@ -71,7 +71,7 @@ def tensorflow_extension():
     return [Extension(
         name="horovod_scalecom._tf_ops",
         sources=CORE_SOURCES + ["csrc/tensorflow/ops.cc"],
-        depends=CORE_HEADERS,
+        depends=CORE_HEADERS + ["csrc/tensorflow/checks.h"],
         language="c++",
         extra_compile_args=CXX_FLAGS + tf.sysconfig.get_compile_flags(),
         extra_link_args=["-fopenmp"] + tf.sysconfig.get_link_flags(),

@@ -17,6 +17,7 @@
 #include "tensorflow/compiler/xla/stream_executor/device_memory.h"
 #include "tensorflow/compiler/xla/stream_executor/stream.h"
 #include "tensorflow/core/framework/op_kernel.h"
+#include "checks.h"
 
 #include "../cuda/scalecom_cuda.h"
 
@@ -73,15 +74,7 @@ bool indices_to_device(OpKernelContext* ctx, const Tensor& host, Tensor* device)
   return stream_ok(ctx, stream, "copying the indices to the GPU");
 }
 
-bool check_pair(OpKernelContext* ctx, const Tensor& memory, const Tensor& grad) {
-  if (memory.dims() != 1 || grad.NumElements() != memory.NumElements()) {
-    ctx->CtxFailure(InvalidArgument("scalecom: memory must be 1-D with as many elements as "
-                                    "the gradient (", memory.shape().DebugString(), " vs ",
-                                    grad.shape().DebugString(), ")"));
-    return false;
-  }
-  return true;
-}
+using scalecom_tf::check_pair;
 
 class SelectTopkGpuOp : public OpKernel {
  public:

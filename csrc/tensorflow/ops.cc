@@ -9,6 +9,7 @@
 #include "tensorflow/core/framework/shape_inference.h"
 
 #include "../core/scalecom.h"
+#include "checks.h"
 
 namespace {
 
@@ -34,19 +35,7 @@ void guarded(OpKernelContext* ctx, F&& f) {
   }
 }
 
-bool check_pair(OpKernelContext* ctx, const Tensor& memory, const Tensor& grad) {
-  if (memory.dims() != 1) {
-    ctx->CtxFailure(InvalidArgument("scalecom: memory must be 1-D, got shape ",
-                                    memory.shape().DebugString()));
-    return false;
-  }
-  if (grad.NumElements() != memory.NumElements()) {
-    ctx->CtxFailure(InvalidArgument("scalecom: gradient has ", grad.NumElements(),
-                                    " elements but its memory has ", memory.NumElements()));
-    return false;
-  }
-  return true;
-}
+using scalecom_tf::check_pair;
 
 class SelectTopkOp : public OpKernel {
  public:

@@ -94,9 +94,18 @@ class Job:
             assert message in err, err
 
 
+def gloo_command(n: int) -> list[str]:
+    """horovodrun with Horovod's Gloo controller on this machine (no MPI)."""
+    horovodrun = Path(sys.executable).with_name("horovodrun")
+    if not horovodrun.exists():
+        pytest.fail(f"{horovodrun} not found: run scripts/setup.sh (it installs Horovod)")
+    return [str(horovodrun), "--gloo", "-np", str(n), "-H", f"localhost:{n}"]
+
+
 def run_mpi(n: int, worker: str, outdir: Path, *args: str, timeout: float = 180,
-            env: dict[str, str] | None = None) -> Job:
-    """Run tests/workers/<worker> on n ranks; raises if it outlives ``timeout``."""
+            env: dict[str, str] | None = None, gloo: bool = False) -> Job:
+    """Run tests/workers/<worker> on n ranks (mpirun, or horovodrun --gloo);
+    raises if it outlives ``timeout``."""
     outdir.mkdir(parents=True, exist_ok=True)
     full_env = dict(os.environ)
     full_env.update({
@@ -106,14 +115,21 @@ def run_mpi(n: int, worker: str, outdir: Path, *args: str, timeout: float = 180,
         "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "60",
     })
     full_env.update(env or {})
-    cmd = mpirun_command(n) + [sys.executable, str(WORKERS / worker), str(outdir), *args]
+    launcher = gloo_command(n) if gloo else mpirun_command(n)
+    cmd = launcher + [sys.executable, str(WORKERS / worker), str(outdir), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=full_env, cwd=ROOT, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        raise AssertionError(f"mpirun -np {n} {worker} did not end within {timeout} s "
+        # SIGTERM first: horovodrun ends the workers it started in sessions of
+        # their own only when it is asked to; then SIGKILL whatever is left.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            output, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+        raise AssertionError(f"{cmd[0]} -np {n} {worker} did not end within {timeout} s "
                              f"(killed):\n{output}")
     return Job(proc.returncode, output, outdir, n)

@@ -125,3 +125,10 @@ def test_one_scalecom_for_two_variable_lists_fails_clearly(path, tmp_path):
                   path, timeout=180)
     job.assert_error_on_every_rank("gradient 0 of this step has shape [16, 8], earlier steps "
                                    "had [64, 32] there")
+
+
+def test_path_a_under_horovodrun_gloo(tmp_path):
+    # As the torch frontend: Horovod's Gloo controller, no MPI, inside tf.function.
+    job = run_mpi(2, "tf_compressor.py", tmp_path, "sequence", "--steps", "6", "--function",
+                  timeout=300, gloo=True).check_ok()
+    check(job, 2, 6, CFG, exact=True)

@@ -25,6 +25,15 @@ def test_outputs_and_memory_match_reference(n, tmp_path):
     assert dense / sent > 5
 
 
+def test_path_a_under_horovodrun_gloo(tmp_path):
+    # Path A uses Horovod's own collectives only, so it runs under the Gloo
+    # controller too (no MPI): bitwise the reference on 2 ranks.
+    cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+    job = run_mpi(2, "torch_compressor.py", tmp_path, "sequence", "--steps", "6",
+                  timeout=240, gloo=True).check_ok()
+    check(job, 2, 6, cfg, exact=True)
+
+
 def test_warmup_groups_set_to_none_accumulation(tmp_path):
     cfg = ScaleComConfig(ratio=0.02, beta=0.3, warmup_steps=3, min_numel=100)
     job = run_mpi(2, "torch_compressor.py", tmp_path, "sequence", "--steps", "8", "--ratio",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -23,6 +24,20 @@ def positive_number(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return float(value)
+
+
+def disagreement(names: Sequence[str], every) -> str | None:
+    """Where ranks' knobs differ, for an error message: ``every`` holds one
+    row per rank (an allgather of the same values on each), one column per
+    name. None when every row is the same; else "ratio, beta (rank 0: ratio
+    0.01, beta 0.1; rank 1: ...)", naming only the columns that differ."""
+    every = np.asarray(every, dtype=np.float64)
+    differ = [j for j in range(every.shape[1]) if not (every[:, j] == every[0, j]).all()]
+    if not differ:
+        return None
+    rows = "; ".join(f"rank {r}: " + ", ".join(f"{names[j]} {every[r, j]:.10g}" for j in differ)
+                     for r in range(every.shape[0]))
+    return f"{', '.join(names[j] for j in differ)} ({rows})"
 
 
 def check_numel(numel: int, name: str = "tensor") -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.config import ScaleComConfig, num_selected
+from horovod_scalecom.config import ScaleComConfig, disagreement, num_selected
 from horovod_scalecom.reference import (
     PathASimulator, PathBSimulator, accumulate, gather_and_update, scatter, topk_indices)
 from horovod_scalecom.reference.path_a import allreduce_mean
@@ -41,6 +41,16 @@ def test_num_selected(numel, ratio, k):
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ScaleComConfig(**kwargs)
+
+
+def test_disagreement_names_only_the_knobs_that_differ():
+    # Both frontends' agreement checks word their error with it.
+    names = ("ratio", "beta", "clip_norm")
+    assert disagreement(names, np.array([[0.01, 0.1, 5.0]] * 3)) is None
+    every = np.array([[0.01, 0.1, 5.0], [0.01, 0.3, 0.0], [0.01, 0.1, 5.0]])
+    assert disagreement(names, every) == ("beta, clip_norm (rank 0: beta 0.1, clip_norm 5; "
+                                          "rank 1: beta 0.3, clip_norm 0; rank 2: beta 0.1, "
+                                          "clip_norm 5)")
 
 
 def test_decay_is_float32_one_minus_beta():

@@ -38,7 +38,7 @@ import horovod.tensorflow as hvd
 from horovod.tensorflow.compression import Compressor
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.config import ScaleComConfig, check_numel, positive_number
+from horovod_scalecom.config import ScaleComConfig, check_numel, disagreement, positive_number
 from horovod_scalecom.tensorflow._ops import ops
 
 COMPRESSIBLE_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
@@ -258,13 +258,10 @@ class ScaleCom(tf.Module, Compressor):
         with tf.init_scope():
             every = hvd.allgather(tf.constant([values], tf.float64),
                                   name="scalecom_config").numpy()
-        differ = [j for j in range(len(values)) if not (every[:, j] == values[j]).all()]
+        differ = disagreement(names, every)
         if differ:
-            rows = "; ".join(f"rank {r}: " + ", ".join(f"{names[j]} {every[r, j]:.10g}"
-                                                       for j in differ)
-                             for r in range(every.shape[0]))
-            raise ValueError(f"ScaleCom: ranks disagree on {', '.join(names[j] for j in differ)} "
-                             f"({rows}); every rank must build ScaleCom with the same arguments")
+            raise ValueError(f"ScaleCom: ranks disagree on {differ}; every rank must build "
+                             "ScaleCom with the same arguments")
 
     # -- internals --------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ import horovod.torch as hvd
 from horovod.torch.compression import Compressor
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.config import ScaleComConfig, check_numel
+from horovod_scalecom.config import ScaleComConfig, check_numel, disagreement
 from horovod_scalecom.schedule import leader
 from horovod_scalecom.torch._cuda import CudaOps
 from horovod_scalecom.torch._ops import ops
@@ -308,16 +308,12 @@ class ScaleCom(Compressor):
         mine = torch.tensor([values], dtype=torch.float64)
         every = self._wait(hvd.allgather_async(mine, name="scalecom.config"),
                            "ScaleCom's configuration from every rank")
-        differ = [j for j in range(len(values)) if not bool((every[:, j] == mine[0, j]).all())]
+        names = ("ratio", "beta", "warmup_steps", "min_numel", "stagger_leaders",
+                 "number of parameters", "parameter names/sizes checksum")
+        differ = disagreement(names, every.numpy())
         if differ:
-            names = ("ratio", "beta", "warmup_steps", "min_numel", "stagger_leaders",
-                     "number of parameters", "parameter names/sizes checksum")
-            rows = "; ".join(f"rank {r}: " + ", ".join(f"{names[j]} {every[r, j].item():.10g}"
-                                                       for j in differ)
-                             for r in range(every.shape[0]))
-            raise ValueError(f"ScaleCom: ranks disagree on {', '.join(names[j] for j in differ)} "
-                             f"({rows}); every rank must build ScaleCom with the same arguments "
-                             "from the same model")
+            raise ValueError(f"ScaleCom: ranks disagree on {differ}; every rank must build "
+                             "ScaleCom with the same arguments from the same model")
 
     def _prepare(self, state: _TensorState, tensor: torch.Tensor) -> None:
         numel = tensor.numel()

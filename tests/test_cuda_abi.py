@@ -9,7 +9,6 @@ torch.ops.scalecom. The kernels themselves are compared with the CPU core in
 tests/gpu (needs a GPU).
 """
 
-import contextlib
 import shutil
 from pathlib import Path
 
@@ -19,11 +18,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from horovod_scalecom import cuda  # noqa: E402
-from horovod_scalecom.torch._cuda import CudaOps  # noqa: E402
 from horovod_scalecom.torch._ops import ops  # noqa: E402
 
 from abi_double import build_host_double  # noqa: E402
 from kernel_cases import bits, inputs  # noqa: E402
+from workers.common import host_ops as workers_host_ops  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +32,9 @@ def double_lib(tmp_path_factory) -> Path:
     return build_host_double(tmp_path_factory.mktemp("abi"))
 
 
-class HostOps(CudaOps):
-    """CudaOps on CPU tensors: no device to make current, stream 0."""
-
-    def launch(self, tensor):
-        return contextlib.nullcontext(0)
-
-
 @pytest.fixture(scope="module")
-def host_ops(double_lib) -> HostOps:
-    return HostOps(cuda.CudaKernels(double_lib))
+def host_ops(double_lib):
+    return workers_host_ops(double_lib)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

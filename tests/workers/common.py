@@ -43,12 +43,10 @@ def run(main, outdir: str) -> None:
         raise SystemExit(1)
 
 
-def route_through_kernels_library(compression, path, optimizer=None):
-    """Every compressed tensor, CPU ones too, through the CUDA code path over
-    the library at `path`: with tests/abi_double's host build of the C ABI,
-    the GPU branches (torch's CudaOps, the ring's device buffers) run on a
-    CPU. `optimizer`: a path B optimizer, whose ring then treats host tensors
-    as device 0's."""
+def host_ops(path):
+    """CudaOps over the library at `path` for CPU tensors (no device to make
+    current, stream 0): with tests/abi_double's host build of the C ABI, the
+    GPU branches run on a CPU."""
     import contextlib
     from horovod_scalecom.cuda import CudaKernels
     from horovod_scalecom.torch._cuda import CudaOps
@@ -57,7 +55,14 @@ def route_through_kernels_library(compression, path, optimizer=None):
         def launch(self, tensor):
             return contextlib.nullcontext(0)
 
-    ops = HostOps(CudaKernels(path))
+    return HostOps(CudaKernels(path))
+
+
+def route_through_kernels_library(compression, path, optimizer=None):
+    """Every compressed tensor, CPU ones too, through the CUDA code path
+    (host_ops): torch's CudaOps and, given a path B `optimizer`, the ring's
+    device buffers, which then treat host tensors as device 0's."""
+    ops = host_ops(path)
     compression._kernels = lambda tensor, name: ops
     if optimizer is not None:
         optimizer._ring_device = lambda grad, name: 0

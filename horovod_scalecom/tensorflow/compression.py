@@ -72,10 +72,11 @@ class _Registry:
         self.offsets: dict[str, int] = {}
         self._seen = weakref.WeakKeyDictionary()
 
-    def record(self, key: str, offset: int) -> None:
-        """Remember the gradient at `offset` (key: offset and shape). Another
+    def record(self, offset: int, shape: tf.TensorShape) -> str:
+        """The key of the gradient at `offset` of this shape, remembered. Another
         shape at a position seen before means another variable list: its
         gradient would inherit a memory (and leader) that is not its own."""
+        key = f"{offset}|{shape.as_list()}"
         for other, seen in self.offsets.items():
             if seen == offset and other != key:
                 raise ValueError(
@@ -84,6 +85,7 @@ class _Registry:
                     "a ScaleCom serves one tape or optimizer with one list of variables "
                     "(use one ScaleCom per tape, e.g. for a GAN's two models)")
         self.offsets[key] = offset
+        return key
 
     def next_index(self, graph) -> int:
         """Position of this gradient among those compressed in the same graph:
@@ -150,8 +152,7 @@ class ScaleCom(tf.Module, Compressor):
         # ops made here (the clipping) land in Horovod's per-tensor cond branch.
         offset = self._registry.next_index(tensor.graph)
         tensor = self.clip(tensor)
-        key = f"{offset}|{tensor.shape.as_list()}"
-        self._registry.record(key, offset)
+        key = self._registry.record(offset, tensor.shape)
         if (numel is None or numel < self.config.min_numel
                 or tensor.dtype not in COMPRESSIBLE_DTYPES):
             return tensor, None

@@ -78,8 +78,7 @@ class RingExchange:
                     or grad.dtype not in COMPRESSIBLE_DTYPES):
                 out[i] = hvd.allreduce(grad, op=hvd.Average, name=f"scalecom_dense_{i}")
                 continue
-            key = f"{i}|{grad.shape.as_list()}"
-            compression._registry.record(key, i)
+            key = compression._registry.record(i, grad.shape)
             entry = compression._entry(key, grad.name if hasattr(grad, "name") else key, numel, i)
             ring.append((i, grad, entry))
         if not ring:

@@ -71,6 +71,7 @@ class _RingOptimizer(torch.optim.Optimizer):
             self._engine = None
         self._last: dict[str, Any] = {}
         self._device_kernels_set = False
+        self._scratch_bytes: dict[int, int] = {}   # numel -> the engine's device scratch
         self._in_flight: tuple | None = None
         self._leaked: list[tuple] = []
 
@@ -162,10 +163,13 @@ class _RingOptimizer(torch.optim.Optimizer):
         for name, p, state, t in ring:
             grad = p.grad.detach().reshape(-1).contiguous()
             out = torch.empty(grad.numel(), dtype=torch.float32, device=grad.device)
-            with torch.cuda.device(grad.device) if grad.is_cuda else contextlib.nullcontext():
-                # The workspace queries run on the current device: make it the gradient's.
-                scratch_bytes = self._engine.device_scratch_bytes(grad.numel(), float(cfg.ratio))
-            work = torch.empty(scratch_bytes, dtype=torch.uint8, device=grad.device)
+            if grad.numel() not in self._scratch_bytes:    # the same every step: ask once
+                with torch.cuda.device(grad.device) if grad.is_cuda else contextlib.nullcontext():
+                    # The workspace queries run on the current device: make it the gradient's.
+                    self._scratch_bytes[grad.numel()] = self._engine.device_scratch_bytes(
+                        grad.numel(), float(cfg.ratio))
+            work = torch.empty(self._scratch_bytes[grad.numel()], dtype=torch.uint8,
+                               device=grad.device)
             specs.append((state.memory.data_ptr(), grad.data_ptr(),
                           GRAD_TYPES[str(grad.dtype).removeprefix("torch.")], out.data_ptr(),
                           grad.numel(), t, self._ring_device(grad, name), work.data_ptr(),

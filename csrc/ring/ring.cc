@@ -30,8 +30,9 @@ struct Plan {
   std::unique_ptr<Buffers> buffers;
   std::vector<int64_t> bounds;
   std::vector<int64_t> k;
+  std::vector<int64_t> first;   // chunk j's place in the union of index sets (prefix sums of k)
   std::vector<std::vector<int32_t>> indices;
-  std::vector<float> means;     // the dense mean at every chunk's indices, chunk by chunk
+  std::vector<float> means;     // the dense mean at the union's indices, chunk by chunk
   int64_t held = 0;             // chunk whose partial (then complete) sum this rank holds
   std::vector<float> values;    // that sum
 };
@@ -197,6 +198,8 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
     p.buffers = p.t.device >= 0 ? device_buffers(p.t, *kernels_, n, ratio)
                                 : host_buffers(p.t, num_threads);
     chunk_plan(p.t.numel, n, ratio, &p.bounds, &p.k);
+    p.first.assign(n + 1, 0);
+    for (int64_t c = 0; c < n; ++c) p.first[c + 1] = p.first[c] + p.k[c];
     p.indices.resize(n);
     // The chunk this rank owns at the tensor's step: select, then start its sum.
     const int64_t j = mod(r - p.t.step, n);
@@ -245,14 +248,10 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
   // This rank now holds the complete sum of the chunk owned by rank r + 1.
   const float n_f = static_cast<float>(n);
   auto write_mean = [&](Plan& p, int64_t j, const float* sums) {
-    int64_t at = 0;   // chunk j's place in `means`: chunks in order, as in the union below
-    for (int64_t c = 0; c < j; ++c) at += p.k[c];
-    for (int64_t q = 0; q < p.k[j]; ++q) p.means[at + q] = sums[q] / n_f;
+    for (int64_t q = 0; q < p.k[j]; ++q) p.means[p.first[j] + q] = sums[q] / n_f;
   };
   for (Plan& p : plans) {
-    int64_t k_total = 0;
-    for (int64_t kj : p.k) k_total += kj;
-    p.means.assign(k_total, 0.0f);
+    p.means.assign(p.first[n], 0.0f);
     write_mean(p, p.held, p.values.data());
   }
   // Allgather: values only; hop h receives the sum of the chunk owned by r + 1 - h.
@@ -288,7 +287,7 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
   const auto update_start = Clock::now();
   std::vector<int32_t> all;
   for (Plan& p : plans) {
-    all.clear();
+    all.clear();   // chunk by chunk, as `first` places them
     for (const auto& idx : p.indices) all.insert(all.end(), idx.begin(), idx.end());
     nonfinite_ += p.buffers->finish(all, p.means, beta);
   }

@@ -33,13 +33,22 @@ _SIGNATURES = {
     "scalecom_cuda_gather_update": [_p, _p, ctypes.c_int, _i64, _p, _i64, ctypes.c_float, _p,
                                     _p, _p, _size, _p],
     "scalecom_cuda_scatter": [_p, _p, _i64, _i64, _p, _p],
-    "scalecom_cuda_gather": [_p, _p, ctypes.c_int, _i64, _p, _i64, _p, _p],
+    "scalecom_cuda_ring_select": [_p, _p, ctypes.c_int, _i64, _i64, _i64, _p, _p, _p, _size, _p],
+    "scalecom_cuda_ring_accumulate": [_p, _p, ctypes.c_int, _i64, _i64, _p, _i64, _p, _p, _p],
+    "scalecom_cuda_ring_divide": [_p, _i64, ctypes.c_float, _p, _p],
+    "scalecom_cuda_copy_async": [_p, _p, _size, _p],
+    "scalecom_cuda_synchronize": [_p],
     "scalecom_cuda_set_device": [ctypes.c_int],
-    "scalecom_cuda_copy": [_p, _p, _size, _p],
+    "scalecom_cuda_device_alloc": [ctypes.POINTER(_p), _size],
+    "scalecom_cuda_device_free": [_p],
+    "scalecom_cuda_host_alloc": [ctypes.POINTER(_p), _size],
+    "scalecom_cuda_host_free": [_p],
 }
 # The order of csrc/ring/buffers.h's DeviceKernels, for the ring engine.
-_RING_TABLE = ("select_workspace_bytes", "select_topk", "gather_update_workspace_bytes",
-               "gather_update", "scatter", "gather", "set_device", "copy", "error_string")
+_RING_TABLE = ("select_workspace_bytes", "ring_select", "gather_update_workspace_bytes",
+               "gather_update", "scatter", "ring_accumulate", "ring_divide", "copy_async",
+               "synchronize", "set_device", "device_alloc", "device_free", "host_alloc",
+               "host_free", "error_string")
 
 
 class CudaKernels:

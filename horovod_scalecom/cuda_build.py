@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
-HEADERS = sorted((ROOT / "csrc" / "cuda").glob("*.h"))
+HEADERS = sorted(p for pattern in ("*.h", "*.cuh") for p in (ROOT / "csrc" / "cuda").glob(pattern))
 # Ampere and Hopper; HOROVOD_SCALECOM_CUDA_ARCHS (e.g. "80;90;100") overrides in setup.py.
 ARCHS = ("80", "90")
 

@@ -21,7 +21,7 @@ from horovod_scalecom import cuda  # noqa: E402
 from horovod_scalecom.torch._ops import ops  # noqa: E402
 
 from abi_double import build_host_double  # noqa: E402
-from kernel_cases import bits, inputs  # noqa: E402
+from kernel_cases import bits, check_ring_kernels, inputs  # noqa: E402
 from workers.common import host_ops as workers_host_ops  # noqa: E402
 
 
@@ -176,3 +176,11 @@ def test_the_library_setup_py_built_loads():
     assert kernels.gather_update_workspace_bytes(1000) >= 4 * 1000
     with pytest.raises(RuntimeError, match=r"gather_update_workspace_bytes\(k=-1\)"):
         kernels.gather_update_workspace_bytes(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["normal", "ties", "nonfinite"])
+def test_ring_kernels_check_runs_on_the_double(double_lib, dtype, kind):
+    # The check tests/gpu runs on the real kernels, here on the double: the
+    # argument orders of cuda.py's signatures, and the check itself.
+    check_ring_kernels(cuda.CudaKernels(double_lib)._lib, "cpu", dtype, kind)

@@ -1,6 +1,8 @@
 """Path B under real `mpirun -np N`: horovod_scalecom.torch.DistributedOptimizer and the
 C++ ring engine against the NumPy ring simulator, bytes included."""
 
+import shutil
+import subprocess
 import time
 
 import numpy as np
@@ -82,19 +84,52 @@ def test_ring_tiny_tensors_and_warmup(tmp_path):
     check(job, 4, 6, cfg, shapes)
 
 
-def test_ring_device_buffers_through_the_c_abi(tmp_path):
-    # The engine's device buffers (scratch layout, staging copies, chunk-local
-    # selection, the union update) with every kernel call going through the C
-    # ABI's host double: bitwise the reference, bytes and memory included, with
-    # an empty chunk (tiny) and warm-up steps.
+def mpi_built_with_cuda() -> bool | None:
+    """What Open MPI's ompi_info says of its CUDA support; None: no ompi_info."""
+    if shutil.which("ompi_info") is None:
+        return None
+    info = subprocess.run(["ompi_info", "--parsable", "--all"], capture_output=True, text=True,
+                          timeout=60).stdout
+    return "opal_built_with_cuda_support:value:true" in info
+
+
+def test_device_transport_from_the_environment(monkeypatch):
+    from horovod_scalecom.ring import TRANSPORT_ENV, device_transport
+    for value, want in [("", "auto"), ("auto", "auto"), ("0", "staged"), ("1", "cuda-aware")]:
+        monkeypatch.setenv(TRANSPORT_ENV, value)
+        assert device_transport() == want
+    monkeypatch.delenv(TRANSPORT_ENV)
+    assert device_transport() == "auto"
+    monkeypatch.setenv(TRANSPORT_ENV, "yes")
+    with pytest.raises(ValueError, match="HOROVOD_SCALECOM_CUDA_AWARE_MPI='yes'"):
+        device_transport()
+
+
+@pytest.mark.parametrize("cuda_aware", ["0", "1", "auto"])
+def test_ring_device_side_through_the_c_abi(cuda_aware, tmp_path):
+    # The engine's device side (messages in "device" memory, in-place hops,
+    # the mean and the union update by kernels, the message staged through
+    # "pinned" memory or handed to MPI as a CUDA-aware MPI would take it) with
+    # every kernel call going through the C ABI's host double: bitwise the
+    # reference, bytes and memory included, with an empty chunk (tiny) and
+    # warm-up steps.
     from abi_double import build_host_double
     lib = build_host_double(tmp_path)
     shapes = dict(SHAPES, tiny=(3,))
     cfg = ScaleComConfig(ratio=0.05, beta=0.3, warmup_steps=2, min_numel=0)
     job = run_mpi(4, "torch_ring.py", tmp_path / "job", "sequence", "--steps", "6", "--tiny",
                   "--min-numel", "0", "--warmup", "2", "--beta", "0.3", "--kernels-lib",
-                  str(lib), timeout=300).check_ok()
+                  str(lib), env={"HOROVOD_SCALECOM_CUDA_AWARE_MPI": cuda_aware},
+                  timeout=300).check_ok()
     check(job, 4, 6, cfg, shapes)
+    transports = {str(job.result(r)["transport/5"]) for r in range(4)}
+    if cuda_aware == "auto":
+        # Asked of the MPI library: a build without CUDA support never says yes.
+        assert transports in ({"pinned host staging"}, {"cuda-aware MPI"})
+        if mpi_built_with_cuda() is False:
+            assert transports == {"pinned host staging"}
+    else:
+        assert transports == {{"0": "pinned host staging", "1": "cuda-aware MPI"}[cuda_aware]}
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")

@@ -22,35 +22,20 @@
 
 #include "scalecom_cuda.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
+#include "common.cuh"
 
 #include <cub/cub.cuh>
 #include <thrust/iterator/counting_iterator.h>
 
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kMaxBlocks = 4096;
-constexpr size_t kAlign = 256;
+using namespace scalecom_cuda;
 
 struct RadixState {
   uint32_t prefix;       // digits of T chosen so far
   uint32_t mask;         // which bits of prefix are chosen
   unsigned long long remaining;  // how many of the matching keys still to take
 };
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-int blocks_for(int64_t n) {
-  int64_t blocks = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks));
-}
-
-size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 template <typename G>
 __global__ void keys_kernel(const float* __restrict__ m, const G* __restrict__ g, int64_t n,
@@ -214,18 +199,6 @@ int select_layout(int64_t n, int64_t k, SelectLayout* out) {
   return cudaSuccess;
 }
 
-bool valid(int64_t numel, int64_t k) {
-  return numel >= 0 && numel <= 0x7fffffffLL && k >= 0 && k <= numel;
-}
-
-#define SCALECOM_TRY(expr)                          \
-  do {                                              \
-    const cudaError_t err_ = (expr);                \
-    if (err_ != cudaSuccess) return err_;           \
-  } while (0)
-
-#define SCALECOM_LAUNCHED() SCALECOM_TRY(cudaGetLastError())
-
 template <typename G>
 int select_typed(const float* m, const G* g, int64_t n, int64_t k, int32_t* indices,
                  char* ws, const SelectLayout& lay, cudaStream_t stream) {
@@ -261,27 +234,6 @@ int select_typed(const float* m, const G* g, int64_t n, int64_t k, int32_t* indi
   bytes = lay.cub_bytes;
   SCALECOM_TRY(cub::DeviceRadixSort::SortKeys(temp, bytes, collected, indices, k, 0,
                                                static_cast<int>(8 * sizeof(int32_t)), stream));
-  return cudaSuccess;
-}
-
-template <typename G>
-__global__ void values_kernel(const float* __restrict__ m, const G* __restrict__ g,
-                              const int32_t* __restrict__ idx, int64_t k,
-                              float* __restrict__ values) {
-  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < k;
-       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t j = idx[t];
-    values[t] = __fadd_rn(m[j], to_float(g[j]));
-  }
-}
-
-template <typename G>
-int gather_typed(const float* m, const G* g, const int32_t* idx, int64_t k, float* values,
-                 cudaStream_t stream) {
-  if (k > 0) {
-    values_kernel<G><<<blocks_for(k), kThreads, 0, stream>>>(m, g, idx, k, values);
-    SCALECOM_LAUNCHED();
-  }
   return cudaSuccess;
 }
 
@@ -394,31 +346,6 @@ int scalecom_cuda_scatter(const int32_t* indices, const float* values, int64_t k
     SCALECOM_LAUNCHED();
   }
   return cudaSuccess;
-}
-
-int scalecom_cuda_gather(const float* memory, const void* grad, int grad_type, int64_t numel,
-                         const int32_t* indices, int64_t k, float* values, void* stream_ptr) {
-  if (!valid(numel, k)) return cudaErrorInvalidValue;
-  auto stream = static_cast<cudaStream_t>(stream_ptr);
-  switch (grad_type) {
-    case SCALECOM_F32:
-      return gather_typed(memory, static_cast<const float*>(grad), indices, k, values, stream);
-    case SCALECOM_F16:
-      return gather_typed(memory, static_cast<const __half*>(grad), indices, k, values, stream);
-    case SCALECOM_BF16:
-      return gather_typed(memory, static_cast<const __nv_bfloat16*>(grad), indices, k, values,
-                          stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
-}
-
-int scalecom_cuda_set_device(int device) { return cudaSetDevice(device); }
-
-int scalecom_cuda_copy(void* dst, const void* src, size_t bytes, void* stream_ptr) {
-  auto stream = static_cast<cudaStream_t>(stream_ptr);
-  if (bytes > 0) SCALECOM_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream));
-  return cudaStreamSynchronize(stream);
 }
 
 const char* scalecom_cuda_error_string(int code) {

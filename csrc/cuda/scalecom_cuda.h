@@ -3,8 +3,9 @@
 //
 // A framework-free C ABI over raw device pointers and a cudaStream_t (passed
 // as void*), so that any frontend (ctypes, torch, TensorFlow) can call it.
-// Every function only enqueues work on `stream` (no host synchronisation)
-// and returns a cudaError_t as int: 0 on success.
+// Every function returns a cudaError_t as int, 0 on success, and only
+// enqueues work on `stream` (no host synchronisation), except
+// synchronize and the allocations.
 //
 // Callers: horovod_scalecom.cuda (torch, through ctypes), the TensorFlow ops'
 // GPU kernels (csrc/tensorflow/gpu_kernels.cc) and the ring engine's device
@@ -50,18 +51,40 @@ int scalecom_cuda_gather_update(float* memory, const void* grad, int grad_type, 
 int scalecom_cuda_scatter(const int32_t* indices, const float* values, int64_t k, int64_t numel,
                           float* out, void* stream);
 
-// values[t] = memory[I[t]] + grad[I[t]], the memory untouched (the ring's hops).
-int scalecom_cuda_gather(const float* memory, const void* grad, int grad_type, int64_t numel,
-                         const int32_t* indices, int64_t k, float* values, void* stream);
+// --- What the ring engine (csrc/ring, path B) needs besides the above ---
+
+// The chunk owner's step on [lo, hi) of a tensor: indices[0..k) = the top-k
+// |memory + grad| of the chunk as tensor indices (lo added), ascending, and
+// values[t] = memory[I[t]] + grad[I[t]]. Workspace: select_workspace_bytes(hi - lo, k).
+int scalecom_cuda_ring_select(const float* memory, const void* grad, int grad_type, int64_t lo,
+                              int64_t hi, int64_t k, int32_t* indices, float* values,
+                              void* workspace, size_t workspace_bytes, void* stream);
+
+// One reduce-scatter hop, in place: values[t] = values[t] + (memory[I[t]] + grad[I[t]]).
+// The indices came from another rank: one outside [lo, hi), or not above its
+// predecessor, sets *bad = 1 and is not read.
+int scalecom_cuda_ring_accumulate(const float* memory, const void* grad, int grad_type,
+                                  int64_t lo, int64_t hi, const int32_t* indices, int64_t k,
+                                  float* values, int* bad, void* stream);
+
+// out[t] = sums[t] / divisor, IEEE round-to-nearest like the CPU's division.
+int scalecom_cuda_ring_divide(const float* sums, int64_t k, float divisor, float* out,
+                              void* stream);
+
+// cudaMemcpyAsync(cudaMemcpyDefault) on `stream`; no wait.
+int scalecom_cuda_copy_async(void* dst, const void* src, size_t bytes, void* stream);
+int scalecom_cuda_synchronize(void* stream);
 
 // cudaSetDevice, for a thread of the caller's (the ring engine's) that
 // launches work on `device` without having made it current.
 int scalecom_cuda_set_device(int device);
 
-// Copies `bytes` between host and device memory in either direction
-// (cudaMemcpyDefault) on `stream`, then waits for the stream: the ring's
-// host staging, which needs the data at once.
-int scalecom_cuda_copy(void* dst, const void* src, size_t bytes, void* stream);
+// The ring's message buffers: device memory, and pinned host memory for
+// staging them when MPI cannot read device memory.
+int scalecom_cuda_device_alloc(void** ptr, size_t bytes);
+int scalecom_cuda_device_free(void* ptr);
+int scalecom_cuda_host_alloc(void** ptr, size_t bytes);
+int scalecom_cuda_host_free(void* ptr);
 
 const char* scalecom_cuda_error_string(int code);
 

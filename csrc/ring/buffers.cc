@@ -1,12 +1,34 @@
 #include "buffers.h"
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
 #include "../core/scalecom.h"
 
 namespace scalecom {
+
+bool DeviceKernels::complete() const {
+  const void* table[] = {
+      reinterpret_cast<const void*>(select_workspace_bytes),
+      reinterpret_cast<const void*>(ring_select),
+      reinterpret_cast<const void*>(gather_update_workspace_bytes),
+      reinterpret_cast<const void*>(gather_update),
+      reinterpret_cast<const void*>(scatter),
+      reinterpret_cast<const void*>(ring_accumulate),
+      reinterpret_cast<const void*>(ring_divide),
+      reinterpret_cast<const void*>(copy_async),
+      reinterpret_cast<const void*>(synchronize),
+      reinterpret_cast<const void*>(set_device),
+      reinterpret_cast<const void*>(device_alloc),
+      reinterpret_cast<const void*>(device_free),
+      reinterpret_cast<const void*>(host_alloc),
+      reinterpret_cast<const void*>(host_free),
+      reinterpret_cast<const void*>(error_string)};
+  static_assert(sizeof(table) / sizeof(table[0]) == kCount, "DeviceKernels::kCount");
+  return std::all_of(std::begin(table), std::end(table), [](const void* f) { return f; });
+}
 
 void chunk_plan(int64_t numel, int64_t n, double ratio, std::vector<int64_t>* bounds,
                 std::vector<int64_t>* k) {
@@ -21,10 +43,26 @@ void chunk_plan(int64_t numel, int64_t n, double ratio, std::vector<int64_t>* bo
 
 namespace {
 
+int64_t union_size(int64_t numel, int64_t n, double ratio) {
+  std::vector<int64_t> bounds, k;
+  chunk_plan(numel, n, ratio, &bounds, &k);
+  int64_t total = 0;
+  for (int64_t kj : k) total += kj;
+  return total;
+}
+
+[[noreturn]] void bad_indices() {
+  throw std::runtime_error("ring allreduce: received an index outside its chunk; the ranks "
+                           "disagree on the tensors");
+}
+
+// --- the host --------------------------------------------------------------
+
 class HostBuffers final : public Buffers {
  public:
-  HostBuffers(const RingTensor& t, int num_threads)
-      : t_(t), grad_(static_cast<const float*>(t.grad)), threads_(num_threads) {}
+  HostBuffers(const RingTensor& t, int64_t k_total, int num_threads)
+      : t_(t), grad_(static_cast<const float*>(t.grad)), threads_(num_threads),
+        union_(k_total), means_(k_total) {}
 
   void select(int64_t lo, int64_t hi, int64_t k, int32_t* idx, float* values) override {
     select_topk(t_.memory + lo, grad_ + lo, hi - lo, k, idx, threads_);
@@ -34,51 +72,88 @@ class HostBuffers final : public Buffers {
     }
   }
 
-  void accumulate(const int32_t* idx, int64_t k, float* values) override {
-    for (int64_t q = 0; q < k; ++q) values[q] = values[q] + (t_.memory[idx[q]] + grad_[idx[q]]);
+  void accumulate(int64_t lo, int64_t hi, const int32_t* idx, int64_t k,
+                  float* values) override {
+    for (int64_t q = 0; q < k; ++q) {
+      const int32_t x = idx[q];
+      if (x < lo || x >= hi || (q > 0 && x <= idx[q - 1])) bad_indices();
+      values[q] = values[q] + (t_.memory[x] + grad_[x]);
+    }
   }
 
-  int64_t finish(const std::vector<int32_t>& idx, const std::vector<float>& means,
-                 float beta) override {
-    std::fill(t_.out, t_.out + t_.numel, 0.0f);
-    for (size_t q = 0; q < idx.size(); ++q) t_.out[idx[q]] = means[q];
-    scratch_.resize(idx.size());
-    return gather_and_update(t_.memory, grad_, t_.numel, idx.data(),
-                             static_cast<int64_t>(idx.size()), beta, scratch_.data(), threads_);
+  void keep_indices(int64_t at, const int32_t* idx, int64_t k) override {
+    std::copy(idx, idx + k, union_.begin() + at);
   }
+
+  void keep_means(int64_t at, const float* sums, int64_t k, float n) override {
+    for (int64_t q = 0; q < k; ++q) means_[at + q] = sums[q] / n;
+  }
+
+  void finish(float beta) override {
+    std::fill(t_.out, t_.out + t_.numel, 0.0f);
+    for (size_t q = 0; q < union_.size(); ++q) t_.out[union_[q]] = means_[q];
+    nonfinite_ = gather_and_update(t_.memory, grad_, t_.numel, union_.data(),
+                                   static_cast<int64_t>(union_.size()), beta, means_.data(),
+                                   threads_);
+  }
+
+  int64_t nonfinite() override { return nonfinite_; }
 
  private:
   RingTensor t_;
   const float* grad_;
   int threads_;
-  std::vector<float> scratch_;
+  std::vector<int32_t> union_;
+  std::vector<float> means_;   // then gather_and_update's scratch
+  int64_t nonfinite_ = 0;
 };
 
-constexpr size_t kAlign = 256;
-size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+class HostSide final : public Side {
+ public:
+  explicit HostSide(int num_threads) : threads_(num_threads) {}
 
-size_t element_size(int grad_type) {
-  switch (grad_type) {
-    case SCALECOM_F32: return 4;
-    case SCALECOM_F16:
-    case SCALECOM_BF16: return 2;
-    default: throw std::invalid_argument("ring allreduce: unknown gradient type " +
-                                         std::to_string(grad_type));
+  void reserve(size_t words) override {
+    for (int b = 0; b < 2; ++b) {
+      messages_[b].resize(std::max<size_t>(words, 1));
+      buf_[b] = messages_[b].data();
+    }
   }
-}
+  void copy(uint32_t* dst, const uint32_t* src, size_t words) override {
+    std::memcpy(dst, src, 4 * words);
+  }
+  const void* outgoing(size_t) override { return send(); }
+  void* incoming() override { return recv(); }
+  void arrived(size_t) override {}
+  void wait() override {}
 
-// The device scratch: k_total indices, k_total values, one counter, and the
-// larger of the two kernels' workspaces.
-struct ScratchLayout {
-  int64_t k_total = 0;
-  size_t values = 0, counter = 0, workspace = 0, workspace_bytes = 0, total = 0;
+  std::unique_ptr<Buffers> buffers(const RingTensor& t, int64_t n, double ratio,
+                                   int) override {
+    if (t.grad_type != SCALECOM_F32)
+      throw std::invalid_argument("ring allreduce: host gradients must be float32");
+    return std::make_unique<HostBuffers>(t, union_size(t.numel, n, ratio), threads_);
+  }
+
+ private:
+  int threads_;
+  std::vector<uint32_t> messages_[2];
 };
+
+// --- a GPU -----------------------------------------------------------------
+
+size_t aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 void check_cuda(const DeviceKernels& kern, int code, const char* what) {
   if (code != 0)
     throw std::runtime_error(std::string("ring allreduce on the GPU: ") + what + ": " +
                              kern.error_string(code));
 }
+
+// A device tensor's scratch: the union of index sets, its means, the
+// non-finite counter, and the larger of the two kernels' workspaces.
+struct ScratchLayout {
+  int64_t k_total = 0;
+  size_t means = 0, counter = 0, workspace = 0, workspace_bytes = 0, total = 0;
+};
 
 ScratchLayout scratch_layout(const DeviceKernels& kern, int64_t numel, int64_t n, double ratio) {
   std::vector<int64_t> bounds, k;
@@ -96,7 +171,7 @@ ScratchLayout scratch_layout(const DeviceKernels& kern, int64_t numel, int64_t n
              "gather_update_workspace_bytes");
   lay.workspace_bytes = std::max(lay.workspace_bytes, bytes);
   const size_t k_bytes = aligned(4 * static_cast<size_t>(std::max<int64_t>(lay.k_total, 1)));
-  lay.values = k_bytes;
+  lay.means = k_bytes;
   lay.counter = 2 * k_bytes;
   lay.workspace = lay.counter + aligned(sizeof(unsigned long long));
   lay.total = lay.workspace + aligned(std::max<size_t>(lay.workspace_bytes, 1));
@@ -105,91 +180,180 @@ ScratchLayout scratch_layout(const DeviceKernels& kern, int64_t numel, int64_t n
 
 class DeviceBuffers final : public Buffers {
  public:
-  DeviceBuffers(const RingTensor& t, const DeviceKernels& kern, int64_t n, double ratio)
-      : t_(t), kern_(kern), elem_(element_size(t.grad_type)) {
-    check_cuda(kern_, kern_.set_device(t.device), "set_device");
-    lay_ = scratch_layout(kern_, t.numel, n, ratio);
+  DeviceBuffers(const RingTensor& t, const DeviceKernels& kern, int64_t n, double ratio,
+                int* bad, unsigned long long* nonfinite_host)
+      : t_(t), kern_(kern), lay_(scratch_layout(kern, t.numel, n, ratio)), bad_(bad),
+        nonfinite_host_(nonfinite_host) {
     if (t.scratch == nullptr || t.scratch_bytes < lay_.total)
       throw std::invalid_argument("ring allreduce: a device tensor's scratch has " +
                                   std::to_string(t.scratch_bytes) + " bytes, it needs " +
                                   std::to_string(lay_.total));
     char* base = static_cast<char*>(t.scratch);
-    d_idx_ = reinterpret_cast<int32_t*>(base);
-    d_values_ = reinterpret_cast<float*>(base + lay_.values);
-    d_counter_ = reinterpret_cast<unsigned long long*>(base + lay_.counter);
-    d_workspace_ = base + lay_.workspace;
+    union_ = reinterpret_cast<int32_t*>(base);
+    means_ = reinterpret_cast<float*>(base + lay_.means);
+    counter_ = reinterpret_cast<unsigned long long*>(base + lay_.counter);
+    workspace_ = base + lay_.workspace;
   }
 
   void select(int64_t lo, int64_t hi, int64_t k, int32_t* idx, float* values) override {
-    const char* grad = static_cast<const char*>(t_.grad) + lo * elem_;
-    // Chunk-local indices and values straight from the chunk's own pointers.
-    check_cuda(kern_, kern_.select_topk(t_.memory + lo, grad, t_.grad_type, hi - lo, k, d_idx_,
-                                        d_workspace_, lay_.workspace_bytes, nullptr),
-               "select_topk");
-    check_cuda(kern_, kern_.gather(t_.memory + lo, grad, t_.grad_type, hi - lo, d_idx_, k,
-                                   d_values_, nullptr), "gather");
-    download(idx, d_idx_, k);
-    download(values, d_values_, k);
-    for (int64_t q = 0; q < k; ++q) idx[q] += static_cast<int32_t>(lo);
+    check_cuda(kern_, kern_.ring_select(t_.memory, t_.grad, t_.grad_type, lo, hi, k, idx, values,
+                                        workspace_, lay_.workspace_bytes, nullptr),
+               "ring_select");
   }
 
-  void accumulate(const int32_t* idx, int64_t k, float* values) override {
-    upload(d_idx_, idx, k);
-    check_cuda(kern_, kern_.gather(t_.memory, t_.grad, t_.grad_type, t_.numel, d_idx_, k,
-                                   d_values_, nullptr), "gather");
-    staged_.resize(k);
-    download(staged_.data(), d_values_, k);
-    for (int64_t q = 0; q < k; ++q) values[q] = values[q] + staged_[q];
+  void accumulate(int64_t lo, int64_t hi, const int32_t* idx, int64_t k,
+                  float* values) override {
+    // A bad index sets the side's flag, which wait() turns into the host's error.
+    check_cuda(kern_, kern_.ring_accumulate(t_.memory, t_.grad, t_.grad_type, lo, hi, idx, k,
+                                            values, bad_, nullptr),
+               "ring_accumulate");
   }
 
-  int64_t finish(const std::vector<int32_t>& idx, const std::vector<float>& means,
-                 float beta) override {
-    const int64_t k = static_cast<int64_t>(idx.size());
-    upload(d_idx_, idx.data(), k);
-    upload(d_values_, means.data(), k);
-    check_cuda(kern_, kern_.scatter(d_idx_, d_values_, k, t_.numel, t_.out, nullptr), "scatter");
+  void keep_indices(int64_t at, const int32_t* idx, int64_t k) override {
+    check_cuda(kern_, kern_.copy_async(union_ + at, idx, 4 * static_cast<size_t>(k), nullptr),
+               "copy_async");
+  }
+
+  void keep_means(int64_t at, const float* sums, int64_t k, float n) override {
+    check_cuda(kern_, kern_.ring_divide(sums, k, n, means_ + at, nullptr), "ring_divide");
+  }
+
+  void finish(float beta) override {
+    check_cuda(kern_, kern_.scatter(union_, means_, lay_.k_total, t_.numel, t_.out, nullptr),
+               "scatter");
     // Same stream: the scatter has read the means before the update overwrites them.
-    check_cuda(kern_, kern_.gather_update(t_.memory, t_.grad, t_.grad_type, t_.numel, d_idx_, k,
-                                          beta, d_values_, d_counter_, d_workspace_,
+    check_cuda(kern_, kern_.gather_update(t_.memory, t_.grad, t_.grad_type, t_.numel, union_,
+                                          lay_.k_total, beta, means_, counter_, workspace_,
                                           lay_.workspace_bytes, nullptr),
                "gather_update");
-    unsigned long long kept = 0;
-    check_cuda(kern_, kern_.copy(&kept, d_counter_, sizeof kept, nullptr), "copy");
-    return static_cast<int64_t>(kept);
+    check_cuda(kern_, kern_.copy_async(nonfinite_host_, counter_, sizeof *counter_, nullptr),
+               "copy_async");
   }
+
+  int64_t nonfinite() override { return static_cast<int64_t>(*nonfinite_host_); }
 
  private:
-  template <typename T>
-  void upload(T* device, const T* host, int64_t count) {
-    check_cuda(kern_, kern_.copy(device, host, sizeof(T) * count, nullptr), "copy to the GPU");
-  }
-  template <typename T>
-  void download(T* host, const T* device, int64_t count) {
-    check_cuda(kern_, kern_.copy(host, device, sizeof(T) * count, nullptr), "copy to the host");
-  }
-
   RingTensor t_;
   const DeviceKernels& kern_;
-  size_t elem_;
   ScratchLayout lay_;
-  int32_t* d_idx_ = nullptr;
-  float* d_values_ = nullptr;
-  unsigned long long* d_counter_ = nullptr;
-  char* d_workspace_ = nullptr;
-  std::vector<float> staged_;
+  int* bad_;
+  unsigned long long* nonfinite_host_;
+  int32_t* union_ = nullptr;
+  float* means_ = nullptr;
+  unsigned long long* counter_ = nullptr;
+  char* workspace_ = nullptr;
 };
 
 }  // namespace
 
-std::unique_ptr<Buffers> host_buffers(const RingTensor& t, int num_threads) {
-  if (t.grad_type != SCALECOM_F32)
-    throw std::invalid_argument("ring allreduce: host gradients must be float32");
-  return std::make_unique<HostBuffers>(t, num_threads);
+std::unique_ptr<Side> host_side(int num_threads) { return std::make_unique<HostSide>(num_threads); }
+
+DeviceSide::DeviceSide(const DeviceKernels& kernels, int device, bool cuda_aware)
+    : kern_(kernels), device_(device), cuda_aware_(cuda_aware) {
+  check(kern_.set_device(device_), "set_device");
+  try {
+    bad_ = static_cast<int*>(device_alloc(sizeof(int)));
+    bad_host_ = static_cast<int*>(host_alloc(sizeof(int)));
+  } catch (...) {
+    free_all();
+    throw;
+  }
 }
 
-std::unique_ptr<Buffers> device_buffers(const RingTensor& t, const DeviceKernels& kernels,
-                                        int64_t n, double ratio) {
-  return std::make_unique<DeviceBuffers>(t, kernels, n, ratio);
+DeviceSide::~DeviceSide() {
+  // Errors ignored: at interpreter exit the CUDA runtime may be gone first.
+  if (kern_.set_device(device_) == 0) free_all();
+}
+
+void DeviceSide::free_all() {
+  for (int b = 0; b < 2; ++b) {
+    if (buf_[b]) kern_.device_free(buf_[b]);
+    if (staged_[b]) kern_.host_free(staged_[b]);
+    buf_[b] = staged_[b] = nullptr;
+  }
+  if (bad_) kern_.device_free(bad_);
+  if (bad_host_) kern_.host_free(bad_host_);
+  if (nonfinite_host_) kern_.host_free(nonfinite_host_);
+  bad_ = bad_host_ = nullptr;
+  nonfinite_host_ = nullptr;
+}
+
+void DeviceSide::check(int code, const char* what) const { check_cuda(kern_, code, what); }
+
+void* DeviceSide::device_alloc(size_t bytes) {
+  void* p = nullptr;
+  check(kern_.device_alloc(&p, std::max<size_t>(bytes, 1)), "device_alloc");
+  return p;
+}
+
+void* DeviceSide::host_alloc(size_t bytes) {
+  void* p = nullptr;
+  check(kern_.host_alloc(&p, std::max<size_t>(bytes, 1)), "host_alloc (pinned)");
+  return p;
+}
+
+void DeviceSide::prepare(int tensors) {
+  check(kern_.set_device(device_), "set_device");   // the engine's thread
+  if (tensors > counters_) {
+    if (nonfinite_host_) kern_.host_free(nonfinite_host_);
+    nonfinite_host_ = nullptr;
+    nonfinite_host_ = static_cast<unsigned long long*>(
+        host_alloc(sizeof(unsigned long long) * tensors));
+    counters_ = tensors;
+  }
+  *bad_host_ = 0;
+  check(kern_.copy_async(bad_, bad_host_, sizeof(int), nullptr), "copy_async");
+  check(kern_.synchronize(nullptr), "synchronize");
+}
+
+void DeviceSide::reserve(size_t words) {
+  if (words > words_ || buf_[0] == nullptr) {
+    for (int b = 0; b < 2; ++b) {
+      if (buf_[b]) kern_.device_free(buf_[b]);
+      if (staged_[b]) kern_.host_free(staged_[b]);
+      buf_[b] = staged_[b] = nullptr;
+    }
+    for (int b = 0; b < 2; ++b) {
+      buf_[b] = static_cast<uint32_t*>(device_alloc(4 * words));
+      if (!cuda_aware_) staged_[b] = static_cast<uint32_t*>(host_alloc(4 * words));
+    }
+    words_ = words;
+  }
+}
+
+void DeviceSide::copy(uint32_t* dst, const uint32_t* src, size_t words) {
+  check(kern_.copy_async(dst, src, 4 * words, nullptr), "copy_async");
+}
+
+void DeviceSide::wait_and_check() {
+  check(kern_.copy_async(bad_host_, bad_, sizeof(int), nullptr), "copy_async");
+  check(kern_.synchronize(nullptr), "synchronize");
+  if (*bad_host_) bad_indices();
+}
+
+const void* DeviceSide::outgoing(size_t bytes) {
+  if (!cuda_aware_) check(kern_.copy_async(staged_[0], send(), bytes, nullptr), "copy_async");
+  // A CUDA-aware MPI does not wait for our stream either: the message must be complete.
+  wait_and_check();
+  return cuda_aware_ ? static_cast<const void*>(send()) : staged_[0];
+}
+
+void* DeviceSide::incoming() { return cuda_aware_ ? recv() : staged_[1]; }
+
+void DeviceSide::arrived(size_t bytes) {
+  // No wait: the kernels that read it follow on the stream, and MPI writes
+  // staged_[1] again only after the next outgoing() has waited.
+  if (!cuda_aware_) check(kern_.copy_async(recv(), staged_[1], bytes, nullptr), "copy_async");
+}
+
+void DeviceSide::wait() { wait_and_check(); }
+
+std::unique_ptr<Buffers> DeviceSide::buffers(const RingTensor& t, int64_t n, double ratio,
+                                             int tensor) {
+  if (t.device != device_)
+    throw std::invalid_argument("ring allreduce: tensors of one exchange on GPUs " +
+                                std::to_string(device_) + " and " + std::to_string(t.device));
+  return std::make_unique<DeviceBuffers>(t, kern_, n, ratio, bad_, nonfinite_host_ + tensor);
 }
 
 size_t device_scratch_bytes(const DeviceKernels& kernels, int64_t numel, int64_t n,

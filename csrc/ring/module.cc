@@ -9,6 +9,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "buffers.h"
@@ -138,15 +139,27 @@ PyObject* Engine_start(EngineObject* self, PyObject* args) {
   Py_RETURN_NONE;
 }
 
-// use_device_kernels((addr, ...)): the C ABI of csrc/cuda as function
-// addresses, in DeviceKernels' order (horovod_scalecom.ring passes them).
+// use_device_kernels((addr, ...), transport): the C ABI of csrc/cuda as
+// function addresses, in DeviceKernels' order (horovod_scalecom.cuda passes
+// them), and "auto", "staged" or "cuda-aware" (horovod_scalecom.ring).
 PyObject* Engine_use_device_kernels(EngineObject* self, PyObject* args) {
   PyObject* table;
-  if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &table)) return nullptr;
-  constexpr Py_ssize_t kCount = 9;
+  const char* transport;
+  if (!PyArg_ParseTuple(args, "O!s", &PyTuple_Type, &table, &transport)) return nullptr;
+  constexpr Py_ssize_t kCount = scalecom::DeviceKernels::kCount;
   if (PyTuple_GET_SIZE(table) != kCount) {
     PyErr_Format(PyExc_ValueError, "ring allreduce: %zd kernel addresses, expected %zd",
                  PyTuple_GET_SIZE(table), kCount);
+    return nullptr;
+  }
+  const std::string mode(transport);
+  scalecom::DeviceTransport how;
+  if (mode == "auto") how = scalecom::DeviceTransport::kAuto;
+  else if (mode == "staged") how = scalecom::DeviceTransport::kStaged;
+  else if (mode == "cuda-aware") how = scalecom::DeviceTransport::kCudaAware;
+  else {
+    PyErr_Format(PyExc_ValueError, "ring allreduce: transport %R: expected 'auto', 'staged' or "
+                 "'cuda-aware'", PyTuple_GET_ITEM(args, 1));
     return nullptr;
   }
   void* a[kCount];
@@ -155,23 +168,36 @@ PyObject* Engine_use_device_kernels(EngineObject* self, PyObject* args) {
     if (PyErr_Occurred()) return nullptr;
   }
   scalecom::DeviceKernels k;
-  k.select_workspace_bytes = reinterpret_cast<decltype(k.select_workspace_bytes)>(a[0]);
-  k.select_topk = reinterpret_cast<decltype(k.select_topk)>(a[1]);
-  k.gather_update_workspace_bytes =
-      reinterpret_cast<decltype(k.gather_update_workspace_bytes)>(a[2]);
-  k.gather_update = reinterpret_cast<decltype(k.gather_update)>(a[3]);
-  k.scatter = reinterpret_cast<decltype(k.scatter)>(a[4]);
-  k.gather = reinterpret_cast<decltype(k.gather)>(a[5]);
-  k.set_device = reinterpret_cast<decltype(k.set_device)>(a[6]);
-  k.copy = reinterpret_cast<decltype(k.copy)>(a[7]);
-  k.error_string = reinterpret_cast<decltype(k.error_string)>(a[8]);
+  int at = 0;
+  auto next = [&a, &at](auto& fn) {
+    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(a[at++]);
+  };
+  next(k.select_workspace_bytes);
+  next(k.ring_select);
+  next(k.gather_update_workspace_bytes);
+  next(k.gather_update);
+  next(k.scatter);
+  next(k.ring_accumulate);
+  next(k.ring_divide);
+  next(k.copy_async);
+  next(k.synchronize);
+  next(k.set_device);
+  next(k.device_alloc);
+  next(k.device_free);
+  next(k.host_alloc);
+  next(k.host_free);
+  next(k.error_string);
   try {
-    self->engine->set_device_kernels(k);
+    self->engine->set_device_kernels(k, how);
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_ValueError, e.what());
     return nullptr;
   }
   Py_RETURN_NONE;
+}
+
+PyObject* Engine_cuda_aware(EngineObject* self, PyObject*) {
+  return PyBool_FromLong(self->engine->cuda_aware());
 }
 
 PyObject* Engine_device_scratch_bytes(EngineObject* self, PyObject* args) {
@@ -285,7 +311,9 @@ PyMethodDef Engine_methods[] = {
     {"start", reinterpret_cast<PyCFunction>(Engine_start), METH_VARARGS,
      "start(memories, grads, outs, steps, ratio, beta, threads): begin one fused exchange"},
     {"use_device_kernels", reinterpret_cast<PyCFunction>(Engine_use_device_kernels),
-     METH_VARARGS, "use_device_kernels(addresses): the CUDA kernels for GPU tensors"},
+     METH_VARARGS, "use_device_kernels(addresses, transport): the CUDA kernels for GPU tensors"},
+    {"cuda_aware", reinterpret_cast<PyCFunction>(Engine_cuda_aware), METH_NOARGS,
+     "whether MPI is handed device buffers (else they are staged through pinned host memory)"},
     {"device_scratch_bytes", reinterpret_cast<PyCFunction>(Engine_device_scratch_bytes),
      METH_VARARGS, "device_scratch_bytes(numel, ratio) -> bytes of GPU scratch per tensor"},
     {"start_device", reinterpret_cast<PyCFunction>(Engine_start_device), METH_VARARGS,

@@ -9,6 +9,10 @@
 #include "../core/scalecom.h"
 #include "buffers.h"
 
+#if __has_include(<mpi-ext.h>)
+#include <mpi-ext.h>   // Open MPI's and MPICH's extensions: the CUDA-awareness queries
+#endif
+
 namespace scalecom {
 namespace {
 
@@ -23,21 +27,34 @@ void check_mpi(int code, const char* what) {
 
 inline int64_t mod(int64_t a, int64_t n) { return ((a % n) + n) % n; }
 
-// One tensor's plan for a step: chunk bounds, k per chunk, and the index set
-// of every chunk as it becomes known.
+std::string where(int device) { return device < 0 ? "the host" : "GPU " + std::to_string(device); }
+
+// One tensor's plan for a step: chunk bounds, k per chunk, and the chunk
+// whose partial (then complete) sum this rank holds.
 struct Plan {
   RingTensor t;
   std::unique_ptr<Buffers> buffers;
   std::vector<int64_t> bounds;
   std::vector<int64_t> k;
   std::vector<int64_t> first;   // chunk j's place in the union of index sets (prefix sums of k)
-  std::vector<std::vector<int32_t>> indices;
-  std::vector<float> means;     // the dense mean at the union's indices, chunk by chunk
-  int64_t held = 0;             // chunk whose partial (then complete) sum this rank holds
-  std::vector<float> values;    // that sum
+  int64_t held = 0;
 };
 
 }  // namespace
+
+bool mpi_is_cuda_aware() {
+#if defined(MPIX_CUDA_AWARE_SUPPORT)
+  // Open MPI: the header says how it was configured, the call what runs now
+  // (the library loaded may not be the one compiled against).
+  return MPIX_Query_cuda_support() == 1;
+#elif defined(MPIX_GPU_SUPPORT_CUDA)
+  int supported = 0;
+  return MPIX_GPU_query_support(MPIX_GPU_SUPPORT_CUDA, &supported) == MPI_SUCCESS &&
+         supported != 0;
+#else
+  return false;
+#endif
+}
 
 RingEngine::RingEngine() {
   int initialized = 0, finalized = 0;
@@ -61,12 +78,15 @@ RingEngine::RingEngine() {
   MPI_Comm_size(comm_, &size_);
 }
 
-void RingEngine::set_device_kernels(const DeviceKernels& kernels) {
+void RingEngine::set_device_kernels(const DeviceKernels& kernels, DeviceTransport transport) {
   if (!kernels.complete())
     throw std::invalid_argument("ring allreduce: incomplete table of CUDA kernels");
   std::lock_guard<std::mutex> lock(mu_);
   if (busy_) throw std::runtime_error("ring allreduce: an exchange is in flight");
+  device_side_.reset();   // it refers to the old table
   kernels_ = std::make_unique<DeviceKernels>(kernels);
+  cuda_aware_ = transport == DeviceTransport::kCudaAware ||
+                (transport == DeviceTransport::kAuto && mpi_is_cuda_aware());
 }
 
 size_t RingEngine::device_scratch_bytes(int64_t numel, double ratio) const {
@@ -78,6 +98,12 @@ RingEngine::~RingEngine() {
   if (worker_.joinable()) {
     if (broken_) worker_.detach();  // stuck in MPI: leave it, never block the exit
     else worker_.join();
+  }
+  if (broken_) {
+    // The detached thread may still use them: leak rather than free.
+    (void)device_side_.release();
+    (void)host_side_.release();
+    (void)kernels_.release();
   }
   int finalized = 0;
   MPI_Finalized(&finalized);
@@ -95,6 +121,10 @@ void RingEngine::start(std::vector<RingTensor> tensors, double ratio, float beta
     if (t.device >= 0 && !kernels_)
       throw std::runtime_error("ring allreduce: a tensor on a GPU, but no CUDA kernels were "
                                "given (set_device_kernels)");
+    if (t.device != tensors.front().device)
+      throw std::invalid_argument(
+          "ring allreduce: one exchange takes host tensors or the tensors of one GPU, not "
+          "tensors on " + where(tensors.front().device) + " and " + where(t.device));
   }
   if (worker_.joinable()) worker_.join();
   busy_ = true;
@@ -141,6 +171,14 @@ void RingEngine::run(std::vector<RingTensor> tensors, double ratio, float beta,
   cv_.notify_all();
 }
 
+void RingEngine::hop_exchange(Side& side, size_t send_words, size_t recv_words) {
+  const int64_t send_bytes = 4 * static_cast<int64_t>(send_words);
+  const int64_t recv_bytes = 4 * static_cast<int64_t>(recv_words);
+  const void* out = side.outgoing(send_bytes);
+  sendrecv(out, send_bytes, side.incoming(), recv_bytes);
+  side.arrived(recv_bytes);
+}
+
 void RingEngine::sendrecv(const void* send, int64_t send_bytes, void* recv,
                           int64_t recv_bytes) {
   if (send_bytes > INT_MAX || recv_bytes > INT_MAX)
@@ -181,6 +219,23 @@ void RingEngine::check_agreement(const std::vector<RingTensor>& tensors, double 
         "to the same exchange; every rank must compress the same parameters");
 }
 
+Side& RingEngine::side_for(const std::vector<RingTensor>& tensors, int num_threads) {
+  const int device = tensors.empty() ? -1 : tensors.front().device;
+  if (device < 0) {
+    host_side_ = host_side(num_threads);
+    return *host_side_;
+  }
+  if (!device_side_ || device_side_->device() != device) {
+    device_side_.reset();
+    device_side_ = std::make_unique<DeviceSide>(*kernels_, device, cuda_aware_);
+  }
+  device_side_->prepare(static_cast<int>(tensors.size()));
+  return *device_side_;
+}
+
+// Fused messages: each tensor's segment holds the chunk this rank forwards,
+// its k indices then its k values in the reduce-scatter, its k values in the
+// allgather. A received message, worked on in place, is the next one sent.
 void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float beta,
                           int num_threads) {
   check_agreement(tensors, ratio);
@@ -191,89 +246,81 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
   };
   const auto select_start = Clock::now();
 
+  Side& side = side_for(tensors, num_threads);
   std::vector<Plan> plans(tensors.size());
+  size_t words = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     Plan& p = plans[i];
     p.t = tensors[i];
-    p.buffers = p.t.device >= 0 ? device_buffers(p.t, *kernels_, n, ratio)
-                                : host_buffers(p.t, num_threads);
+    p.buffers = side.buffers(p.t, n, ratio, static_cast<int>(i));
     chunk_plan(p.t.numel, n, ratio, &p.bounds, &p.k);
     p.first.assign(n + 1, 0);
     for (int64_t c = 0; c < n; ++c) p.first[c + 1] = p.first[c] + p.k[c];
-    p.indices.resize(n);
-    // The chunk this rank owns at the tensor's step: select, then start its sum.
-    const int64_t j = mod(r - p.t.step, n);
-    p.indices[j].resize(p.k[j]);
-    p.values.resize(p.k[j]);
-    p.buffers->select(p.bounds[j], p.bounds[j + 1], p.k[j], p.indices[j].data(),
-                      p.values.data());
-    p.held = j;
+    words += 2 * *std::max_element(p.k.begin(), p.k.end());
   }
+  side.reserve(words);
+  // The chunk this rank owns at each tensor's step: select, and start its sum.
+  size_t send_words = 0;
+  for (Plan& p : plans) {
+    const int64_t j = mod(r - p.t.step, n), k = p.k[j];
+    auto* idx = reinterpret_cast<int32_t*>(side.send() + send_words);
+    auto* values = reinterpret_cast<float*>(side.send() + send_words + k);
+    p.buffers->select(p.bounds[j], p.bounds[j + 1], k, idx, values);
+    p.buffers->keep_indices(p.first[j], idx, k);
+    p.held = j;
+    send_words += 2 * k;
+  }
+  side.wait();
   compute_s_ += seconds_since(select_start);
 
-  std::vector<uint32_t> send, recv;
   // Reduce-scatter: hop h receives the chunk owned by rank r - h.
   for (int64_t hop = 1; hop < n; ++hop) {
-    send.clear();
-    int64_t recv_words = 0;
-    for (Plan& p : plans) {
-      const std::vector<int32_t>& idx = p.indices[p.held];
-      send.insert(send.end(), idx.begin(), idx.end());
-      const uint32_t* vals = reinterpret_cast<const uint32_t*>(p.values.data());
-      send.insert(send.end(), vals, vals + p.values.size());
-      recv_words += 2 * p.k[mod(r - hop - p.t.step, n)];
-    }
-    recv.resize(recv_words);
-    sendrecv(send.data(), 4 * static_cast<int64_t>(send.size()), recv.data(), 4 * recv_words);
+    size_t recv_words = 0;
+    for (const Plan& p : plans) recv_words += 2 * p.k[mod(r - hop - p.t.step, n)];
+    hop_exchange(side, send_words, recv_words);
     size_t at = 0;
     for (Plan& p : plans) {
       const int64_t j = mod(r - hop - p.t.step, n), k = p.k[j];
-      std::vector<int32_t>& idx = p.indices[j];
-      idx.assign(reinterpret_cast<const int32_t*>(recv.data() + at),
-                 reinterpret_cast<const int32_t*>(recv.data() + at + k));
-      p.values.resize(k);
-      std::memcpy(p.values.data(), recv.data() + at + k, 4 * k);
-      at += 2 * k;
-      for (int64_t q = 0; q < k; ++q) {
-        const int32_t x = idx[q];
-        if (x < p.bounds[j] || x >= p.bounds[j + 1] || (q > 0 && x <= idx[q - 1]))
-          throw std::runtime_error("ring allreduce: received an index outside its chunk; "
-                                   "the ranks disagree on the tensors");
-      }
-      p.buffers->accumulate(idx.data(), k, p.values.data());
+      auto* idx = reinterpret_cast<const int32_t*>(side.recv() + at);
+      auto* values = reinterpret_cast<float*>(side.recv() + at + k);
+      p.buffers->accumulate(p.bounds[j], p.bounds[j + 1], idx, k, values);
+      p.buffers->keep_indices(p.first[j], idx, k);
       p.held = j;
+      at += 2 * k;
     }
+    side.swap();
+    send_words = recv_words;
   }
 
-  // This rank now holds the complete sum of the chunk owned by rank r + 1.
+  // This rank now holds the complete sum of the chunk owned by rank r + 1:
+  // its mean, and the values alone start the allgather.
   const float n_f = static_cast<float>(n);
-  auto write_mean = [&](Plan& p, int64_t j, const float* sums) {
-    for (int64_t q = 0; q < p.k[j]; ++q) p.means[p.first[j] + q] = sums[q] / n_f;
-  };
+  size_t at = 0;
+  send_words = 0;
   for (Plan& p : plans) {
-    p.means.assign(p.first[n], 0.0f);
-    write_mean(p, p.held, p.values.data());
+    const int64_t k = p.k[p.held];
+    const uint32_t* sums = side.send() + at + k;
+    p.buffers->keep_means(p.first[p.held], reinterpret_cast<const float*>(sums), k, n_f);
+    side.copy(side.recv() + send_words, sums, k);
+    at += 2 * k;
+    send_words += k;
   }
-  // Allgather: values only; hop h receives the sum of the chunk owned by r + 1 - h.
+  side.swap();
+  // Allgather: hop h receives the sum of the chunk owned by r + 1 - h.
   for (int64_t hop = 1; hop < n; ++hop) {
-    send.clear();
-    int64_t recv_words = 0;
-    for (Plan& p : plans) {
-      const uint32_t* vals = reinterpret_cast<const uint32_t*>(p.values.data());
-      send.insert(send.end(), vals, vals + p.values.size());
-      recv_words += p.k[mod(r + 1 - hop - p.t.step, n)];
-    }
-    recv.resize(recv_words);
-    sendrecv(send.data(), 4 * static_cast<int64_t>(send.size()), recv.data(), 4 * recv_words);
-    size_t at = 0;
+    size_t recv_words = 0;
+    for (const Plan& p : plans) recv_words += p.k[mod(r + 1 - hop - p.t.step, n)];
+    hop_exchange(side, send_words, recv_words);
+    at = 0;
     for (Plan& p : plans) {
       const int64_t j = mod(r + 1 - hop - p.t.step, n), k = p.k[j];
-      p.values.resize(k);
-      std::memcpy(p.values.data(), recv.data() + at, 4 * k);
-      at += k;
-      write_mean(p, j, p.values.data());
+      p.buffers->keep_means(p.first[j], reinterpret_cast<const float*>(side.recv() + at), k,
+                            n_f);
       p.held = j;
+      at += k;
     }
+    side.swap();
+    send_words = recv_words;
   }
 
   // No rank leaves an exchange while a peer still receives from it: a rank
@@ -282,15 +329,10 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
   // under load with Open MPI 4.1). One barrier per step costs a few latencies.
   check_mpi(MPI_Barrier(comm_), "MPI_Barrier");
 
-  // The dense mean and the low-pass memory update for the union of the
-  // chunks' index sets (ascending: chunks are contiguous and in order).
   const auto update_start = Clock::now();
-  std::vector<int32_t> all;
-  for (Plan& p : plans) {
-    all.clear();   // chunk by chunk, as `first` places them
-    for (const auto& idx : p.indices) all.insert(all.end(), idx.begin(), idx.end());
-    nonfinite_ += p.buffers->finish(all, p.means, beta);
-  }
+  for (Plan& p : plans) p.buffers->finish(beta);
+  side.wait();
+  for (Plan& p : plans) nonfinite_ += p.buffers->nonfinite();
   compute_s_ += seconds_since(update_start);
 }
 

@@ -43,6 +43,17 @@ struct RingTensor {
 };
 
 struct DeviceKernels;
+class Side;
+class DeviceSide;
+
+// How device tensors' messages reach MPI: kAuto asks the MPI library
+// whether it reads device memory (Open MPI's MPIX_Query_cuda_support, MPICH's
+// MPIX_GPU_query_support); kStaged copies them through pinned host memory;
+// kCudaAware hands MPI the device buffers.
+enum class DeviceTransport { kAuto, kStaged, kCudaAware };
+
+// Whether the MPI library this process runs says it reads CUDA device memory.
+bool mpi_is_cuda_aware();
 
 class RingEngine {
  public:
@@ -62,8 +73,11 @@ class RingEngine {
   // need set_device_kernels() first.
   void start(std::vector<RingTensor> tensors, double ratio, float beta, int num_threads);
 
-  // The CUDA kernels for device tensors (see buffers.h).
-  void set_device_kernels(const DeviceKernels& kernels);
+  // The CUDA kernels for device tensors (see buffers.h), and how their
+  // messages reach MPI.
+  void set_device_kernels(const DeviceKernels& kernels, DeviceTransport transport);
+  // After set_device_kernels: whether MPI is handed device buffers.
+  bool cuda_aware() const { return cuda_aware_; }
   // Scratch bytes a device tensor of numel elements needs (RingTensor::scratch).
   size_t device_scratch_bytes(int64_t numel, double ratio) const;
 
@@ -85,8 +99,16 @@ class RingEngine {
   void exchange(std::vector<RingTensor>& tensors, double ratio, float beta, int num_threads);
   void check_agreement(const std::vector<RingTensor>& tensors, double ratio);
   void sendrecv(const void* send, int64_t send_bytes, void* recv, int64_t recv_bytes);
+  // One hop of fused messages: the side's send buffer out, its recv buffer in.
+  void hop_exchange(Side& side, size_t send_words, size_t recv_words);
+  // Where this exchange's messages and arithmetic live.
+  Side& side_for(const std::vector<RingTensor>& tensors, int num_threads);
 
+  // Declared before the side that refers to them: destroyed after it.
   std::unique_ptr<DeviceKernels> kernels_;
+  bool cuda_aware_ = false;
+  std::unique_ptr<DeviceSide> device_side_;   // kept between exchanges (its buffers)
+  std::unique_ptr<Side> host_side_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;
   int size_ = 1;

@@ -29,7 +29,7 @@ import horovod.torch as hvd
 
 from horovod_scalecom import bytes_model
 from horovod_scalecom.cuda import GRAD_TYPES
-from horovod_scalecom.ring import load_ring
+from horovod_scalecom.ring import device_transport, load_ring
 from horovod_scalecom.torch.compression import ScaleCom
 
 
@@ -135,6 +135,10 @@ class _RingOptimizer(torch.optim.Optimizer):
             "nonfinite_kept": self._engine.last_nonfinite() if ring else 0,
             # Selection, dense output and memory update inside the ring (its work outside MPI).
             "compress_s": self._engine.last_compute_s() if ring else 0.0,
+            # What MPI read and wrote: host tensors, or GPU tensors' messages.
+            "ring_transport": ("" if not ring else "host" if on_gpu != {True} else
+                               "cuda-aware MPI" if self._engine.cuda_aware() else
+                               "pinned host staging"),
             "exchange_s": time.perf_counter() - start,
         }
 
@@ -157,7 +161,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         if not self._device_kernels_set:
             name, p = ring[0][0], ring[0][1]
             self._engine.use_device_kernels(
-                compression._kernels(p.grad, name).kernels.addresses())
+                compression._kernels(p.grad, name).kernels.addresses(), device_transport())
             self._device_kernels_set = True
         grads, outs, scratch, specs = [], [], [], []
         for name, p, state, t in ring:

@@ -5,6 +5,7 @@
 // nothing about the kernels themselves; tests/gpu compares those with the CPU
 // core on a GPU.
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
@@ -112,28 +113,73 @@ int scalecom_cuda_scatter(const int32_t* indices, const float* values, int64_t k
   return 0;
 }
 
-int scalecom_cuda_gather(const float* memory, const void* grad, int grad_type, int64_t numel,
-                         const int32_t* indices, int64_t k, float* values, void*) {
-  if (numel < 0 || k < 0 || k > numel) return kInvalid;
+int scalecom_cuda_ring_select(const float* memory, const void* grad, int grad_type, int64_t lo,
+                              int64_t hi, int64_t k, int32_t* indices, float* values,
+                              void* workspace, size_t workspace_bytes, void* stream) {
+  const size_t elem = grad_type == SCALECOM_F32 ? 4 : 2;
+  if (lo < 0 || hi < lo) return kInvalid;
+  const int err = scalecom_cuda_select_topk(memory + lo, static_cast<const char*>(grad) + lo * elem,
+                                            grad_type, hi - lo, k, indices, workspace,
+                                            workspace_bytes, stream);
+  if (err != 0) return err;
   std::vector<float> g;
-  if (!widen(grad, grad_type, numel, &g)) return kInvalid;
+  widen(grad, grad_type, hi, &g);
   for (int64_t t = 0; t < k; ++t) {
-    if (indices[t] < 0 || indices[t] >= numel) return kInvalid;
+    indices[t] += static_cast<int32_t>(lo);
     values[t] = memory[indices[t]] + g[indices[t]];
   }
   return 0;
 }
 
-int scalecom_cuda_set_device(int device) { return device >= 0 ? 0 : kInvalid; }
+int scalecom_cuda_ring_accumulate(const float* memory, const void* grad, int grad_type,
+                                  int64_t lo, int64_t hi, const int32_t* indices, int64_t k,
+                                  float* values, int* bad, void*) {
+  if (lo < 0 || hi < lo || k < 0 || bad == nullptr) return kInvalid;
+  std::vector<float> g;
+  if (!widen(grad, grad_type, hi, &g)) return kInvalid;
+  for (int64_t t = 0; t < k; ++t) {
+    const int64_t j = indices[t];
+    if (j < lo || j >= hi || (t > 0 && j <= indices[t - 1])) {
+      *bad = 1;
+      continue;
+    }
+    values[t] = values[t] + (memory[j] + g[j]);
+  }
+  return 0;
+}
 
-int scalecom_cuda_copy(void* dst, const void* src, size_t bytes, void*) {
+int scalecom_cuda_ring_divide(const float* sums, int64_t k, float divisor, float* out, void*) {
+  if (k < 0) return kInvalid;
+  for (int64_t t = 0; t < k; ++t) out[t] = sums[t] / divisor;
+  return 0;
+}
+
+int scalecom_cuda_copy_async(void* dst, const void* src, size_t bytes, void*) {
   if (bytes > 0 && (dst == nullptr || src == nullptr)) return kInvalid;
   if (bytes > 0) std::memmove(dst, src, bytes);
   return 0;
 }
 
+int scalecom_cuda_synchronize(void*) { return 0; }
+
+int scalecom_cuda_set_device(int device) { return device >= 0 ? 0 : kInvalid; }
+
+// "Device" and pinned memory are both the host's here; calloc so that a
+// read the engine forgot to order shows as zeros, not as leftovers.
+int scalecom_cuda_device_alloc(void** ptr, size_t bytes) {
+  *ptr = std::calloc(bytes > 0 ? bytes : 1, 1);
+  return *ptr ? 0 : 2;  // cudaErrorMemoryAllocation
+}
+int scalecom_cuda_device_free(void* ptr) { std::free(ptr); return 0; }
+int scalecom_cuda_host_alloc(void** ptr, size_t bytes) { return scalecom_cuda_device_alloc(ptr, bytes); }
+int scalecom_cuda_host_free(void* ptr) { std::free(ptr); return 0; }
+
 const char* scalecom_cuda_error_string(int code) {
-  return code == kInvalid ? "invalid argument (host double)" : "unknown error (host double)";
+  switch (code) {
+    case kInvalid: return "invalid argument (host double)";
+    case 2: return "out of memory (host double)";
+    default: return "unknown error (host double)";
+  }
 }
 
 }  // extern "C"

@@ -23,7 +23,12 @@ def build(cache: Path, archs=ARCHS) -> Path:
     return lib
 
 
+def library(cache: Path) -> CudaKernels:
+    """A fresh build of the kernels, loaded (built once per content and archs)."""
+    return CudaKernels(build(cache))
+
+
 def cuda_ops(cache: Path):
     """CudaOps (select_topk / gather_update_ / scatter on CUDA tensors) over a fresh build."""
     from horovod_scalecom.torch._cuda import CudaOps
-    return CudaOps(CudaKernels(build(cache)))
+    return CudaOps(library(cache))

@@ -17,8 +17,8 @@ if shutil.which("nvcc") is None:
 
 from horovod_scalecom.torch._ops import ops  # noqa: E402
 
-from gpu.kernels import cuda_ops  # noqa: E402
-from kernel_cases import bits, inputs  # noqa: E402
+from gpu.kernels import cuda_ops, library  # noqa: E402
+from kernel_cases import bits, check_ring_kernels, inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +44,9 @@ def test_step_matches_cpu_core_bitwise(kernels, dtype, numel, k, kind):
     assert int(kept_gpu.item()) == kept_cpu
     dense = kernels.scatter(idx_gpu, values_gpu, numel)
     np.testing.assert_array_equal(bits(dense), bits(ops.scatter(idx_cpu, values_cpu, numel)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["normal", "ties", "nonfinite"])
+def test_ring_kernels_match_cpu_bitwise(tmp_path_factory, dtype, kind):
+    check_ring_kernels(library(tmp_path_factory.mktemp("ring"))._lib, "cuda", dtype, kind)

@@ -60,6 +60,7 @@ def sequence(args, out):
             result[f"out/{step}/{name}"] = p.grad.cpu().numpy().copy()
         result[f"bytes/{step}"] = np.array(opt.stats()["ring_bytes"])
         result[f"compress_s/{step}"] = np.array(opt.stats()["compress_s"])
+        result[f"transport/{step}"] = np.array(opt.stats()["ring_transport"])
         model.zero_grad()
     for name, entry in compression.state_dict()["tensors"].items():
         if entry["memory"] is not None:

@@ -132,6 +132,21 @@ def test_ring_device_side_through_the_c_abi(cuda_aware, tmp_path):
         assert transports == {{"0": "pinned host staging", "1": "cuda-aware MPI"}[cuda_aware]}
 
 
+def test_ring_device_side_refuses_indices_outside_their_chunk(tmp_path):
+    # Rank 1's chunk selection (the double, on demand) sends an index past its
+    # chunk: rank 2 finds it at its next wait for the device and fails with the
+    # host path's message, before anything reaches its memory; the job ends.
+    from abi_double import build_host_double
+    lib = build_host_double(tmp_path)
+    start = time.monotonic()
+    job = run_mpi(3, "torch_ring.py", tmp_path / "job", "sequence", "--steps", "2",
+                  "--kernels-lib", str(lib), "--timeout", "20",
+                  env={"SCALECOM_DOUBLE_BAD_INDEX_RANK": "1"}, timeout=120)
+    assert job.returncode != 0
+    assert "received an index outside its chunk" in (job.error(2) or ""), job.output
+    assert time.monotonic() - start < 90
+
+
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
 def test_ring_on_cuda_gradients(tmp_path):
     # Two ranks on the first GPU: the real kernels, memory on the device.

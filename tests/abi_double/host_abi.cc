@@ -128,6 +128,12 @@ int scalecom_cuda_ring_select(const float* memory, const void* grad, int grad_ty
     indices[t] += static_cast<int32_t>(lo);
     values[t] = memory[indices[t]] + g[indices[t]];
   }
+  // A fault on demand, for the ring's check of received indices: this rank
+  // sends an index just past its chunk.
+  const char* bad_rank = std::getenv("SCALECOM_DOUBLE_BAD_INDEX_RANK");
+  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  if (k > 0 && bad_rank && rank && std::strcmp(bad_rank, rank) == 0)
+    indices[k - 1] = static_cast<int32_t>(hi);
   return 0;
 }
 

@@ -194,6 +194,13 @@ void select_topk(const float* memory, const float* grad, int64_t numel, int64_t 
   }
 }
 
+int64_t first_bad_index(const int32_t* indices, int64_t k, int64_t lo, int64_t hi) {
+  for (int64_t i = 0; i < k; ++i) {
+    if (indices[i] < lo || indices[i] >= hi || (i > 0 && indices[i] <= indices[i - 1])) return i;
+  }
+  return -1;
+}
+
 int64_t gather_and_update(float* memory, const float* grad, int64_t numel,
                           const int32_t* indices, int64_t k, float beta,
                           float* values, int num_threads) {
@@ -203,13 +210,12 @@ int64_t gather_and_update(float* memory, const float* grad, int64_t numel,
   if (!(beta > 0.0f && beta <= 1.0f))
     throw std::invalid_argument("gather_and_update: beta must lie in (0, 1], got " +
                                 std::to_string(beta));
-  for (int64_t i = 0; i < k; ++i) {
-    if (indices[i] < 0 || indices[i] >= numel || (i > 0 && indices[i] <= indices[i - 1]))
-      throw std::invalid_argument(
-          "gather_and_update: indices must be ascending, unique and in [0, " +
-          std::to_string(numel) + "); entry " + std::to_string(i) + " is " +
-          std::to_string(indices[i]));
-  }
+  const int64_t bad = first_bad_index(indices, k, 0, numel);
+  if (bad >= 0)
+    throw std::invalid_argument(
+        "gather_and_update: indices must be ascending, unique and in [0, " +
+        std::to_string(numel) + "); entry " + std::to_string(bad) + " is " +
+        std::to_string(indices[bad]));
   const float decay = 1.0f - beta;
   const int nt = threads_for(numel, num_threads);
   int64_t dropped = 0;

@@ -38,6 +38,11 @@ int64_t gather_and_update(float* memory, const float* grad, int64_t numel,
                           const int32_t* indices, int64_t k, float beta,
                           float* values, int num_threads);
 
+// The first entry of indices[0..k) outside [lo, hi) or not above its
+// predecessor, or -1: the check of an index set that came from elsewhere
+// (another rank, a framework tensor) before anything trusts it.
+int64_t first_bad_index(const int32_t* indices, int64_t k, int64_t lo, int64_t hi);
+
 // out[I[i]] = values[i]; every other element of out is set to zero.
 void scatter(const int32_t* indices, const float* values, int64_t k,
              float* out, int64_t numel, int num_threads);

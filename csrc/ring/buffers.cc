@@ -74,11 +74,8 @@ class HostBuffers final : public Buffers {
 
   void accumulate(int64_t lo, int64_t hi, const int32_t* idx, int64_t k,
                   float* values) override {
-    for (int64_t q = 0; q < k; ++q) {
-      const int32_t x = idx[q];
-      if (x < lo || x >= hi || (q > 0 && x <= idx[q - 1])) bad_indices();
-      values[q] = values[q] + (t_.memory[x] + grad_[x]);
-    }
+    if (first_bad_index(idx, k, lo, hi) >= 0) bad_indices();
+    for (int64_t q = 0; q < k; ++q) values[q] = values[q] + (t_.memory[idx[q]] + grad_[idx[q]]);
   }
 
   void keep_indices(int64_t at, const int32_t* idx, int64_t k) override {

@@ -19,6 +19,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "checks.h"
 
+#include "../core/scalecom.h"
 #include "../cuda/scalecom_cuda.h"
 
 namespace {
@@ -137,11 +138,10 @@ class GatherUpdateGpuOp : public OpKernel {
                 InvalidArgument("scalecom: ", k, " indices for ", numel, " elements"));
     // The kernel trusts its indices (device data); check them here, O(k) on the host.
     const int32_t* idx = host_indices.flat<int32_t>().data();
-    for (int64_t i = 0; i < k; ++i) {
-      OP_REQUIRES(ctx, idx[i] >= 0 && idx[i] < numel && (i == 0 || idx[i] > idx[i - 1]),
-                  InvalidArgument("scalecom: indices must be ascending, unique and in [0, ",
-                                  numel, "); entry ", i, " is ", idx[i]));
-    }
+    const int64_t bad = scalecom::first_bad_index(idx, k, 0, numel);
+    OP_REQUIRES(ctx, bad < 0,
+                InvalidArgument("scalecom: indices must be ascending, unique and in [0, ", numel,
+                                "); entry ", bad, " is ", bad < 0 ? 0 : idx[bad]));
     Tensor* values = nullptr;
     Tensor* new_memory = nullptr;
     Tensor* kept = nullptr;

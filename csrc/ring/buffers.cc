@@ -10,24 +10,12 @@
 namespace scalecom {
 
 bool DeviceKernels::complete() const {
-  const void* table[] = {
-      reinterpret_cast<const void*>(select_workspace_bytes),
-      reinterpret_cast<const void*>(ring_select),
-      reinterpret_cast<const void*>(gather_update_workspace_bytes),
-      reinterpret_cast<const void*>(gather_update),
-      reinterpret_cast<const void*>(scatter),
-      reinterpret_cast<const void*>(ring_accumulate),
-      reinterpret_cast<const void*>(ring_divide),
-      reinterpret_cast<const void*>(copy_async),
-      reinterpret_cast<const void*>(synchronize),
-      reinterpret_cast<const void*>(set_device),
-      reinterpret_cast<const void*>(device_alloc),
-      reinterpret_cast<const void*>(device_free),
-      reinterpret_cast<const void*>(host_alloc),
-      reinterpret_cast<const void*>(host_free),
-      reinterpret_cast<const void*>(error_string)};
-  static_assert(sizeof(table) / sizeof(table[0]) == kCount, "DeviceKernels::kCount");
-  return std::all_of(std::begin(table), std::end(table), [](const void* f) { return f; });
+  int present = 0, entries = 0;
+  each(*this, [&](auto fn) {
+    ++entries;
+    present += fn != nullptr;
+  });
+  return entries == kCount && present == kCount;
 }
 
 void chunk_plan(int64_t numel, int64_t n, double ratio, std::vector<int64_t>* bounds,
@@ -262,12 +250,17 @@ DeviceSide::~DeviceSide() {
   if (kern_.set_device(device_) == 0) free_all();
 }
 
-void DeviceSide::free_all() {
+void DeviceSide::free_messages() {
   for (int b = 0; b < 2; ++b) {
     if (buf_[b]) kern_.device_free(buf_[b]);
     if (staged_[b]) kern_.host_free(staged_[b]);
     buf_[b] = staged_[b] = nullptr;
   }
+  words_ = 0;
+}
+
+void DeviceSide::free_all() {
+  free_messages();
   if (bad_) kern_.device_free(bad_);
   if (bad_host_) kern_.host_free(bad_host_);
   if (nonfinite_host_) kern_.host_free(nonfinite_host_);
@@ -293,7 +286,8 @@ void DeviceSide::prepare(int tensors) {
   check(kern_.set_device(device_), "set_device");   // the engine's thread
   if (tensors > counters_) {
     if (nonfinite_host_) kern_.host_free(nonfinite_host_);
-    nonfinite_host_ = nullptr;
+    nonfinite_host_ = nullptr;   // and no room, should the allocation below throw
+    counters_ = 0;
     nonfinite_host_ = static_cast<unsigned long long*>(
         host_alloc(sizeof(unsigned long long) * tensors));
     counters_ = tensors;
@@ -304,12 +298,9 @@ void DeviceSide::prepare(int tensors) {
 }
 
 void DeviceSide::reserve(size_t words) {
-  if (words > words_ || buf_[0] == nullptr) {
-    for (int b = 0; b < 2; ++b) {
-      if (buf_[b]) kern_.device_free(buf_[b]);
-      if (staged_[b]) kern_.host_free(staged_[b]);
-      buf_[b] = staged_[b] = nullptr;
-    }
+  words = std::max<size_t>(words, 1);
+  if (words > words_) {   // words_ is 0 until every buffer of the last attempt was allocated
+    free_messages();
     for (int b = 0; b < 2; ++b) {
       buf_[b] = static_cast<uint32_t*>(device_alloc(4 * words));
       if (!cuda_aware_) staged_[b] = static_cast<uint32_t*>(host_alloc(4 * words));

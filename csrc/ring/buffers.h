@@ -44,6 +44,25 @@ struct DeviceKernels {
   decltype(&scalecom_cuda_host_free) host_free = nullptr;
   decltype(&scalecom_cuda_error_string) error_string = nullptr;
 
+  // Calls f on every entry, in the table's order: the one list of it here.
+  template <typename Table, typename F>
+  static void each(Table& table, F&& f) {
+    f(table.select_workspace_bytes);
+    f(table.ring_select);
+    f(table.gather_update_workspace_bytes);
+    f(table.gather_update);
+    f(table.scatter);
+    f(table.ring_accumulate);
+    f(table.ring_divide);
+    f(table.copy_async);
+    f(table.synchronize);
+    f(table.set_device);
+    f(table.device_alloc);
+    f(table.device_free);
+    f(table.host_alloc);
+    f(table.host_free);
+    f(table.error_string);
+  }
   static constexpr int kCount = 15;
   bool complete() const;
 };
@@ -124,6 +143,7 @@ class DeviceSide : public Side {
  private:
   void* device_alloc(size_t bytes);
   void* host_alloc(size_t bytes);
+  void free_messages();
   void free_all();
   void check(int code, const char* what) const;
   void wait_and_check();

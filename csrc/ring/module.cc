@@ -79,6 +79,14 @@ bool get_f32(EngineObject* self, PyObject* obj, bool writable, const char* what,
   return true;
 }
 
+// ratio and beta, as both start functions take them.
+bool check_knobs(double ratio, double beta) {
+  if ((ratio > 0.0 && ratio <= 1.0) && (beta > 0.0 && beta <= 1.0)) return true;
+  PyErr_Format(PyExc_ValueError, "ring allreduce: ratio and beta must lie in (0, 1], got "
+                                 "%g and %g", ratio, beta);
+  return false;
+}
+
 PyObject* Engine_start(EngineObject* self, PyObject* args) {
   PyObject *memories, *grads, *outs, *steps;
   double ratio, beta;
@@ -93,11 +101,7 @@ PyObject* Engine_start(EngineObject* self, PyObject* args) {
                                       "have one entry per tensor");
     return nullptr;
   }
-  if (!(ratio > 0.0 && ratio <= 1.0) || !(beta > 0.0 && beta <= 1.0)) {
-    PyErr_Format(PyExc_ValueError, "ring allreduce: ratio and beta must lie in (0, 1], got "
-                                   "%g and %g", ratio, beta);
-    return nullptr;
-  }
+  if (!check_knobs(ratio, beta)) return nullptr;
   if (!self->views->empty()) {
     PyErr_SetString(PyExc_RuntimeError, "ring allreduce: an exchange is already in flight");
     return nullptr;
@@ -169,24 +173,10 @@ PyObject* Engine_use_device_kernels(EngineObject* self, PyObject* args) {
   }
   scalecom::DeviceKernels k;
   int at = 0;
-  auto next = [&a, &at](auto& fn) {
-    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(a[at++]);
-  };
-  next(k.select_workspace_bytes);
-  next(k.ring_select);
-  next(k.gather_update_workspace_bytes);
-  next(k.gather_update);
-  next(k.scatter);
-  next(k.ring_accumulate);
-  next(k.ring_divide);
-  next(k.copy_async);
-  next(k.synchronize);
-  next(k.set_device);
-  next(k.device_alloc);
-  next(k.device_free);
-  next(k.host_alloc);
-  next(k.host_free);
-  next(k.error_string);
+  scalecom::DeviceKernels::each(k, [&a, &at](auto& fn) {
+    if (at < kCount) fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(a[at]);
+    ++at;
+  });
   try {
     self->engine->set_device_kernels(k, how);
   } catch (const std::exception& e) {
@@ -222,11 +212,7 @@ PyObject* Engine_start_device(EngineObject* self, PyObject* args) {
   PyObject* specs;
   double ratio, beta;
   if (!PyArg_ParseTuple(args, "O!dd", &PyList_Type, &specs, &ratio, &beta)) return nullptr;
-  if (!(ratio > 0.0 && ratio <= 1.0) || !(beta > 0.0 && beta <= 1.0)) {
-    PyErr_Format(PyExc_ValueError, "ring allreduce: ratio and beta must lie in (0, 1], got "
-                                   "%g and %g", ratio, beta);
-    return nullptr;
-  }
+  if (!check_knobs(ratio, beta)) return nullptr;
   std::vector<scalecom::RingTensor> tensors;
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(specs); ++i) {
     PyObject* spec = PyList_GET_ITEM(specs, i);

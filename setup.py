@@ -89,7 +89,7 @@ def ring_extension():
     return [Extension(
         name="horovod_scalecom._ring",
         sources=CORE_SOURCES + ["csrc/ring/ring.cc", "csrc/ring/buffers.cc",
-                                "csrc/ring/module.cc"],
+                                "csrc/ring/share.cc", "csrc/ring/module.cc"],
         depends=CORE_HEADERS + ["csrc/ring/ring.h", "csrc/ring/buffers.h",
                                 "csrc/cuda/scalecom_cuda.h"],
         language="c++",

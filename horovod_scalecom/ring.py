@@ -3,8 +3,10 @@ by the PyTorch and TensorFlow frontends of path B; framework-free."""
 
 from __future__ import annotations
 
+import atexit
 import os
 from types import ModuleType
+from typing import Any
 
 
 def load_ring() -> ModuleType:
@@ -33,3 +35,35 @@ def device_transport() -> str:
     if value not in _TRANSPORTS:
         raise ValueError(f"{TRANSPORT_ENV}={value!r}: expected auto, 0 or 1")
     return _TRANSPORTS[value]
+
+
+INDEX_SHARE_ENV = "HOROVOD_SCALECOM_INDEX_SHARE"
+
+
+def open_index_share(tensors: int, timeout_s: float) -> Any | None:
+    """Path A's index share over MPI (the engine's share(): tagged point-to-point
+    messages on its own communicator, no Horovod negotiation cycle), or None
+    where it cannot run and Horovod's broadcast carries the indices: no MPI
+    (Gloo, Elastic), MPI below MPI_THREAD_MULTIPLE, more tensors than MPI
+    tags, or $HOROVOD_SCALECOM_INDEX_SHARE=horovod.
+
+    Collective (MPI_Comm_dup): every rank calls it at the same point, once.
+    The same conditions hold on every rank, so all take the same transport."""
+    choice = os.environ.get(INDEX_SHARE_ENV, "auto").strip().lower()
+    if choice not in ("auto", "mpi", "horovod"):
+        raise ValueError(f"{INDEX_SHARE_ENV}={choice!r}: expected auto, mpi or horovod")
+    if choice == "horovod":
+        return None
+    ring = load_ring()
+    if not ring.mpi_ready():
+        if choice == "mpi":
+            raise RuntimeError(f"{INDEX_SHARE_ENV}=mpi, but MPI is not initialized with "
+                               "MPI_THREAD_MULTIPLE in this process (Gloo?)")
+        return None
+    engine = ring.Engine()
+    if tensors > engine.max_tag() + 1:
+        return None
+    # Before Horovod's own exit handler (registered earlier, run later): the
+    # leader's last sends complete and no rank finalizes MPI under a peer.
+    atexit.register(engine.close, timeout_s)
+    return engine

@@ -201,21 +201,25 @@ int64_t first_bad_index(const int32_t* indices, int64_t k, int64_t lo, int64_t h
   return -1;
 }
 
-int64_t gather_and_update(float* memory, const float* grad, int64_t numel,
-                          const int32_t* indices, int64_t k, float beta,
-                          float* values, int num_threads) {
+namespace {
+
+// One pass over memory and grad for an ascending, unique index set I: the
+// low-pass update (m_j += beta g_j off I, m_j *= 1 - beta on I) with the
+// non-finite policy; off(j) and on(i, j) add what a caller writes besides,
+// each called before m_j changes.
+template <typename Off, typename On>
+int64_t low_pass_sweep(float* memory, const float* grad, int64_t numel, const int32_t* indices,
+                       int64_t k, float beta, int num_threads, Off off, On on) {
   if (k < 0 || k > numel)
-    throw std::invalid_argument("gather_and_update: k=" + std::to_string(k) +
-                                " outside [0, numel=" + std::to_string(numel) + "]");
+    throw std::invalid_argument("k=" + std::to_string(k) + " outside [0, numel=" +
+                                std::to_string(numel) + "]");
   if (!(beta > 0.0f && beta <= 1.0f))
-    throw std::invalid_argument("gather_and_update: beta must lie in (0, 1], got " +
-                                std::to_string(beta));
+    throw std::invalid_argument("beta must lie in (0, 1], got " + std::to_string(beta));
   const int64_t bad = first_bad_index(indices, k, 0, numel);
   if (bad >= 0)
     throw std::invalid_argument(
-        "gather_and_update: indices must be ascending, unique and in [0, " +
-        std::to_string(numel) + "); entry " + std::to_string(bad) + " is " +
-        std::to_string(indices[bad]));
+        "indices must be ascending, unique and in [0, " + std::to_string(numel) +
+        "); entry " + std::to_string(bad) + " is " + std::to_string(indices[bad]));
   const float decay = 1.0f - beta;
   const int nt = threads_for(numel, num_threads);
   int64_t dropped = 0;
@@ -234,19 +238,47 @@ int64_t gather_and_update(float* memory, const float* grad, int64_t numel,
       // tests and a 32-bit count keep this loop vectorised.
       uint32_t refused = 0;
       for (; j < stop; ++j) {
-        const float updated = memory[j] + beta * grad[j];
+        const float g = grad[j];
+        off(j);
+        const float updated = memory[j] + beta * g;
         const uint32_t bad = (bits_of(updated) & 0x7F800000u) == 0x7F800000u;
         memory[j] = bad ? memory[j] : updated;
         refused += bad;
       }
       dropped += refused;
       if (i == i_end) break;
-      values[i] = memory[j] + grad[j];
+      on(i, j);
       memory[j] = decay * memory[j];
       ++j;
     }
   }
   return dropped;
+}
+
+}  // namespace
+
+int64_t gather_and_update(float* memory, const float* grad, int64_t numel,
+                          const int32_t* indices, int64_t k, float beta,
+                          float* values, int num_threads) {
+  try {
+    return low_pass_sweep(memory, grad, numel, indices, k, beta, num_threads,
+                          [](int64_t) {},
+                          [&](int64_t i, int64_t j) { values[i] = memory[j] + grad[j]; });
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string("gather_and_update: ") + e.what());
+  }
+}
+
+int64_t update_and_scatter(float* memory, const float* grad, float* out, int64_t numel,
+                           const int32_t* indices, int64_t k, float beta, const float* means,
+                           int num_threads) {
+  try {
+    return low_pass_sweep(memory, grad, numel, indices, k, beta, num_threads,
+                          [&](int64_t j) { out[j] = 0.0f; },
+                          [&](int64_t i, int64_t j) { out[j] = means[i]; });
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string("update_and_scatter: ") + e.what());
+  }
 }
 
 void scatter(const int32_t* indices, const float* values, int64_t k,

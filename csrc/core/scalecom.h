@@ -38,6 +38,16 @@ int64_t gather_and_update(float* memory, const float* grad, int64_t numel,
                           const int32_t* indices, int64_t k, float beta,
                           float* values, int num_threads);
 
+// The compressed ring's last pass over a tensor (path B), in one sweep: the
+// low-pass update of gather_and_update for the ascending index set I (the
+// ring already has the values), and out = the dense mean: means[i] at I[i],
+// zero elsewhere. `out` may be `grad` itself: each element is read before it
+// is written, so the ring can hand the mean back in the gradient's storage.
+// Returns the entries kept by the non-finite policy.
+int64_t update_and_scatter(float* memory, const float* grad, float* out, int64_t numel,
+                           const int32_t* indices, int64_t k, float beta, const float* means,
+                           int num_threads);
+
 // The first entry of indices[0..k) outside [lo, hi) or not above its
 // predecessor, or -1: the check of an index set that came from elsewhere
 // (another rank, a framework tensor) before anything trusts it.

@@ -75,11 +75,9 @@ class HostBuffers final : public Buffers {
   }
 
   void finish(float beta) override {
-    std::fill(t_.out, t_.out + t_.numel, 0.0f);
-    for (size_t q = 0; q < union_.size(); ++q) t_.out[union_[q]] = means_[q];
-    nonfinite_ = gather_and_update(t_.memory, grad_, t_.numel, union_.data(),
-                                   static_cast<int64_t>(union_.size()), beta, means_.data(),
-                                   threads_);
+    nonfinite_ = update_and_scatter(t_.memory, grad_, t_.out, t_.numel, union_.data(),
+                                    static_cast<int64_t>(union_.size()), beta, means_.data(),
+                                    threads_);
   }
 
   int64_t nonfinite() override { return nonfinite_; }
@@ -89,7 +87,7 @@ class HostBuffers final : public Buffers {
   const float* grad_;
   int threads_;
   std::vector<int32_t> union_;
-  std::vector<float> means_;   // then gather_and_update's scratch
+  std::vector<float> means_;
   int64_t nonfinite_ = 0;
 };
 

@@ -24,9 +24,10 @@ struct EngineObject {
   bool leaked;
 };
 
-void release_views(EngineObject* self) {
-  for (Py_buffer& v : *self->views) PyBuffer_Release(&v);
-  self->views->clear();
+// Releases the views taken since `mark` (0: all of them).
+void release_views(EngineObject* self, size_t mark = 0) {
+  for (size_t i = mark; i < self->views->size(); ++i) PyBuffer_Release(&(*self->views)[i]);
+  self->views->resize(mark);
 }
 
 PyObject* Engine_new(PyTypeObject* type, PyObject*, PyObject*) {
@@ -102,23 +103,24 @@ PyObject* Engine_start(EngineObject* self, PyObject* args) {
     return nullptr;
   }
   if (!check_knobs(ratio, beta)) return nullptr;
-  if (!self->views->empty()) {
-    PyErr_SetString(PyExc_RuntimeError, "ring allreduce: an exchange is already in flight");
-    return nullptr;
-  }
+  // The views of exchanges queued before this one stay held.
+  const size_t mark = self->views->size();
   std::vector<scalecom::RingTensor> tensors;
   for (Py_ssize_t i = 0; i < count; ++i) {
     scalecom::RingTensor t{};
     float* grad = nullptr;
     int64_t n_mem = 0, n_grad = 0, n_out = 0;
+    // The output may be the gradient itself (then both views are writable).
+    PyObject* out = PyList_GET_ITEM(outs, i);
+    const bool in_place = out == PyList_GET_ITEM(grads, i);
     if (!get_f32(self, PyList_GET_ITEM(memories, i), true, "memory", &t.memory, &n_mem) ||
-        !get_f32(self, PyList_GET_ITEM(grads, i), false, "grad", &grad, &n_grad) ||
-        !get_f32(self, PyList_GET_ITEM(outs, i), true, "out", &t.out, &n_out)) {
-      release_views(self);
+        !get_f32(self, PyList_GET_ITEM(grads, i), in_place, "grad", &grad, &n_grad) ||
+        !get_f32(self, out, true, "out", &t.out, &n_out)) {
+      release_views(self, mark);
       return nullptr;
     }
     if (n_mem != n_grad || n_mem != n_out) {
-      release_views(self);
+      release_views(self, mark);
       PyErr_Format(PyExc_ValueError, "ring allreduce: tensor %zd has %lld memory, %lld grad and "
                    "%lld out elements", i, (long long)n_mem, (long long)n_grad,
                    (long long)n_out);
@@ -128,7 +130,7 @@ PyObject* Engine_start(EngineObject* self, PyObject* args) {
     t.numel = n_mem;
     t.step = PyLong_AsLongLong(PyList_GET_ITEM(steps, i));
     if (PyErr_Occurred()) {
-      release_views(self);
+      release_views(self, mark);
       return nullptr;
     }
     tensors.push_back(t);
@@ -136,7 +138,7 @@ PyObject* Engine_start(EngineObject* self, PyObject* args) {
   try {
     self->engine->start(std::move(tensors), ratio, static_cast<float>(beta), threads);
   } catch (const std::exception& e) {
-    release_views(self);
+    release_views(self, mark);
     PyErr_SetString(PyExc_RuntimeError, e.what());
     return nullptr;
   }
@@ -293,9 +295,80 @@ PyObject* Engine_compute(EngineObject* self, PyObject*) {
   return PyFloat_FromDouble(self->engine->last_compute_s());
 }
 
+PyObject* Engine_timings(EngineObject* self, PyObject*) {
+  const scalecom::RingEngine::Timings& t = self->engine->last_timings();
+  return Py_BuildValue("{s:d,s:d,s:d,s:d,s:d,s:d,s:d,s:d,s:d,s:i}", "agree_s", t.agree,
+                       "select_s", t.select, "mpi_reduce_scatter_s", t.mpi_rs, "reduce_s",
+                       t.reduce, "mpi_allgather_s", t.mpi_ag, "pack_s", t.pack, "unpack_s",
+                       t.unpack, "update_s", t.update, "busy_s", t.busy, "exchanges",
+                       t.exchanges);
+}
+
+// share(indices, leader, tag, timeout_s) -> bool: path A's index share (share.cc).
+PyObject* Engine_share(EngineObject* self, PyObject* args) {
+  PyObject* obj;
+  int leader, tag;
+  double timeout;
+  if (!PyArg_ParseTuple(args, "Oiid", &obj, &leader, &tag, &timeout)) return nullptr;
+  Py_buffer view;
+  if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) != 0)
+    return nullptr;
+  const std::string format = view.format ? view.format : "?";
+  if (view.itemsize != 4 || (format != "i" && format != "l" && format != "=i")) {
+    PyBuffer_Release(&view);
+    PyErr_Format(PyExc_TypeError, "index share: indices must be a writable C-contiguous int32 "
+                 "buffer, got format '%s'", format.c_str());
+    return nullptr;
+  }
+  bool done = false;
+  std::string error;
+  Py_BEGIN_ALLOW_THREADS
+  try {
+    done = self->engine->share(static_cast<int32_t*>(view.buf), view.len / 4, leader, tag,
+                               timeout);
+  } catch (const std::exception& e) {
+    done = true;
+    error = e.what();
+  }
+  Py_END_ALLOW_THREADS
+  if (!done) return PyBool_FromLong(0);   // the receive stays posted: the view stays held
+  PyBuffer_Release(&view);
+  if (!error.empty()) {
+    PyErr_SetString(PyExc_RuntimeError, error.c_str());
+    return nullptr;
+  }
+  Py_RETURN_TRUE;
+}
+
+PyObject* Engine_max_tag(EngineObject* self, PyObject*) {
+  return PyLong_FromLong(self->engine->max_tag());
+}
+
+PyObject* Engine_close(EngineObject* self, PyObject* args) {
+  double timeout;
+  if (!PyArg_ParseTuple(args, "d", &timeout)) return nullptr;
+  if (self->leaked) Py_RETURN_FALSE;   // an exchange timed out: nothing more to wait for
+  bool closed = false;
+  std::string error;
+  Py_BEGIN_ALLOW_THREADS
+  try {
+    closed = self->engine->close(timeout);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  Py_END_ALLOW_THREADS
+  if (!error.empty()) {
+    PyErr_SetString(PyExc_RuntimeError, error.c_str());
+    return nullptr;
+  }
+  if (!closed) self->leaked = true;
+  else release_views(self);
+  return PyBool_FromLong(closed);
+}
+
 PyMethodDef Engine_methods[] = {
     {"start", reinterpret_cast<PyCFunction>(Engine_start), METH_VARARGS,
-     "start(memories, grads, outs, steps, ratio, beta, threads): begin one fused exchange"},
+     "start(memories, grads, outs, steps, ratio, beta, threads): queue one fused exchange"},
     {"use_device_kernels", reinterpret_cast<PyCFunction>(Engine_use_device_kernels),
      METH_VARARGS, "use_device_kernels(addresses, transport): the CUDA kernels for GPU tensors"},
     {"cuda_aware", reinterpret_cast<PyCFunction>(Engine_cuda_aware), METH_NOARGS,
@@ -303,22 +376,48 @@ PyMethodDef Engine_methods[] = {
     {"device_scratch_bytes", reinterpret_cast<PyCFunction>(Engine_device_scratch_bytes),
      METH_VARARGS, "device_scratch_bytes(numel, ratio) -> bytes of GPU scratch per tensor"},
     {"start_device", reinterpret_cast<PyCFunction>(Engine_start_device), METH_VARARGS,
-     "start_device(specs, ratio, beta): begin one fused exchange of GPU tensors"},
+     "start_device(specs, ratio, beta): queue one fused exchange of GPU tensors"},
     {"wait", reinterpret_cast<PyCFunction>(Engine_wait), METH_VARARGS,
-     "wait(timeout_s) -> bytes sent; TimeoutError if the exchange did not finish"},
+     "wait(timeout_s) -> bytes sent by every exchange started so far; TimeoutError if they "
+     "did not finish"},
+    {"share", reinterpret_cast<PyCFunction>(Engine_share), METH_VARARGS,
+     "share(indices, leader, tag, timeout_s) -> False on timeout: the leader sends its int32 "
+     "indices to every rank, the others receive them (matched by tag)"},
+    {"max_tag", reinterpret_cast<PyCFunction>(Engine_max_tag), METH_NOARGS,
+     "the largest MPI tag, the bound on share()'s tag"},
+    {"close", reinterpret_cast<PyCFunction>(Engine_close), METH_VARARGS,
+     "close(timeout_s) -> True once every rank has closed (before MPI is finalized)"},
+    {"last_timings", reinterpret_cast<PyCFunction>(Engine_timings), METH_NOARGS,
+     "seconds per phase of the exchanges the last wait() finished, summed"},
     {"rank", reinterpret_cast<PyCFunction>(Engine_rank), METH_NOARGS, "rank in the ring"},
     {"size", reinterpret_cast<PyCFunction>(Engine_size), METH_NOARGS, "ranks in the ring"},
     {"last_nonfinite", reinterpret_cast<PyCFunction>(Engine_nonfinite), METH_NOARGS,
      "memory entries that refused a non-finite update in the last exchange"},
     {"last_compute_s", reinterpret_cast<PyCFunction>(Engine_compute), METH_NOARGS,
-     "seconds the last exchange spent selecting, writing the output and updating the memory"},
+     "seconds the last wait()'s exchanges spent selecting, writing the output and updating "
+     "the memory"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyTypeObject EngineType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
+// Whether an Engine can be built here: MPI initialized (by Horovod), not
+// finalized, at MPI_THREAD_MULTIPLE. Same answer on every rank of a job.
+PyObject* mpi_ready(PyObject*, PyObject*) {
+  int initialized = 0, finalized = 0, level = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (initialized && !finalized) MPI_Query_thread(&level);
+  return PyBool_FromLong(initialized && !finalized && level >= MPI_THREAD_MULTIPLE);
+}
+
+PyMethodDef module_methods[] = {
+    {"mpi_ready", mpi_ready, METH_NOARGS,
+     "whether MPI is initialized at MPI_THREAD_MULTIPLE (an Engine can be built)"},
+    {nullptr, nullptr, 0, nullptr}};
+
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_ring",
                           "ScaleCom's compressed ring allreduce over MPI (path B).", -1,
-                          nullptr, nullptr, nullptr, nullptr, nullptr};
+                          module_methods, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace
 

@@ -82,7 +82,7 @@ void RingEngine::set_device_kernels(const DeviceKernels& kernels, DeviceTranspor
   if (!kernels.complete())
     throw std::invalid_argument("ring allreduce: incomplete table of CUDA kernels");
   std::lock_guard<std::mutex> lock(mu_);
-  if (busy_) throw std::runtime_error("ring allreduce: an exchange is in flight");
+  if (pending_ > 0) throw std::runtime_error("ring allreduce: an exchange is in flight");
   device_side_.reset();   // it refers to the old table
   kernels_ = std::make_unique<DeviceKernels>(kernels);
   cuda_aware_ = transport == DeviceTransport::kCudaAware ||
@@ -95,6 +95,11 @@ size_t RingEngine::device_scratch_bytes(int64_t numel, double ratio) const {
 }
 
 RingEngine::~RingEngine() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
   if (worker_.joinable()) {
     if (broken_) worker_.detach();  // stuck in MPI: leave it, never block the exit
     else worker_.join();
@@ -116,7 +121,6 @@ void RingEngine::start(std::vector<RingTensor> tensors, double ratio, float beta
   if (broken_)
     throw std::runtime_error("ring allreduce: an earlier exchange timed out; the engine "
                              "cannot be used again");
-  if (busy_) throw std::runtime_error("ring allreduce: an exchange is already in flight");
   for (const RingTensor& t : tensors) {
     if (t.device >= 0 && !kernels_)
       throw std::runtime_error("ring allreduce: a tensor on a GPU, but no CUDA kernels were "
@@ -126,24 +130,24 @@ void RingEngine::start(std::vector<RingTensor> tensors, double ratio, float beta
           "ring allreduce: one exchange takes host tensors or the tensors of one GPU, not "
           "tensors on " + where(tensors.front().device) + " and " + where(t.device));
   }
-  if (worker_.joinable()) worker_.join();
-  busy_ = true;
-  done_ = false;
-  error_ = nullptr;
-  worker_ = std::thread(&RingEngine::run, this, std::move(tensors), ratio, beta, num_threads);
+  queue_.push_back(Job{std::move(tensors), ratio, beta, num_threads});
+  ++pending_;
+  if (!worker_.joinable()) worker_ = std::thread(&RingEngine::serve, this);
+  cv_.notify_all();
 }
 
 bool RingEngine::wait(double timeout_s) {
   std::unique_lock<std::mutex> lock(mu_);
-  if (!busy_) throw std::runtime_error("ring allreduce: wait() without start()");
   auto limit = std::chrono::duration<double>(timeout_s);
-  if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
+  if (!cv_.wait_for(lock, limit, [this] { return pending_ == 0; })) {
     broken_ = true;
     return false;
   }
-  lock.unlock();
-  worker_.join();
-  busy_ = false;
+  last_timings_ = timings_;
+  last_bytes_ = bytes_;
+  last_nonfinite_ = nonfinite_;
+  timings_ = Timings{};
+  bytes_ = nonfinite_ = 0;
   if (error_) {
     std::exception_ptr e = error_;
     error_ = nullptr;
@@ -152,23 +156,56 @@ bool RingEngine::wait(double timeout_s) {
   return true;
 }
 
-void RingEngine::run(std::vector<RingTensor> tensors, double ratio, float beta,
-                     int num_threads) {
-  try {
-    bytes_ = 0;
-    nonfinite_ = 0;
-    compute_s_ = 0.0;
-    exchange(tensors, ratio, beta, num_threads);
-    last_bytes_ = bytes_;
-    last_nonfinite_ = nonfinite_;
-    last_compute_s_ = compute_s_;
-  } catch (...) {
-    std::lock_guard<std::mutex> lock(mu_);
-    error_ = std::current_exception();
+bool RingEngine::close(double timeout_s) {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return true;
+  if (!wait(timeout_s) || !finish_sends(timeout_s)) return false;
+  if (size_ == 1) return true;
+  MPI_Request request;
+  check_mpi(MPI_Ibarrier(comm_, &request), "MPI_Ibarrier");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  for (int done = 0; !done;) {
+    check_mpi(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    if (!done && std::chrono::steady_clock::now() > deadline) {
+      std::lock_guard<std::mutex> lock(mu_);
+      broken_ = true;   // the barrier stays posted: never free the communicator under it
+      return false;
+    }
+    if (!done) std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  done_ = true;
-  cv_.notify_all();
+  return true;
+}
+
+// The engine's thread: runs the queued exchanges in order. After an error the
+// rest of the queue is dropped (the peers fail or time out on their own), and
+// wait() reports the first error.
+void RingEngine::serve() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+    if (queue_.empty()) return;   // stopping, nothing left
+    Job job = std::move(queue_.front());
+    queue_.pop_front();
+    const bool skip = error_ != nullptr;
+    lock.unlock();
+    std::exception_ptr error;
+    if (!skip) {
+      const auto begin = std::chrono::steady_clock::now();
+      try {
+        exchange(job.tensors, job.ratio, job.beta, job.num_threads);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      timings_.busy +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+      ++timings_.exchanges;
+    }
+    lock.lock();
+    if (error && !error_) error_ = error;
+    --pending_;
+    cv_.notify_all();
+  }
 }
 
 void RingEngine::hop_exchange(Side& side, size_t send_words, size_t recv_words) {
@@ -222,7 +259,10 @@ void RingEngine::check_agreement(const std::vector<RingTensor>& tensors, double 
 Side& RingEngine::side_for(const std::vector<RingTensor>& tensors, int num_threads) {
   const int device = tensors.empty() ? -1 : tensors.front().device;
   if (device < 0) {
-    host_side_ = host_side(num_threads);
+    if (!host_side_ || host_threads_ != num_threads) {   // else its messages are reused
+      host_side_ = host_side(num_threads);
+      host_threads_ = num_threads;
+    }
     return *host_side_;
   }
   if (!device_side_ || device_side_->device() != device) {
@@ -233,18 +273,33 @@ Side& RingEngine::side_for(const std::vector<RingTensor>& tensors, int num_threa
   return *device_side_;
 }
 
+namespace {
+
+// Adds the time since the last lap to one phase of the breakdown.
+class Laps {
+ public:
+  void lap(double* phase) {
+    const auto now = std::chrono::steady_clock::now();
+    *phase += std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace
+
 // Fused messages: each tensor's segment holds the chunk this rank forwards,
 // its k indices then its k values in the reduce-scatter, its k values in the
 // allgather. A received message, worked on in place, is the next one sent.
 void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float beta,
                           int num_threads) {
+  Timings& time = timings_;
+  Laps laps;
   check_agreement(tensors, ratio);
+  laps.lap(&time.agree);
   const int64_t n = size_, r = rank_;
-  using Clock = std::chrono::steady_clock;
-  const auto seconds_since = [](Clock::time_point t0) {
-    return std::chrono::duration<double>(Clock::now() - t0).count();
-  };
-  const auto select_start = Clock::now();
 
   Side& side = side_for(tensors, num_threads);
   std::vector<Plan> plans(tensors.size());
@@ -271,13 +326,14 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
     send_words += 2 * k;
   }
   side.wait();
-  compute_s_ += seconds_since(select_start);
+  laps.lap(&time.select);
 
   // Reduce-scatter: hop h receives the chunk owned by rank r - h.
   for (int64_t hop = 1; hop < n; ++hop) {
     size_t recv_words = 0;
     for (const Plan& p : plans) recv_words += 2 * p.k[mod(r - hop - p.t.step, n)];
     hop_exchange(side, send_words, recv_words);
+    laps.lap(&time.mpi_rs);
     size_t at = 0;
     for (Plan& p : plans) {
       const int64_t j = mod(r - hop - p.t.step, n), k = p.k[j];
@@ -290,6 +346,7 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
     }
     side.swap();
     send_words = recv_words;
+    laps.lap(&time.reduce);
   }
 
   // This rank now holds the complete sum of the chunk owned by rank r + 1:
@@ -306,11 +363,13 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
     send_words += k;
   }
   side.swap();
+  laps.lap(&time.pack);
   // Allgather: hop h receives the sum of the chunk owned by r + 1 - h.
   for (int64_t hop = 1; hop < n; ++hop) {
     size_t recv_words = 0;
     for (const Plan& p : plans) recv_words += p.k[mod(r + 1 - hop - p.t.step, n)];
     hop_exchange(side, send_words, recv_words);
+    laps.lap(&time.mpi_ag);
     at = 0;
     for (Plan& p : plans) {
       const int64_t j = mod(r + 1 - hop - p.t.step, n), k = p.k[j];
@@ -321,19 +380,16 @@ void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float 
     }
     side.swap();
     send_words = recv_words;
+    laps.lap(&time.unpack);
   }
 
-  // No rank leaves an exchange while a peer still receives from it: a rank
-  // that returned, finished training and finalized MPI with a message still
-  // in flight made its neighbour hang or crash in the TCP transport (seen
-  // under load with Open MPI 4.1). One barrier per step costs a few latencies.
-  check_mpi(MPI_Barrier(comm_), "MPI_Barrier");
-
-  const auto update_start = Clock::now();
+  // No barrier here: the next exchange's agreement check orders the ranks,
+  // and close() keeps any rank from finalizing MPI while a peer still
+  // receives from it.
   for (Plan& p : plans) p.buffers->finish(beta);
   side.wait();
   for (Plan& p : plans) nonfinite_ += p.buffers->nonfinite();
-  compute_s_ += seconds_since(update_start);
+  laps.lap(&time.update);
 }
 
 }  // namespace scalecom

@@ -13,13 +13,17 @@
 // their union and writes the dense mean.
 //
 // The engine owns a duplicate of MPI_COMM_WORLD, so its messages never mix with
-// Horovod's, and runs each exchange on a thread of its own so that a frontend
-// can overlap it with other work; MPI must provide MPI_THREAD_MULTIPLE.
+// Horovod's, and runs the exchanges on a thread of its own, in the order they
+// were started, so that a frontend can start a group of gradients as soon as
+// backward has produced it and overlap the ring with the rest of backward;
+// MPI must provide MPI_THREAD_MULTIPLE. Every rank must start the same groups
+// in the same order.
 #pragma once
 
 #include <mpi.h>
 
 #include <condition_variable>
+#include <deque>
 #include <cstdint>
 #include <exception>
 #include <memory>
@@ -34,7 +38,8 @@ struct RingTensor {
   float* memory = nullptr;    // numel float32, updated in place
   const void* grad = nullptr; // numel elements of grad_type (float32 on the host)
   int grad_type = 0;          // ScalecomGradType of csrc/cuda/scalecom_cuda.h
-  float* out = nullptr;       // numel float32: the dense mean of the step
+  float* out = nullptr;       // numel float32: the dense mean of the step; on the host it
+                              // may be grad itself (float32 then), written after it is read
   int64_t numel = 0;
   int64_t step = 0;           // the tensor's step t: fixes the chunk owners
   int device = -1;            // -1: host memory; else the CUDA device of all three
@@ -68,9 +73,10 @@ class RingEngine {
   int rank() const { return rank_; }
   int size() const { return size_; }
 
-  // Starts one fused exchange on the engine's thread. The buffers must stay
-  // valid until wait() returns true. One exchange at a time. Device tensors
-  // need set_device_kernels() first.
+  // Queues one fused exchange (a group of tensors) behind those started
+  // before; the engine's thread runs them in order. The buffers must stay
+  // valid until wait() returns true. Device tensors need set_device_kernels()
+  // first.
   void start(std::vector<RingTensor> tensors, double ratio, float beta, int num_threads);
 
   // The CUDA kernels for device tensors (see buffers.h), and how their
@@ -81,21 +87,64 @@ class RingEngine {
   // Scratch bytes a device tensor of numel elements needs (RingTensor::scratch).
   size_t device_scratch_bytes(int64_t numel, double ratio) const;
 
-  // Waits up to timeout_s seconds. True when the exchange finished (rethrows
-  // its error, if any); false on timeout, after which the engine is unusable.
+  // Waits up to timeout_s seconds for every exchange started so far. True when
+  // they finished (rethrows the first error, if any); false on timeout, after
+  // which the engine is unusable.
   bool wait(double timeout_s);
 
-  // Bytes this rank sent in the last finished exchange (payload of all hops).
+  // Every rank reaches close() before any leaves it, so no rank finalizes MPI
+  // while a peer still receives from it (Open MPI 4.1's TCP transport hung or
+  // crashed on that). A barrier, polled up to timeout_s; false on timeout.
+  bool close(double timeout_s);
+
+  // Path A's index share (share.cc): the leader sends indices[0..k) to every
+  // other rank with `tag` (the tensor's registration index) and returns at
+  // once; the others receive them into `indices`. False when nothing came
+  // within timeout_s (the receive stays posted: never free `indices` then).
+  bool share(int32_t* indices, int64_t k, int leader, int tag, double timeout_s);
+  // The largest tag MPI allows (at least 32767).
+  int max_tag() const;
+
+  // Where the time of the exchanges finished by the last wait() went, summed
+  // over them (seconds). On a GPU a phase counts its launches and the waits
+  // for the stream that fall inside it.
+  struct Timings {
+    double agree = 0;       // the agreement check: one 16-byte allreduce per exchange
+    double select = 0;      // the chunk owners' top-k, with m + g at those indices
+    double mpi_rs = 0;      // MPI_Sendrecv of the reduce-scatter hops, staging included
+    double reduce = 0;      // adding this rank's m + g at the received indices
+    double mpi_ag = 0;      // MPI_Sendrecv of the allgather hops
+    double pack = 0;        // means of held sums and copying them into the next message
+    double unpack = 0;      // means of the received sums
+    double update = 0;      // the dense output and the low-pass memory update
+    double busy = 0;        // wall time the engine's thread spent on these exchanges
+    int exchanges = 0;
+  };
+  const Timings& last_timings() const { return last_timings_; }
+
+  // Bytes this rank sent in the exchanges finished by the last wait().
   int64_t last_bytes() const { return last_bytes_; }
-  // Memory entries that refused a non-finite update in the last exchange.
+  // Memory entries that refused a non-finite update in them.
   int64_t last_nonfinite() const { return last_nonfinite_; }
-  // Seconds the last exchange spent selecting, writing the dense output and
-  // updating the memory (its work outside MPI), so a benchmark can tell
-  // compute from communication.
-  double last_compute_s() const { return last_compute_s_; }
+  // Seconds they spent selecting, writing the dense output and updating the
+  // memory (their work outside MPI), so a benchmark can tell compute from
+  // communication.
+  double last_compute_s() const {
+    return last_timings_.select + last_timings_.reduce + last_timings_.pack +
+           last_timings_.unpack + last_timings_.update;
+  }
 
  private:
-  void run(std::vector<RingTensor> tensors, double ratio, float beta, int num_threads);
+  struct Job {
+    std::vector<RingTensor> tensors;
+    double ratio;
+    float beta;
+    int num_threads;
+  };
+  void serve();
+  // Completes the leader's finished sends; finish_sends waits for all of them.
+  void progress_sends();
+  bool finish_sends(double timeout_s);
   void exchange(std::vector<RingTensor>& tensors, double ratio, float beta, int num_threads);
   void check_agreement(const std::vector<RingTensor>& tensors, double ratio);
   void sendrecv(const void* send, int64_t send_bytes, void* recv, int64_t recv_bytes);
@@ -109,22 +158,29 @@ class RingEngine {
   bool cuda_aware_ = false;
   std::unique_ptr<DeviceSide> device_side_;   // kept between exchanges (its buffers)
   std::unique_ptr<Side> host_side_;
+  int host_threads_ = 0;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;
   int size_ = 1;
-  std::thread worker_;
+  std::thread worker_;         // serve(), from the first start() to the destructor
   std::mutex mu_;
-  std::condition_variable cv_;
-  bool busy_ = false;
-  bool done_ = false;
+  std::condition_variable cv_;  // a job queued, a job done, or stopping
+  std::deque<Job> queue_;
+  int pending_ = 0;             // started and not finished
+  bool stopping_ = false;
   bool broken_ = false;
-  std::exception_ptr error_;
-  int64_t last_bytes_ = 0;
-  int64_t bytes_ = 0;
-  int64_t last_nonfinite_ = 0;
-  int64_t nonfinite_ = 0;
-  double last_compute_s_ = 0.0;
-  double compute_s_ = 0.0;
+  std::exception_ptr error_;    // the first error since the last wait()
+  // Written by the engine's thread only while pending_ > 0, read by wait() at 0.
+  Timings timings_, last_timings_;
+  int64_t bytes_ = 0, last_bytes_ = 0;
+  int64_t nonfinite_ = 0, last_nonfinite_ = 0;
+  // The index shares this rank sent as leader, until MPI is done with them.
+  struct PendingSend {
+    std::vector<int32_t> data;
+    std::vector<MPI_Request> requests;
+  };
+  std::mutex share_mu_;
+  std::deque<PendingSend> sends_;
 };
 
 }  // namespace scalecom

@@ -17,14 +17,16 @@ non-leaders. For CUDA gradients they are the CUDA kernels
 (``horovod_scalecom.cuda``) on the current stream, and the memory lives on
 the gradient's GPU.
 
-Why Horovod's own broadcast for the index share, rather than MPI on a
-dedicated communicator from the C++ op: it is the same transport as the
-allreduce that follows, so it works under Gloo as well as MPI, needs no MPI
-thread level, no mpi4py and no second communicator, and Horovod's
-coordinator matches the share by name, not by arrival. It is issued from the
-caller's thread and never from Horovod's background thread, so it cannot
-deadlock with it. The cost is one Horovod negotiation cycle per compressed
-tensor; the compressed ring (path B) is the path without it.
+The index share travels over MPI, on a communicator of ScaleCom's own
+(``horovod_scalecom.ring.open_index_share``): the leader sends its indices
+to each rank, tagged with the tensor's registration index, so a rank gets
+the indices of the tensor it is at whatever order the other ranks reach
+their tensors in, for one message latency and no Horovod negotiation cycle.
+Where MPI cannot carry it (Gloo, Elastic, MPI without thread support) it is
+Horovod's broadcast, one negotiation cycle per tensor, issued from the
+caller's thread and never from Horovod's background thread. The choice is
+made once, alike on every rank; ``$HOROVOD_SCALECOM_INDEX_SHARE=horovod``
+forces the broadcast.
 
 A tensor is identified by the parameter whose ``.grad`` it is (never by call
 order), which works with ``zero_grad(set_to_none=True)``, with
@@ -48,6 +50,7 @@ from horovod.torch.compression import Compressor
 
 from horovod_scalecom import bytes_model
 from horovod_scalecom.config import ScaleComConfig, check_numel, disagreement
+from horovod_scalecom.ring import open_index_share
 from horovod_scalecom.schedule import leader
 from horovod_scalecom.torch._cuda import CudaOps
 from horovod_scalecom.torch._ops import ops
@@ -68,6 +71,7 @@ class _TensorState:
     memory: torch.Tensor | None = None
     step: int = 0                 # compress calls so far, warm-up included
     checked: bool = False         # shape agreed across ranks
+    index: int = 0                # registration index: the index share's MPI tag
 
 
 @dataclass
@@ -130,8 +134,8 @@ class ScaleCom(Compressor):
         dups = sorted({n for n in names if names.count(n) > 1})
         if dups:
             raise ValueError(f"parameter names must be unique; repeated: {', '.join(dups)}")
-        self._states = {name: _TensorState(name, p, offset if stagger_leaders else 0)
-                        for offset, (name, p) in enumerate(pairs)}
+        self._states = {name: _TensorState(name, p, i if stagger_leaders else 0, index=i)
+                        for i, (name, p) in enumerate(pairs)}
         # Candidates by shape: finding which parameter's .grad a tensor is costs
         # a few identity checks, not a scan of the model.
         self._by_shape: dict[torch.Size, list[_TensorState]] = defaultdict(list)
@@ -139,6 +143,8 @@ class ScaleCom(Compressor):
             self._by_shape[state.param.shape].append(state)
         self._last: dict[str, dict[str, Any]] = {}
         self._cuda_ops: CudaOps | None = None     # loaded at the first CUDA gradient
+        self._index_share = None     # the MPI index share, opened by _check_config
+        self._leaked: list[torch.Tensor] = []     # receive buffers of timed-out shares
 
     # -- Horovod's Compressor interface -------------------------------------------
 
@@ -169,7 +175,7 @@ class ScaleCom(Compressor):
         else:
             indices = torch.empty(k, dtype=torch.int32, device=tensor.device)
         t1 = time.perf_counter()
-        self._share(indices, lead, state.name)
+        self._share(indices, lead, state)
         t2 = time.perf_counter()
         values, nonfinite = kernels.gather_update_(state.memory, grad, indices, self.config.beta)
         t3 = time.perf_counter()
@@ -314,6 +320,9 @@ class ScaleCom(Compressor):
         if differ:
             raise ValueError(f"ScaleCom: ranks disagree on {differ}; every rank must build "
                              "ScaleCom with the same arguments from the same model")
+        # Every rank gets here once, after the same collective: the place for
+        # the collective that opens the MPI index share.
+        self._index_share = open_index_share(len(self._states), self.share_timeout)
 
     def _prepare(self, state: _TensorState, tensor: torch.Tensor) -> None:
         numel = tensor.numel()
@@ -341,9 +350,25 @@ class ScaleCom(Compressor):
             raise ValueError(f"ScaleCom: ranks disagree on tensor {state.name} ({rows}); "
                              "every rank must build the same model with the same parameters")
 
-    def _share(self, indices: torch.Tensor, lead: int, name: str) -> None:
-        handle = hvd.broadcast_async_(indices, root_rank=lead, name=f"scalecom.indices.{name}")
-        self._wait(handle, f"the indices of {name} from leader rank {lead}")
+    def _share(self, indices: torch.Tensor, lead: int, state: _TensorState) -> None:
+        """The leader's indices to every rank, in place."""
+        what = f"the indices of {state.name} from leader rank {lead}"
+        if self._index_share is None:
+            handle = hvd.broadcast_async_(indices, root_rank=lead,
+                                          name=f"scalecom.indices.{state.name}")
+            self._wait(handle, what)
+            return
+        host = indices if indices.device.type == "cpu" else indices.cpu()
+        try:
+            arrived = self._index_share.share(host.numpy(), lead, state.index,
+                                              self.share_timeout)
+        except RuntimeError as exc:
+            raise RuntimeError(f"ScaleCom: waiting for {what} failed: {exc}") from exc
+        if not arrived:
+            self._leaked.append(host)   # MPI may still write into it
+            raise RuntimeError(self._timed_out(what))
+        if host is not indices:
+            indices.copy_(host)
 
     def _wait(self, handle: int, what: str) -> torch.Tensor:
         """hvd.synchronize with a deadline: a collective that not every rank joins
@@ -352,16 +377,18 @@ class ScaleCom(Compressor):
         pause = 1e-5
         while not hvd.poll(handle):
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"ScaleCom: rank {hvd.rank()} waited {self.share_timeout:.0f} s for {what}. "
-                    "The ranks did not reach this tensor together: they must hand their "
-                    "gradients to Horovod in the same order (or a rank has stopped).")
+                raise RuntimeError(self._timed_out(what))
             time.sleep(pause)
             pause = min(2 * pause, 1e-3)
         try:
             return hvd.synchronize(handle)
         except Exception as exc:
             raise RuntimeError(f"ScaleCom: waiting for {what} failed: {exc}") from exc
+
+    def _timed_out(self, what: str) -> str:
+        return (f"ScaleCom: rank {hvd.rank()} waited {self.share_timeout:.0f} s for {what}. "
+                "The ranks did not reach this tensor together: they must hand their "
+                "gradients to Horovod in the same order (or a rank has stopped).")
 
     def _record(self, state, numel, k, lead, select_s, share_s, update_s) -> dict[str, Any]:
         size = hvd.size()

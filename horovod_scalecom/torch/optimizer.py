@@ -5,40 +5,60 @@ gradients go through ScaleCom's ring allreduce over MPI.
         optimizer, named_parameters=model.named_parameters(),
         compression=ScaleCom(model, ratio=0.01, beta=0.1))
 
-At ``step()`` (or ``synchronize()``) every compressible gradient of the step
-travels in one fused compressed ring (``horovod_scalecom._ring``: chunk-wise
-cyclic owners, (index, value) pairs in the reduce-scatter, values in the
-allgather, so per-rank traffic does not grow with n). The ring runs on its
-own thread and MPI communicator while the other gradients (warm-up steps,
-tensors below ``min_numel``, non-floating) go through Horovod's allreduce,
-overlapping the two. ScaleCom's memory and step counters are the ones of the
-``compression`` object, so its state_dict()/load_state_dict() checkpoint
-path B too. CUDA gradients keep their memory on the GPU: the engine selects
-and updates with the CUDA kernels and moves only the k-sized index and value
-sets through host memory (any MPI; no CUDA-aware MPI needed or used).
+The parameters are cut into groups, the same on every rank (DDP's buckets:
+about 25 MB each, from the last registered parameter to the first). When
+backward has accumulated the last gradient of a group, a gradient hook
+queues the group's exchange on the ring (``horovod_scalecom._ring``:
+chunk-wise cyclic owners, (index, value) pairs in the reduce-scatter, values
+in the allgather, so per-rank traffic does not grow with n), which runs on
+its own thread and MPI communicator while backward goes on. Groups start in
+order on every rank; ``step()``/``synchronize()`` starts those backward left
+incomplete and waits. The other gradients (warm-up steps, tensors below
+``min_numel``, non-floating) go through Horovod's allreduce from the same
+hooks. Grouping changes when bytes travel, never the numbers.
+
+ScaleCom's memory and step counters are the ones of the ``compression``
+object, so its state_dict()/load_state_dict() checkpoint path B too. CUDA
+gradients keep their memory on the GPU (the engine's CUDA kernels; messages
+through CUDA-aware MPI or pinned host staging).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import time
-from typing import Any, Iterable
+import warnings
+from typing import Any, Iterable, Sequence
 
 import torch
 import horovod.torch as hvd
 
 from horovod_scalecom import bytes_model
+from horovod_scalecom.buckets import (DEFAULT_BUCKET_CAP_MB, bucket_by_size, even_groups,
+                                      explicit_groups)
 from horovod_scalecom.cuda import GRAD_TYPES
 from horovod_scalecom.ring import device_transport, load_ring
 from horovod_scalecom.torch.compression import ScaleCom
 
 
 
+class _Group:
+    """Parameters whose gradients the ring exchanges together, and how far
+    this step has got with them."""
+
+    def __init__(self, params: list[tuple[str, torch.Tensor]]) -> None:
+        self.params = params          # registration order: the order in the message
+        self.waiting = len(params)    # parameters whose last backward pass is still to come
+        self.started = False
+
+
 class _RingOptimizer(torch.optim.Optimizer):
     """Mixed into the wrapped optimizer's class, as Horovod does."""
 
     def __init__(self, params, named_parameters, compression: ScaleCom,
-                 backward_passes_per_step: int, op) -> None:
+                 backward_passes_per_step: int, op, groups, bucket_cap_mb: float,
+                 sparse_as_dense: bool) -> None:
         super(self.__class__, self).__init__(params)
         if not isinstance(compression, ScaleCom):
             raise TypeError("horovod_scalecom.torch.DistributedOptimizer needs compression="
@@ -49,6 +69,8 @@ class _RingOptimizer(torch.optim.Optimizer):
             raise ValueError("backward_passes_per_step must be >= 1")
         self._compression = compression
         self.backward_passes_per_step = backward_passes_per_step
+        self._sparse_as_dense = bool(sparse_as_dense)
+        self._should_synchronize = True
         named = list(named_parameters) if named_parameters is not None else [
             (name, p) for name, p in compression._named()]
         by_id = {id(p): name for name, p in named}
@@ -65,93 +87,226 @@ class _RingOptimizer(torch.optim.Optimizer):
         # Registration order, the same on every rank: the ring's tensor order.
         order = {name: i for i, name in enumerate(compression._states)}
         self._params.sort(key=lambda item: order[item[0]])
+        self._groups = [_Group([self._params[i] for i in members])
+                        for members in self._group_indices(groups, bucket_cap_mb)]
+        self._group_of = {id(p): g for g in self._groups for _, p in g.params}
+        self._passes_left = {id(p): backward_passes_per_step for _, p in self._params}
         if hvd.size() > 1:
             self._engine = load_ring().Engine()
+            # Before Horovod's own exit handler (registered earlier, run later):
+            # no rank finalizes MPI while a peer still receives from it.
+            atexit.register(self._engine.close, compression.share_timeout)
         else:
             self._engine = None
         self._last: dict[str, Any] = {}
         self._device_kernels_set = False
         self._scratch_bytes: dict[int, int] = {}   # numel -> the engine's device scratch
-        self._in_flight: tuple | None = None
-        self._leaked: list[tuple] = []
+        self._out_buffers: dict[str, torch.Tensor] = {}   # where the mean cannot go in place
+        self._leaked: list[Any] = []
+        self._synchronized = False     # synchronize() ran, and no backward since
+        self._begin_step()
+        for _, p in self._params:
+            p.register_post_accumulate_grad_hook(self._gradient_ready)
 
-    def synchronize(self) -> None:
+    def _group_indices(self, groups, bucket_cap_mb: float) -> list[list[int]]:
+        """The groups as indices into self._params (see horovod_scalecom.buckets)."""
+        if groups is None:
+            return bucket_by_size([4 * p.numel() for _, p in self._params], bucket_cap_mb)
+        if isinstance(groups, int):
+            return even_groups(len(self._params), groups)
+        place = {id(p): i for i, (_, p) in enumerate(self._params)}
+        try:
+            return explicit_groups(len(self._params), [[place[id(p)] for p in group]
+                                                       for group in groups])
+        except KeyError:
+            raise ValueError("groups: a listed parameter is not one of the optimizer's "
+                             "parameters that require a gradient") from None
+        except TypeError:
+            raise ValueError("groups must be an int or a list of lists of parameters") from None
+
+    # -- a step: groups start from backward's hooks, synchronize() finishes them ----
+
+    def _begin_step(self) -> None:
+        for group in self._groups:
+            group.waiting = len(group.params)
+            group.started = False
+        for key in self._passes_left:
+            self._passes_left[key] = self.backward_passes_per_step
+        self._next = 0                 # the next group to start: every rank starts in order
+        self._ring: list[tuple] = []   # (name, p, grad, out) of the compressed tensors started
+        self._dense: list[tuple] = []  # (p, grad, handle) of Horovod's dense allreduces
+        self._held: list[Any] = []     # what the engine reads and writes until wait()
+        self._on_gpu: bool | None = None
+        self._python_s = 0.0           # seconds of Python spent starting groups
+
+    def _gradient_ready(self, p: torch.Tensor) -> None:
+        """Backward accumulated p's gradient: on its last pass of the step, the
+        group may be complete, and the groups that are, in order, start."""
+        key = id(p)
+        self._synchronized = False
+        if self._passes_left[key] == 0:
+            raise AssertionError(
+                "Gradients were computed more than backward_passes_per_step times before "
+                "call to step(). Increase backward_passes_per_step to accumulate gradients "
+                "locally.")
+        self._passes_left[key] -= 1
+        if self._passes_left[key] == 0:
+            self._group_of[key].waiting -= 1
+            self._start_ready_groups()
+
+    def _start_ready_groups(self, everything: bool = False) -> None:
+        begin = time.perf_counter()
+        while self._next < len(self._groups):
+            group = self._groups[self._next]
+            if group.waiting > 0 and not everything:
+                break
+            self._start_group(group)
+            self._next += 1
+        self._python_s += time.perf_counter() - begin
+
+    def _start_group(self, group: _Group) -> None:
         compression = self._compression
         compression._check_config()
-        ring, dense = [], []
-        for name, p in self._params:
+        group.started = True
+        ring = []
+        for name, p in group.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)   # another rank may have a gradient for it
             if p.grad.is_sparse:
-                raise ValueError(f"ScaleCom: the gradient of {name} is sparse; the ring "
-                                 "exchanges dense gradients (use a dense embedding, sparse=False)")
+                if not self._sparse_as_dense:
+                    raise ValueError(f"ScaleCom: the gradient of {name} is sparse; the ring "
+                                     "exchanges dense gradients: pass sparse_as_dense=True "
+                                     "(or use a dense embedding, sparse=False)")
+                p.grad = p.grad.to_dense()
             state = compression._states[name]
             t = state.step
             state.step += 1
-            grad = p.grad
-            if self._engine is None or compression._goes_dense(t, grad):
-                dense.append((name, p))
+            if self._engine is None or compression._goes_dense(t, p.grad):
+                grad = p.grad if p.grad.dtype != torch.bfloat16 else p.grad.float()
+                self._dense.append((p, grad, hvd.allreduce_async_(
+                    grad, name=f"scalecom.dense.{name}", op=hvd.Average)))
             else:
-                compression._prepare(state, grad)
+                compression._prepare(state, p.grad)
                 ring.append((name, p, state, t))
-        on_gpu = {self._ring_device(p.grad, name) is not None for name, p, _, _ in ring}
-        if len(on_gpu) > 1:
-            raise RuntimeError("ScaleCom ring: some compressed gradients are on a GPU and some "
-                               "on the CPU; the ring exchanges one kind per step")
+        if not ring:
+            return
+        on_gpu = self._ring_device(ring[0][1].grad, ring[0][0]) is not None
+        for name, p, _, _ in ring:
+            if self._on_gpu is None:
+                self._on_gpu = on_gpu
+            if (self._ring_device(p.grad, name) is not None) != self._on_gpu:
+                raise RuntimeError("ScaleCom ring: some compressed gradients are on a GPU and "
+                                   "some on the CPU; the ring exchanges one kind per step")
+        # Held until the exchange ends; for ever if it times out (the engine's
+        # thread may still write into them).
+        self._held.append((self._start_device if on_gpu else self._start_host)(ring))
 
-        start = time.perf_counter()
-        outs = []
-        if ring:
-            # Held until the exchange ends; for ever if it times out (the engine's
-            # thread may still write into them).
-            self._in_flight = (self._start_device if on_gpu == {True} else self._start_host)(ring)
-            outs = self._in_flight[0]
-        handles = []
-        for name, p in dense:
-            grad = p.grad if p.grad.dtype != torch.bfloat16 else p.grad.float()
-            handles.append((p, grad, hvd.allreduce_async_(grad, name=f"scalecom.dense.{name}",
-                                                          op=hvd.Average)))
-        ring_bytes = 0
-        if ring:
+    def synchronize(self) -> None:
+        """Starts the groups backward left incomplete (zeros for parameters
+        without a gradient) and waits for every exchange of the step."""
+        begin = time.perf_counter()
+        self._start_ready_groups(everything=True)
+        started = time.perf_counter()
+        ring_bytes, timings = 0, {}
+        if self._ring:
             try:
-                ring_bytes = self._engine.wait(compression.share_timeout)
+                ring_bytes = self._engine.wait(self._compression.share_timeout)
             except TimeoutError as exc:
-                self._leaked.append(self._in_flight)
+                self._leaked.append(self._held)
                 raise RuntimeError(f"ScaleCom ring on rank {hvd.rank()}: {exc}") from exc
-            self._in_flight = None
-            for (_, p, _, _), out in zip(ring, outs):
+            timings = self._engine.last_timings()
+        ring_done = time.perf_counter()
+        for _, p, grad, out in self._ring:
+            if out is not grad:
                 p.grad.copy_(out.view_as(p.grad))
-        for p, grad, handle in handles:
+        copied = time.perf_counter()
+        for p, grad, handle in self._dense:
             result = hvd.synchronize(handle)
             if result is not p.grad:
                 p.grad.copy_(result)
+        end = time.perf_counter()
+        self._last = self._figures(ring_bytes, timings, {
+            "start_s": started - begin, "ring_wait_s": ring_done - started,
+            "unpack_s": copied - ring_done, "dense_wait_s": end - copied,
+            "synchronize_s": end - begin})
+        self._synchronized = True
+        self._begin_step()
+
+    def _figures(self, ring_bytes: int, timings: dict, waits: dict) -> dict[str, Any]:
+        ring = self._ring
         size = hvd.size()
-        self._last = {
+        busy = timings.get("busy_s", 0.0)
+        return {
             "ring_tensors": len(ring),
+            "ring_groups": timings.get("exchanges", 0),
             "ring_bytes": ring_bytes,
             "ring_dense_bytes": sum(bytes_model.dense_ring_allreduce(p.numel(), size)
                                     for _, p, _, _ in ring),
-            "dense_tensors": len(dense),
+            "dense_tensors": len(self._dense),
             "nonfinite_kept": self._engine.last_nonfinite() if ring else 0,
-            # Selection, dense output and memory update inside the ring (its work outside MPI).
+            # Selection, reduction, dense output and memory update inside the ring
+            # (its work outside MPI).
             "compress_s": self._engine.last_compute_s() if ring else 0.0,
             # What MPI read and wrote: host tensors, or GPU tensors' messages.
-            "ring_transport": ("" if not ring else "host" if on_gpu != {True} else
+            "ring_transport": ("" if not ring else "host" if not self._on_gpu else
                                "cuda-aware MPI" if self._engine.cuda_aware() else
                                "pinned host staging"),
-            "exchange_s": time.perf_counter() - start,
+            # Time inside synchronize(), what step() adds to backward.
+            "exchange_s": waits["synchronize_s"],
+            # Where the step's time went: the engine's phases (summed over the
+            # groups), Python starting groups from backward's hooks, and the
+            # parts of synchronize(). hidden_s: the ring's busy time that
+            # synchronize() did not wait for, i.e. overlapped with backward.
+            "breakdown": {**{k: v for k, v in timings.items() if k != "exchanges"},
+                          "python_start_s": self._python_s, **waits,
+                          "hidden_s": max(0.0, busy - waits["ring_wait_s"])},
         }
 
+    @contextlib.contextmanager
+    def skip_synchronize(self):
+        """Horovod's pattern for work between the exchange and the update:
+
+            optimizer.synchronize()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            with optimizer.skip_synchronize():
+                optimizer.step()
+        """
+        self._should_synchronize = False
+        try:
+            yield
+        finally:
+            self._should_synchronize = True
+
     def _start_host(self, ring) -> tuple:
+        """CPU gradients: float32 contiguous ones receive the mean in place (the
+        engine reads each element before it writes it); others go through a
+        float32 copy and an output buffer kept between steps."""
         cfg = self._compression.config
-        grads = [p.grad.detach().reshape(-1).to(torch.float32).contiguous()
-                 for _, p, _, _ in ring]
-        outs = [torch.empty_like(g) for g in grads]
+        grads, outs = [], []
+        for name, p, _, _ in ring:
+            grad = p.grad.detach()
+            if grad.dtype == torch.float32 and grad.is_contiguous():
+                flat = grad.view(-1)
+                out = flat
+            else:
+                flat = grad.reshape(-1).to(torch.float32).contiguous()
+                out = self._out_buffer(name, flat)
+            grads.append(flat)
+            outs.append(out)
+            self._ring.append((name, p, flat, out))
         self._engine.start([s.memory.numpy() for _, _, s, _ in ring],
-                           [g.numpy() for g in grads], [o.numpy() for o in outs],
+                           [g.numpy() for g in grads],
+                           [g.numpy() if o is g else o.numpy() for g, o in zip(grads, outs)],
                            [t for _, _, _, t in ring], float(cfg.ratio), float(cfg.beta),
                            torch.get_num_threads())
-        return outs, grads
+        return grads, outs
+
+    def _out_buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        out = self._out_buffers.get(name)
+        if out is None or out.numel() != like.numel() or out.device != like.device:
+            out = self._out_buffers[name] = torch.empty(like.numel(), dtype=torch.float32,
+                                                        device=like.device)
+        return out
 
     def _start_device(self, ring) -> tuple:
         """GPU gradients: memory, gradient and output stay on the device; the
@@ -163,10 +318,11 @@ class _RingOptimizer(torch.optim.Optimizer):
             self._engine.use_device_kernels(
                 compression._kernels(p.grad, name).kernels.addresses(), device_transport())
             self._device_kernels_set = True
-        grads, outs, scratch, specs = [], [], [], []
+        grads, scratch, specs = [], [], []
         for name, p, state, t in ring:
             grad = p.grad.detach().reshape(-1).contiguous()
-            out = torch.empty(grad.numel(), dtype=torch.float32, device=grad.device)
+            # Never in place: the device side scatters the mean before it reads the gradient.
+            out = self._out_buffer(name, grad)
             if grad.numel() not in self._scratch_bytes:    # the same every step: ask once
                 with torch.cuda.device(grad.device) if grad.is_cuda else contextlib.nullcontext():
                     # The workspace queries run on the current device: make it the gradient's.
@@ -179,13 +335,14 @@ class _RingOptimizer(torch.optim.Optimizer):
                           grad.numel(), t, self._ring_device(grad, name), work.data_ptr(),
                           work.numel()))
             grads.append(grad)
-            outs.append(out)
             scratch.append(work)
-        # The engine works on its own thread and stream: the gradients must be complete.
+            self._ring.append((name, p, grad, out))
+        # The engine works on its own thread and stream: the group's gradients
+        # must be complete (one wait per group, during backward).
         if grads[0].is_cuda:
             torch.cuda.current_stream(grads[0].device).synchronize()
         self._engine.start_device(specs, float(cfg.ratio), float(cfg.beta))
-        return outs, grads, scratch
+        return grads, scratch
 
     @staticmethod
     def _ring_device(grad: torch.Tensor, name: str) -> int | None:
@@ -200,39 +357,69 @@ class _RingOptimizer(torch.optim.Optimizer):
     def stats(self) -> dict[str, Any]:
         """Figures of the last step: bytes this rank sent in the ring (counted
         by the engine), what a dense allreduce of the same tensors would send,
-        and the exchange time."""
+        the time synchronize() took, and where the step's time went
+        (``breakdown``, seconds; see docs/api.md)."""
         return dict(self._last)
 
     def step(self, closure=None):
-        self.synchronize()
-        return super(self.__class__, self).step(closure)
+        if self._should_synchronize:
+            if self._synchronized:
+                warnings.warn(
+                    "optimizer.step() called without optimizer.skip_synchronize() after "
+                    "optimizer.synchronize(): the gradients were exchanged once and are not "
+                    "exchanged again (that would feed averaged gradients into ScaleCom's "
+                    "memory). Use `with optimizer.skip_synchronize(): optimizer.step()`.")
+            else:
+                self.synchronize()
+        result = super(self.__class__, self).step(closure)
+        self._synchronized = False
+        return result
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if any(g.started for g in self._groups):
+            raise AssertionError(
+                "optimizer.zero_grad() was called after loss.backward() but before "
+                "optimizer.step() or optimizer.synchronize(): the ring is exchanging these "
+                "gradients")
+        return super(self.__class__, self).zero_grad(set_to_none)
 
 
 def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                          named_parameters: Iterable[tuple[str, torch.Tensor]] | None = None,
                          compression: ScaleCom | None = None,
                          backward_passes_per_step: int = 1, op=hvd.Average,
-                         **horovod_kwargs: Any) -> torch.optim.Optimizer:
+                         gradient_predivide_factor: float = 1.0,
+                         num_groups: int = 0,
+                         groups: int | Sequence[Sequence[torch.Tensor]] | None = None,
+                         sparse_as_dense: bool = False,
+                         bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB) -> torch.optim.Optimizer:
     """Wraps ``optimizer`` like ``hvd.DistributedOptimizer``, with path B.
 
-    Takes hvd.DistributedOptimizer's arguments. ``compression`` must be a
-    ScaleCom built from the same parameters. Gradients are exchanged in
-    ``step()``/``synchronize()``, after the whole backward pass (the ring
-    fuses all tensors of a step into one message per hop), so gradients
-    accumulate locally over ``backward_passes_per_step`` backward passes.
-    ``num_groups``/``groups`` have no effect (the ring already fuses
-    everything); other Horovod options are not supported and rejected.
+    ``compression`` must be a ScaleCom built from the same parameters. The
+    gradients travel in groups: a group's exchange starts from backward's
+    gradient hooks as soon as its last gradient is accumulated (on the last of
+    ``backward_passes_per_step`` passes), so the ring overlaps the rest of
+    backward; ``synchronize()`` (or ``step()``) starts the groups backward
+    left incomplete (parameters without a gradient send zeros) and waits.
+
+    Groups, the same on every rank: ``groups`` (a list of lists of
+    parameters, the others alone) or ``num_groups``/``groups=N`` (N groups of
+    consecutive parameters) as in Horovod; by default groups of at most
+    ``bucket_cap_mb`` megabytes from the last registered parameter to the
+    first (DDP's buckets). ``sparse_as_dense`` densifies sparse gradients
+    before the exchange. The ring averages: ``op`` must be ``hvd.Average``
+    and ``gradient_predivide_factor`` 1.
     """
     if compression is None:
         raise TypeError("compression=ScaleCom(...) is required")
-    for key, value in horovod_kwargs.items():
-        if key in ("num_groups", "groups", "sparse_as_dense"):
-            continue
-        if key == "gradient_predivide_factor" and value == 1.0:
-            continue
-        raise ValueError(f"horovod_scalecom.torch.DistributedOptimizer does not support "
-                         f"{key}={value!r}")
+    if gradient_predivide_factor != 1.0:
+        raise ValueError("horovod_scalecom.torch.DistributedOptimizer: gradient_predivide_factor "
+                         f"={gradient_predivide_factor!r} is not supported (the ring averages); "
+                         "scale the loss instead")
+    if num_groups and groups is not None:
+        raise ValueError("pass num_groups or groups, not both")
     cls = type(optimizer.__class__.__name__, (optimizer.__class__,),
                dict(_RingOptimizer.__dict__))
     return cls(optimizer.param_groups, named_parameters, compression,
-               backward_passes_per_step, op)
+               backward_passes_per_step, op, groups if groups is not None else (num_groups or None),
+               bucket_cap_mb, sparse_as_dense)

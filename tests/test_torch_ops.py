@@ -51,6 +51,34 @@ def test_select_ties_lower_index_across_thread_blocks(threads):
         np.testing.assert_array_equal(select(m, g, k, threads), expected)
 
 
+def _large_inputs(numel, rng):
+    """Distributions for the sampled threshold (numel >= 65536) and the cases
+    where it must give up: heavy ties, a ramp, fewer nonzeros than k."""
+    normal = rng.standard_normal(numel).astype(F32)
+    yield "normal", normal
+    yield "heavy tail", rng.standard_cauchy(numel).astype(F32)
+    yield "quantized ties", (np.round(normal * 2) / 2).astype(F32)
+    yield "ramp", np.arange(numel, dtype=F32) - numel / 3
+    sparse = np.zeros(numel, F32)
+    sparse[rng.choice(numel, numel // 200, replace=False)] = 1 + rng.random(numel // 200)
+    yield "sparse", sparse
+    spiked = normal.copy()
+    spiked[rng.choice(numel, 40, replace=False)] = [np.nan, np.inf, -np.inf, 1e30] * 10
+    yield "non-finite", spiked
+
+
+@pytest.mark.parametrize("numel", [1 << 16, 1_000_003, 1 << 22])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_select_large_tensors_every_distribution(numel, threads):
+    rng = np.random.default_rng(numel)
+    m = (rng.standard_normal(numel) * 0.1).astype(F32)
+    for name, g in _large_inputs(numel, rng):
+        for k in (1, 7, numel // 1000, numel // 100, numel // 100 + 1, numel // 9):
+            expected = core.topk_indices(core.accumulate(m, g), k)
+            got = select(m, g, k, threads)
+            np.testing.assert_array_equal(got, expected, err_msg=f"{name}, k={k}")
+
+
 def test_select_all_zero_and_nan_inf():
     z = np.zeros(300_000, F32)          # one bin holds everything: all candidates
     for k in (10, 150_000, 300_000):

@@ -4,6 +4,8 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -67,6 +69,109 @@ int find_bin(const int64_t* hist, int64_t need, int64_t* above) {
   throw std::logic_error("scalecom::select_topk: histogram holds fewer keys than k");
 }
 
+// The sampled threshold: the common case of select_topk in one pass.
+//
+// A pseudo-random sample of contiguous runs of keys gives tau, a key that
+// slightly more than k of all keys reach; one pass collects the indices whose key is at
+// least tau (branch-free, per thread, in index order), and the exact top-k
+// is then picked among those candidates alone. Since every key at or above
+// the k-th largest is a candidate whenever at least k keys reach tau, the
+// result is the exact top-k, the same bits as the histogram path. It gives
+// up (false, nothing written) when fewer than k or more than about 4k keys
+// reach tau (heavy ties, a sample far off); the caller then runs the
+// histogram path.
+constexpr int64_t kSampleRuns = 1024, kRun = 64;
+
+template <typename KeyAt>
+bool select_by_sample(KeyAt key_at, int64_t numel, int64_t k, int32_t* out_indices, int nt) {
+  const int64_t runs = std::min<int64_t>(kSampleRuns, numel / (16 * kRun));
+  if (runs < 64 || 8 * k > numel) return false;
+  const int64_t stride = numel / runs;
+  std::vector<uint32_t> sample;
+  sample.reserve(runs * kRun);
+  uint64_t state = 0x9E3779B97F4A7C15ull;   // fixed: the same sample on every call
+  for (int64_t b = 0; b < runs; ++b) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    const int64_t start = b * stride + static_cast<int64_t>((state >> 33) % (stride - kRun + 1));
+    for (int64_t j = start; j < start + kRun; ++j) sample.push_back(key_at(j));
+  }
+  const int64_t size = static_cast<int64_t>(sample.size());
+  // tau = the sample's r-th largest key. At least k keys reach it unless r or
+  // more sampled keys reach the k-th largest key: their count is about
+  // Binomial(size, k / numel), of mean mu; r = mu + 4 sqrt(mu) + 2 makes that
+  // rare while about k + 4 sqrt(mu) numel / size keys reach tau.
+  const double mu = static_cast<double>(k) * size / numel;
+  const int64_t r = static_cast<int64_t>(std::ceil(mu + 4.0 * std::sqrt(mu) + 2.0));
+  if (r > size) return false;
+  std::nth_element(sample.begin(), sample.begin() + (r - 1), sample.end(),
+                   std::greater<uint32_t>());
+  const uint32_t tau = sample[r - 1];
+
+  const int64_t cap = 4 * k + 4096;
+  std::vector<std::unique_ptr<int32_t[]>> cand(nt);
+  std::vector<int64_t> count(nt, 0);
+#pragma omp parallel num_threads(nt)
+  {
+    const int tid = thread_id();
+    int64_t lo, hi;
+    block(numel, nt, tid, &lo, &hi);
+    cand[tid].reset(new int32_t[cap + 1]);
+    int32_t* c = cand[tid].get();
+    int64_t total = 0, at = 0;
+    auto visit = [&](int64_t j) {
+      c[at] = static_cast<int32_t>(j);   // kept only if it reaches tau; c[cap] is a sink
+      total += key_at(j) >= tau;
+      at = total < cap ? total : cap;
+    };
+    // Runs of 16 keys are first tested together (a loop the compiler
+    // vectorises; keys are 31-bit, so signed compares order them): about 2k
+    // keys of numel reach tau, so most runs hold none and cost no stores.
+    constexpr int kLanes = 16;
+    const auto reach = static_cast<int32_t>(tau);
+    int64_t j = lo;
+    for (; j + kLanes <= hi; j += kLanes) {
+      int32_t any = 0;
+      for (int q = 0; q < kLanes; ++q) any |= static_cast<int32_t>(key_at(j + q)) >= reach;
+      if (any)
+        for (int q = 0; q < kLanes; ++q) visit(j + q);
+    }
+    for (; j < hi; ++j) visit(j);
+    count[tid] = total;
+  }
+  int64_t found = 0;
+  for (int t = 0; t < nt; ++t) {
+    if (count[t] > cap) return false;
+    found += count[t];
+  }
+  if (found < k) return false;
+
+  // The k-th largest candidate key, and how many of the keys equal to it are
+  // taken (lowest index first).
+  std::vector<uint32_t> keys;
+  keys.reserve(found);
+  for (int t = 0; t < nt; ++t)
+    for (int64_t q = 0; q < count[t]; ++q) keys.push_back(key_at(cand[t][q]));
+  std::vector<uint32_t> order(keys);
+  std::nth_element(order.begin(), order.begin() + (k - 1), order.end(), std::greater<uint32_t>());
+  const uint32_t threshold = order[k - 1];
+  int64_t ties_left = k;
+  for (uint32_t key : keys) ties_left -= key > threshold;
+  int64_t written = 0, pos = 0;
+  for (int t = 0; t < nt; ++t) {
+    for (int64_t q = 0; q < count[t]; ++q, ++pos) {
+      const uint32_t key = keys[pos];
+      if (key > threshold || (key == threshold && ties_left > 0)) {
+        ties_left -= key == threshold;
+        out_indices[written++] = cand[t][q];
+      }
+    }
+  }
+  if (written != k)
+    throw std::logic_error("scalecom::select_topk: sampled path selected " +
+                           std::to_string(written) + " indices instead of " + std::to_string(k));
+  return true;
+}
+
 }  // namespace
 
 int64_t num_selected(int64_t numel, double ratio) {
@@ -88,6 +193,7 @@ void select_topk(const float* memory, const float* grad, int64_t numel, int64_t 
   if (k == 0) return;
   const int nt = threads_for(numel, num_threads);
   auto key_at = [&](int64_t j) { return magnitude_key(memory[j] + grad[j]); };
+  if (select_by_sample(key_at, numel, k, out_indices, nt)) return;
 
   // Pass 1: histogram of the keys' top bits. Four interleaved sub-histograms
   // break the store-to-load chains on the few bins that gradients crowd into.

@@ -22,9 +22,13 @@ int64_t num_selected(int64_t numel, double ratio);
 
 // Writes the k indices of the largest |memory + grad| to out_indices, in
 // ascending order; equal magnitudes are taken lowest index first. NaN counts
-// as larger than +inf. O(numel) work and no sort: a histogram pass over the
-// top bits of |p|, a pass that collects the indices above the k-th largest
-// bin and the candidates inside it, a radix refinement on the candidates.
+// as larger than +inf. O(numel) work and no sort. Usually one pass: a sample
+// of |p| gives a threshold about 2k keys reach, one pass collects them, and
+// the exact top-k is picked among those. Where that does not hold (small
+// tensors, heavy ties, large k) a histogram pass over the top bits of |p|, a
+// pass that collects the indices above the k-th largest bin and the
+// candidates inside it, and a radix refinement on the candidates. Both give
+// the same, exact result.
 void select_topk(const float* memory, const float* grad, int64_t numel, int64_t k,
                  int32_t* out_indices, int num_threads);
 

@@ -1,7 +1,7 @@
 """Time one training step's gradient exchange, every method in the same run.
 
     mpirun -np 4 python -m horovod_scalecom.benchmarks.exchange --model resnet50 \\
-        --json exchange.json
+        --rounds 5 --json exchange.json
 
 Methods: PowerSGD (torch DDP hook over gloo, rank 4), Horovod dense
 allreduce, Horovod fp16, local top-k + allgather with error feedback
@@ -9,16 +9,24 @@ allreduce, Horovod fp16, local top-k + allgather with error feedback
 (the ring). PowerSGD runs first: after Horovod's fp16 allreduce its gloo
 group was seen to hang inside the network namespaces.
 Each exchanges fixed random gradients of the model's shapes (no downloads)
-for --steps steps after --warmup steps, with a barrier before each step.
+after --warmup steps per method. The methods take turns: --rounds rounds,
+each timing --steps steps of every method (and of backward alone) one after
+the other, so that drift in the machine's load reaches every method alike;
+each figure is the median over rounds of the round's median, and ratios to
+Horovod dense are taken within a round, then their median.
 
-Per rank and method it reports: step time (backward + exchange, median),
-compression time where the method exposes it (selection and memory update;
-top-k: torch.topk and index ops), communication time = step - backward -
-compression (backward is timed alone, with no exchange), bytes sent per rank
-and the compression against dense. Bytes: the engine's own count for path B,
-the byte model of DESIGN.md for the others (ring collectives). Rank 0 prints
-progress and a table; --json writes every rank's figures. Under
-benchmarks.network the same command runs on a bandwidth-limited network.
+Per rank and method it reports: step time (backward + exchange), backward
+alone, compression time where the method exposes it (selection, reduction
+and memory update; top-k: torch.topk and index ops), communication time =
+step - backward - compression, bytes sent per rank and the compression
+against dense, and a bound: backward + this rank's compression + the wire
+time of its bytes at --line-rate (Gbit/s; 0: no wire time, loopback). Path
+B's ``breakdown`` (the engine's phases, Python, waits, the part hidden
+behind backward) and path A's (selection, share, update) go to the JSON.
+Bytes: the engine's own count for path B, the byte model of DESIGN.md for
+the others (ring collectives). Rank 0 prints a table; --json writes every
+rank's figures. Under benchmarks.network the same command runs on a
+bandwidth-limited network.
 """
 
 from __future__ import annotations
@@ -45,87 +53,121 @@ def barrier(tag: str) -> None:
     hvd.allreduce(torch.zeros(1), name=f"barrier.{tag}")
 
 
-def timed_steps(step, args, tag: str) -> list[float]:
-    times = []
-    for i in range(args.warmup + args.steps):
-        barrier(f"{tag}.{i}")
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times[args.warmup:]
+class Method:
+    """One method's model, optimizer and per-step figures."""
 
+    def __init__(self, method: str, shapes, grads, args) -> None:
+        size = hvd.size()
+        self.name = method
+        self.numel = [int(np.prod(s)) for s in shapes]
+        self.dense_bytes = sum(bytes_model.dense_ring_allreduce(x, size) for x in self.numel)
+        self.times: list[list[float]] = []      # per round, per step
+        self.compress: list[float] = []         # per step, where the method exposes it
+        self.breakdowns: list[dict] = []        # per step: path A and path B
+        model = Params(shapes)
+        base = torch.optim.SGD(model.parameters(), lr=0.0)
+        if method == "backward":
+            def step():
+                model(grads).backward()
+                model.zero_grad()
+            self.sent = lambda: None  # noqa: E731
+        elif method in ("dense", "fp16", "path A", "path B"):
+            compression = None
+            if method == "fp16":
+                opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(),
+                                               compression=hvd.Compression.fp16)
+            elif method == "dense":
+                opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters())
+            else:
+                compression = ScaleCom(model, ratio=args.ratio, beta=0.1)
+                wrap = hvd.DistributedOptimizer if method == "path A" else DistributedOptimizer
+                opt = wrap(base, named_parameters=model.named_parameters(),
+                           compression=compression)
 
-def run(method: str, shapes, grads, args) -> dict:
-    size = hvd.size()
-    numel = [int(np.prod(s)) for s in shapes]
-    dense_bytes = sum(bytes_model.dense_ring_allreduce(x, size) for x in numel)
-    model = Params(shapes)
-    base = torch.optim.SGD(model.parameters(), lr=0.0)
-    compress = []          # seconds per measured step, where the method exposes it
-    sent = None
+            def step():
+                model(grads).backward()
+                opt.synchronize()
+                if method == "path A":
+                    stats = compression.stats()
+                    self.compress.append(stats["select_s"] + stats["update_s"])
+                    self.breakdowns.append({k: stats[k] for k in ("select_s", "comm_s",
+                                                                  "update_s")})
+                elif method == "path B":
+                    stats = opt.stats()
+                    self.compress.append(stats["compress_s"])
+                    self.breakdowns.append(stats["breakdown"])
+                model.zero_grad()
+            if method == "path B":
+                def sent():
+                    small = [x for x in self.numel if x < compression.config.min_numel]
+                    return opt.stats()["ring_bytes"] + sum(
+                        bytes_model.dense_ring_allreduce(x, size) for x in small)
+                self.sent = sent
+            elif method == "path A":
+                self.sent = lambda: compression.stats()["bytes_sent"]  # noqa: E731
+            else:
+                self.sent = lambda: self.dense_bytes / (2 if method == "fp16" else 1)  # noqa: E731
+        elif method == "topk":
+            topk = TopkAllgather(shapes, args.ratio)
 
-    if method == "backward":
-        def step():
-            model(grads).backward()
-            model.zero_grad()
-    elif method in ("dense", "fp16", "path A", "path B"):
-        compression = None
-        if method == "fp16":
-            opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(),
-                                           compression=hvd.Compression.fp16)
-        elif method == "dense":
-            opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters())
+            def step():
+                model(grads).backward()
+                topk.exchange([p.grad for p in model.parameters()])
+                self.compress.append(topk.compress_s)
+                model.zero_grad()
+            self.sent = lambda: topk.bytes_per_rank(size)  # noqa: E731
+        elif method == "powersgd":
+            if args.warmup < 2:
+                raise ValueError("PowerSGD's first 2 steps are plain allreduce: use --warmup >= 2")
+            master = os.environ.get("SCALECOM_BENCH_MASTER", "127.0.0.1:29517")
+            psgd = PowerSGD(shapes, hvd.rank(), size, master, warmup=2)
+            step = lambda: psgd.step(grads)  # noqa: E731
+            self.sent = lambda: psgd.bytes_per_rank(size)  # noqa: E731
         else:
-            compression = ScaleCom(model, ratio=args.ratio, beta=0.1)
-            wrap = hvd.DistributedOptimizer if method == "path A" else DistributedOptimizer
-            opt = wrap(base, named_parameters=model.named_parameters(), compression=compression)
+            raise ValueError(f"unknown method {method!r}")
+        self.step = step
+        self.timed(args.warmup, "warmup")
+        self.compress.clear()
+        self.breakdowns.clear()
 
-        def step():
-            model(grads).backward()
-            opt.synchronize()
-            if method == "path A":
-                stats = compression.stats()
-                compress.append(stats["select_s"] + stats["update_s"])
-            elif method == "path B":
-                compress.append(opt.stats()["compress_s"])
-            model.zero_grad()
-        if method == "path B":
-            def sent_now():
-                stats = opt.stats()
-                small = [x for x in numel if x < compression.config.min_numel]
-                return stats["ring_bytes"] + sum(bytes_model.dense_ring_allreduce(x, size)
-                                                 for x in small)
-        elif method == "path A":
-            sent_now = lambda: compression.stats()["bytes_sent"]  # noqa: E731
-        else:
-            sent_now = lambda: dense_bytes / (2 if method == "fp16" else 1)  # noqa: E731
-    elif method == "topk":
-        topk = TopkAllgather(shapes, args.ratio)
+    def timed(self, steps: int, tag: str) -> list[float]:
+        times = []
+        for i in range(steps):
+            barrier(f"{self.name}.{tag}.{i}")
+            start = time.perf_counter()
+            self.step()
+            times.append(time.perf_counter() - start)
+        return times
 
-        def step():
-            model(grads).backward()
-            topk.exchange([p.grad for p in model.parameters()])
-            compress.append(topk.compress_s)
-            model.zero_grad()
-        sent_now = lambda: topk.bytes_per_rank(size)  # noqa: E731
-    elif method == "powersgd":
-        if args.warmup < 2:
-            raise ValueError("PowerSGD's first 2 steps are plain allreduce: use --warmup >= 2")
-        master = os.environ.get("SCALECOM_BENCH_MASTER", "127.0.0.1:29517")
-        psgd = PowerSGD(shapes, hvd.rank(), size, master, warmup=2)
-        step = lambda: psgd.step(grads)  # noqa: E731
-        sent_now = lambda: psgd.bytes_per_rank(size)  # noqa: E731
-    else:
-        raise ValueError(f"unknown method {method!r}")
+    def round(self, steps: int, index: int) -> None:
+        self.times.append(self.timed(steps, f"round{index}"))
 
-    times = timed_steps(step, args, method)
-    if method != "backward":
-        sent = sent_now()
-    compress = compress[-args.steps:]
-    return {"method": method, "step_s": statistics.median(times),
-            "compress_s": statistics.median(compress) if compress else None,
-            "bytes_per_rank": sent, "dense_bytes": dense_bytes,
-            "compression": dense_bytes / sent if sent else None}
+
+def median_of_rounds(per_round: list[list[float]]) -> float:
+    return statistics.median(statistics.median(r) for r in per_round)
+
+
+def summary(m: Method, backward: Method, dense: Method | None, line_rate_gbit: float) -> dict:
+    """This rank's figures of one method (see the module's docstring)."""
+    step_s = median_of_rounds(m.times)
+    backward_s = median_of_rounds(backward.times)
+    compress_s = statistics.median(m.compress) if m.compress else None
+    sent = m.sent() if m.name != "backward" else None
+    wire_s = 8 * sent / (line_rate_gbit * 1e9) if sent and line_rate_gbit > 0 else 0.0
+    bound_s = backward_s + (compress_s or 0.0) + wire_s
+    row = {"method": m.name, "step_s": step_s, "backward_s": backward_s,
+           "compress_s": compress_s, "comm_s": step_s - backward_s - (compress_s or 0.0),
+           "wire_s": wire_s, "bound_s": bound_s, "step_over_bound": step_s / bound_s,
+           "bytes_per_rank": sent, "dense_bytes": m.dense_bytes,
+           "compression": m.dense_bytes / sent if sent else None,
+           "rounds_s": [statistics.median(r) for r in m.times]}
+    if dense is not None and dense is not m:
+        row["step_over_dense"] = statistics.median(
+            statistics.median(a) / statistics.median(b) for a, b in zip(m.times, dense.times))
+    if m.breakdowns:
+        row["breakdown"] = {k: statistics.median(b[k] for b in m.breakdowns)
+                            for k in m.breakdowns[0]}
+    return row
 
 
 def main() -> None:
@@ -133,8 +175,11 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="transformer-small")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--ratio", type=float, default=0.01)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per method and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--line-rate", type=float, default=0.0,
+                        help="Gbit/s of each rank's link, for the bound's wire time (0: none)")
     parser.add_argument("--json")
     parser.add_argument("--label", default="", help="a tag stored with the figures (network)")
     args = parser.parse_args()
@@ -145,27 +190,35 @@ def main() -> None:
                               .astype(np.float32)) for i, s in enumerate(shapes)]
     say = (lambda *a: print(*a, flush=True)) if hvd.rank() == 0 else (lambda *a: None)
     say(f"# {args.model}: {len(shapes)} tensors, {sum(g.numel() for g in grads):,} parameters, "
-        f"n={hvd.size()}, ratio {args.ratio} {args.label}")
+        f"n={hvd.size()}, ratio {args.ratio}, {args.rounds} rounds x {args.steps} steps "
+        f"{args.label}")
+    methods = [Method("backward", shapes, grads, args)]
+    for name in args.methods:
+        say(f"  setting up {name} ...")
+        methods.append(Method(name, shapes, grads, args))
+    for r in range(args.rounds):
+        say(f"  round {r + 1}/{args.rounds}")
+        for m in methods:
+            m.round(args.steps, r)
+    dense = next((m for m in methods if m.name == "dense"), None)
     rows = []
-    for method in args.methods:
-        say(f"  {method} ...")
-        # Backward alone, right before each method, so drift in the machine's
-        # load moves both figures of the subtraction together.
-        backward = run("backward", shapes, grads, args)["step_s"]
-        row = run(method, shapes, grads, args)
+    for m in methods[1:]:
+        row = summary(m, methods[0], dense, args.line_rate)
         per_rank = hvd.allgather_object(row)
-        comm = [r["step_s"] - backward - (r["compress_s"] or 0.0) for r in per_rank]
-        rows.append({**row, "backward_s": backward, "comm_s": comm[0],
-                     "per_rank": [dict(r, comm_s=c) for r, c in zip(per_rank, comm)]})
-        c = row["compress_s"]
-        say(f"  {method:>8}: step {1e3 * row['step_s']:9.1f} ms  comm {1e3 * comm[0]:9.1f} ms  "
-            f"compress {'    -   ' if c is None else f'{1e3 * c:7.1f} ms'}  "
-            f"{row['bytes_per_rank'] / 1e6:9.3f} MB/rank  {row['compression']:6.1f}x")
+        rows.append({**row, "per_rank": per_rank})
+        c, vs = row["compress_s"], row.get("step_over_dense")
+        say(f"  {m.name:>8}: step {1e3 * row['step_s']:8.1f} ms  backward "
+            f"{1e3 * row['backward_s']:6.1f}  comm {1e3 * row['comm_s']:7.1f}  compress "
+            f"{'   -  ' if c is None else f'{1e3 * c:6.1f}'}  bound {1e3 * row['bound_s']:7.1f}"
+            f"  step/bound {row['step_over_bound']:4.2f}  "
+            f"{'' if vs is None else f'step/dense {vs:4.2f}  '}"
+            f"{row['bytes_per_rank'] / 1e6:8.3f} MB/rank {row['compression']:6.1f}x")
     if hvd.rank() == 0 and args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "ratio": args.ratio, "ranks": hvd.size(),
-                       "label": args.label, "numel": int(sum(g.numel() for g in grads)),
-                       "rows": rows}, f, indent=1)
+                       "label": args.label, "line_rate_gbit": args.line_rate,
+                       "rounds": args.rounds, "steps": args.steps,
+                       "numel": int(sum(g.numel() for g in grads)), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

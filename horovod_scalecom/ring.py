@@ -40,7 +40,27 @@ def device_transport() -> str:
 INDEX_SHARE_ENV = "HOROVOD_SCALECOM_INDEX_SHARE"
 
 
-def open_index_share(tensors: int, timeout_s: float) -> Any | None:
+#: How long a rank waits at exit for its peers (see close_at_exit).
+EXIT_BARRIER_S = 10.0
+
+
+def close_at_exit(engine: Any) -> None:
+    """At interpreter exit, before Horovod's own exit handler (registered
+    earlier by hvd.init, so run later) finalizes MPI: the engine's last sends
+    complete and every rank waits for the others, so that no rank leaves while
+    a peer still receives from it (Open MPI 4.1's TCP transport hung or
+    crashed on that). Bounded: a rank whose peers failed, or are far behind,
+    leaves after EXIT_BARRIER_S seconds, when nothing of its own is in flight
+    any more."""
+    def close() -> None:
+        try:
+            engine.close(EXIT_BARRIER_S)
+        except RuntimeError:
+            pass   # an exchange failed; that error was raised where it happened
+    atexit.register(close)
+
+
+def open_index_share(tensors: int) -> Any | None:
     """Path A's index share over MPI (the engine's share(): tagged point-to-point
     messages on its own communicator, no Horovod negotiation cycle), or None
     where it cannot run and Horovod's broadcast carries the indices: no MPI
@@ -63,7 +83,5 @@ def open_index_share(tensors: int, timeout_s: float) -> Any | None:
     engine = ring.Engine()
     if tensors > engine.max_tag() + 1:
         return None
-    # Before Horovod's own exit handler (registered earlier, run later): the
-    # leader's last sends complete and no rank finalizes MPI under a peer.
-    atexit.register(engine.close, timeout_s)
+    close_at_exit(engine)
     return engine

@@ -76,6 +76,29 @@ def test_ring_gradients_in_different_orders_and_sets_per_rank(tmp_path):
     check(job, 3, 6, cfg, SHAPES, dynamic=True)
 
 
+@pytest.mark.parametrize("groups,exchanges", [("cap", 3), ("num", 2), ("list", 2)])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_ring_groups_start_from_backward_and_change_no_bit(groups, exchanges, dynamic, tmp_path):
+    """Gradients in several groups, each started by backward's hooks as soon as
+    it is complete (in different orders per rank with --dynamic, some only at
+    synchronize()): every rank still matches the reference bit for bit."""
+    cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+    job = run_mpi(3, "torch_ring.py", tmp_path, "sequence", "--steps", "4", "--groups", groups,
+                  *(["--dynamic"] if dynamic else []), timeout=300).check_ok()
+    results = check(job, 3, 4, cfg, SHAPES, dynamic=dynamic)
+    # Groups holding only the dense bias go through Horovod, not the ring.
+    assert {int(res[f"groups/{s}"]) for res in results for s in range(4)} == {exchanges}
+
+
+def test_ring_horovod_optimizer_patterns(tmp_path):
+    job = run_mpi(2, "torch_ring.py", tmp_path, "patterns", timeout=300).check_ok()
+    for r in range(2):
+        res = job.result(r)
+        assert "before optimizer.step() or optimizer.synchronize()" in str(res["zero_grad_error"])
+        assert "more than backward_passes_per_step" in str(res["second_backward_error"])
+    np.testing.assert_array_equal(job.result(0)["averaged/0"], job.result(1)["averaged/0"])
+
+
 def test_ring_tiny_tensors_and_warmup(tmp_path):
     shapes = dict(SHAPES, tiny=(3,))
     cfg = ScaleComConfig(ratio=0.05, beta=0.3, warmup_steps=2, min_numel=0)

@@ -61,6 +61,15 @@ def shape(ns: str, dev: str, rate: str, delay: str | None) -> None:
         in_ns(ns, "tc", "qdisc", "add", "dev", dev, "root", *tbf)
 
 
+def gbit_per_s(rate: str) -> float:
+    """A tc rate such as 1gbit, 10gbit or 500mbit, in Gbit/s (the bound's line rate)."""
+    units = {"gbit": 1.0, "mbit": 1e-3, "kbit": 1e-6}
+    for unit, scale in units.items():
+        if rate.lower().endswith(unit):
+            return float(rate[:-len(unit)]) * scale
+    raise ValueError(f"rate {rate!r}: expected a number followed by gbit, mbit or kbit")
+
+
 def build(ranks: int, rate: str, delay: str | None) -> None:
     hub = f"{PREFIX}-hub"
     sh("ip", "netns", "add", hub)
@@ -144,8 +153,9 @@ def main() -> None:
                 try:
                     build(ranks, rate, args.delay)
                     label = f"{rate}" + (f" delay {args.delay}" if args.delay else "")
-                    code = run_exchange(ranks, Path(tmp), ["--model", args.model, "--label",
-                                                           label, *exchange_args],
+                    code = run_exchange(ranks, Path(tmp),
+                                        ["--model", args.model, "--label", label,
+                                         "--line-rate", str(gbit_per_s(rate)), *exchange_args],
                                         out, args.timeout)
                     failed += code != 0
                 finally:

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 import horovod.tensorflow as hvd
 
-from horovod_scalecom.ring import load_ring
+from horovod_scalecom.ring import close_at_exit, load_ring
 from horovod_scalecom.tensorflow.compression import COMPRESSIBLE_DTYPES, ScaleCom
 
 
@@ -46,6 +46,7 @@ class RingExchange:
         # exchange, which every rank reaches together (MPI_Comm_dup is collective).
         if self._engine is None:
             self._engine = load_ring().Engine()
+            close_at_exit(self._engine)
         count = len(arrays) // 2
         memories = [np.array(a, dtype=np.float32, copy=True).reshape(-1) for a in arrays[:count]]
         grads = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in arrays[count:]]

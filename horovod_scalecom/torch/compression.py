@@ -259,6 +259,8 @@ class ScaleCom(Compressor):
             "update_s": total("update_s"),
             # Memory entries that refused a NaN/Inf update (DESIGN's non-finite policy).
             "nonfinite_kept": total("nonfinite_kept"),
+            # How the leaders' indices travel: ScaleCom's MPI messages or Horovod's broadcast.
+            "index_share": "mpi" if self._index_share is not None else "horovod",
             "tensors": tensors,
         }
 
@@ -322,7 +324,7 @@ class ScaleCom(Compressor):
                              "ScaleCom with the same arguments from the same model")
         # Every rank gets here once, after the same collective: the place for
         # the collective that opens the MPI index share.
-        self._index_share = open_index_share(len(self._states), self.share_timeout)
+        self._index_share = open_index_share(len(self._states))
 
     def _prepare(self, state: _TensorState, tensor: torch.Tensor) -> None:
         numel = tensor.numel()

@@ -25,7 +25,6 @@ through CUDA-aware MPI or pinned host staging).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import time
 import warnings
@@ -38,7 +37,7 @@ from horovod_scalecom import bytes_model
 from horovod_scalecom.buckets import (DEFAULT_BUCKET_CAP_MB, bucket_by_size, even_groups,
                                       explicit_groups)
 from horovod_scalecom.cuda import GRAD_TYPES
-from horovod_scalecom.ring import device_transport, load_ring
+from horovod_scalecom.ring import close_at_exit, device_transport, load_ring
 from horovod_scalecom.torch.compression import ScaleCom
 
 
@@ -93,9 +92,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         self._passes_left = {id(p): backward_passes_per_step for _, p in self._params}
         if hvd.size() > 1:
             self._engine = load_ring().Engine()
-            # Before Horovod's own exit handler (registered earlier, run later):
-            # no rank finalizes MPI while a peer still receives from it.
-            atexit.register(self._engine.close, compression.share_timeout)
+            close_at_exit(self._engine)
         else:
             self._engine = None
         self._last: dict[str, Any] = {}

@@ -36,9 +36,11 @@ def sequence(args, out):
     model = Params(shapes).to(device)
     compression = ScaleCom(model, ratio=args.ratio, beta=args.beta, warmup_steps=args.warmup,
                            min_numel=args.min_numel, share_timeout=args.timeout)
+    grouping = {"default": {}, "cap": {"bucket_cap_mb": 0.005}, "num": {"num_groups": 2},
+                "list": {"groups": [[model.a, model.c]]}}[args.groups]
     opt = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0),
                                named_parameters=model.named_parameters(),
-                               compression=compression)
+                               compression=compression, **grouping)
     if args.kernels_lib:
         route_through_kernels_library(compression, args.kernels_lib, opt)
     result = {}
@@ -61,6 +63,7 @@ def sequence(args, out):
         result[f"bytes/{step}"] = np.array(opt.stats()["ring_bytes"])
         result[f"compress_s/{step}"] = np.array(opt.stats()["compress_s"])
         result[f"transport/{step}"] = np.array(opt.stats()["ring_transport"])
+        result[f"groups/{step}"] = np.array(opt.stats()["ring_groups"])
         model.zero_grad()
     for name, entry in compression.state_dict()["tensors"].items():
         if entry["memory"] is not None:
@@ -69,10 +72,68 @@ def sequence(args, out):
     np.savez(out / f"rank{hvd.rank()}.npz", **result)
 
 
+def patterns(args, out):
+    """Horovod's optimizer patterns with the ring: synchronize(), clip, then
+    step() inside skip_synchronize(); step() after synchronize() warns and
+    does not exchange again; zero_grad() or a second backward while groups
+    are in flight is refused."""
+    import warnings
+    model = Params(shapes_for(args))
+    compression = ScaleCom(model, ratio=args.ratio, min_numel=args.min_numel)
+    opt = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=1.0),
+                               named_parameters=model.named_parameters(),
+                               compression=compression, bucket_cap_mb=0.005)
+
+    def backward(step):
+        grads = [torch.from_numpy(gradient(args.seed, hvd.rank(), step, i, p.shape))
+                 for i, p in enumerate(model.parameters())]
+        sum((p * g).sum() for p, g in zip(model.parameters(), grads)).backward()
+
+    result = {}
+    backward(0)
+    opt.synchronize()
+    result["averaged/0"] = np.concatenate([p.grad.numpy().ravel() for p in model.parameters()])
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    clipped = [p.grad.clone() for p in model.parameters()]
+    before = [p.detach().clone() for p in model.parameters()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # no warning inside skip_synchronize
+        with opt.skip_synchronize():
+            opt.step()
+    for p, b, c in zip(model.parameters(), before, clipped):
+        assert torch.equal(p.detach(), b - c), "step() did not apply the clipped average"
+    opt.zero_grad()
+
+    backward(1)
+    opt.synchronize()
+    averaged = [p.grad.clone() for p in model.parameters()]
+    steps_before = [s.step for s in compression._states.values()]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.step()
+    assert any("skip_synchronize" in str(w.message) for w in caught), caught
+    assert [s.step for s in compression._states.values()] == steps_before, "exchanged twice"
+    for p, a in zip(model.parameters(), averaged):
+        assert torch.equal(p.grad, a)
+    opt.zero_grad()
+
+    backward(2)
+    try:
+        opt.zero_grad()
+    except AssertionError as exc:
+        result["zero_grad_error"] = np.array(str(exc))
+    try:
+        backward(3)
+    except AssertionError as exc:
+        result["second_backward_error"] = np.array(str(exc))
+    opt.synchronize()
+    np.savez(out / f"rank{hvd.rank()}.npz", **result)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("outdir")
-    parser.add_argument("mode", choices=["sequence"])
+    parser.add_argument("mode", choices=["sequence", "patterns"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--ratio", type=float, default=0.05)
@@ -81,6 +142,8 @@ def main():
     parser.add_argument("--min-numel", type=int, default=100)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--dynamic", action="store_true")
+    parser.add_argument("--groups", choices=["default", "cap", "num", "list"],
+                        default="default", help="how the ring groups the gradients")
     parser.add_argument("--fail-at", type=int, default=-1)
     parser.add_argument("--timeout", type=float, default=60)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -89,7 +152,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     hvd.init()
-    sequence(args, Path(args.outdir))
+    {"sequence": sequence, "patterns": patterns}[args.mode](args, Path(args.outdir))
 
 
 if __name__ == "__main__":

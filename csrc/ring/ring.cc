@@ -14,16 +14,17 @@
 #endif
 
 namespace scalecom {
-namespace {
 
-void check_mpi(int code, const char* what) {
+void check_mpi(int code, const char* what, const char* who) {
   if (code == MPI_SUCCESS) return;
   char text[MPI_MAX_ERROR_STRING];
   int len = 0;
   MPI_Error_string(code, text, &len);
-  throw std::runtime_error(std::string("ring allreduce: ") + what + " failed: " +
+  throw std::runtime_error(std::string(who) + ": " + what + " failed: " +
                            std::string(text, len));
 }
+
+namespace {
 
 inline int64_t mod(int64_t a, int64_t n) { return ((a % n) + n) % n; }
 

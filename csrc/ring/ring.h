@@ -57,6 +57,9 @@ class DeviceSide;
 // kCudaAware hands MPI the device buffers.
 enum class DeviceTransport { kAuto, kStaged, kCudaAware };
 
+// Throws "<who>: <what> failed: <MPI's words>" unless code is MPI_SUCCESS.
+void check_mpi(int code, const char* what, const char* who = "ring allreduce");
+
 // Whether the MPI library this process runs says it reads CUDA device memory.
 bool mpi_is_cuda_aware();
 

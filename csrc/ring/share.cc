@@ -21,14 +21,7 @@
 namespace scalecom {
 namespace {
 
-void check(int code, const char* what) {
-  if (code == MPI_SUCCESS) return;
-  char text[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(code, text, &len);
-  throw std::runtime_error(std::string("index share: ") + what + " failed: " +
-                           std::string(text, len));
-}
+void check(int code, const char* what) { check_mpi(code, what, "index share"); }
 
 }  // namespace
 

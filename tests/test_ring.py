@@ -128,6 +128,21 @@ def test_device_transport_from_the_environment(monkeypatch):
         device_transport()
 
 
+def test_index_share_choice_from_the_environment(monkeypatch):
+    # In this process MPI is not initialized: "auto" falls back to Horovod's
+    # broadcast (None), "mpi" refuses to, a typo is named.
+    from horovod_scalecom.ring import INDEX_SHARE_ENV, open_index_share
+    for value in ("", "auto", "horovod"):
+        monkeypatch.setenv(INDEX_SHARE_ENV, value or "auto")
+        assert open_index_share(10) is None
+    monkeypatch.setenv(INDEX_SHARE_ENV, "mpi")
+    with pytest.raises(RuntimeError, match="not initialized with MPI_THREAD_MULTIPLE"):
+        open_index_share(10)
+    monkeypatch.setenv(INDEX_SHARE_ENV, "gloo")
+    with pytest.raises(ValueError, match="HOROVOD_SCALECOM_INDEX_SHARE='gloo'"):
+        open_index_share(10)
+
+
 @pytest.mark.parametrize("cuda_aware", ["0", "1", "auto"])
 def test_ring_device_side_through_the_c_abi(cuda_aware, tmp_path):
     # The engine's device side (messages in "device" memory, in-place hops,

@@ -80,6 +80,7 @@ def sequence(args, out):
     stats = compression.stats()
     result["stats/bytes_sent"] = np.array(stats["bytes_sent"])
     result["stats/dense_bytes"] = np.array(stats["dense_bytes"])
+    result["stats/index_share"] = np.array(stats["index_share"])
     np.savez(out / f"rank{hvd.rank()}.npz", **result)
 
 

@@ -42,6 +42,7 @@ import torch
 
 import horovod.torch as hvd
 from horovod_scalecom import bytes_model
+from horovod_scalecom.buckets import DEFAULT_BUCKET_CAP_MB
 from horovod_scalecom.benchmarks.baselines import Params, PowerSGD, TopkAllgather
 from horovod_scalecom.benchmarks.shapes import MODELS
 from horovod_scalecom.torch import DistributedOptimizer, ScaleCom
@@ -80,9 +81,13 @@ class Method:
                 opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters())
             else:
                 compression = ScaleCom(model, ratio=args.ratio, beta=0.1)
-                wrap = hvd.DistributedOptimizer if method == "path A" else DistributedOptimizer
-                opt = wrap(base, named_parameters=model.named_parameters(),
-                           compression=compression)
+                if method == "path A":
+                    opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(),
+                                                   compression=compression)
+                else:
+                    opt = DistributedOptimizer(base, named_parameters=model.named_parameters(),
+                                               compression=compression,
+                                               bucket_cap_mb=args.bucket_cap_mb)
 
             def step():
                 model(grads).backward()
@@ -91,7 +96,7 @@ class Method:
                     stats = compression.stats()
                     self.compress.append(stats["select_s"] + stats["update_s"])
                     self.breakdowns.append({k: stats[k] for k in ("select_s", "comm_s",
-                                                                  "update_s")})
+                                                                  "update_s", "decompress_s")})
                 elif method == "path B":
                     stats = opt.stats()
                     self.compress.append(stats["compress_s"])
@@ -180,6 +185,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--line-rate", type=float, default=0.0,
                         help="Gbit/s of each rank's link, for the bound's wire time (0: none)")
+    parser.add_argument("--bucket-cap-mb", type=float, default=DEFAULT_BUCKET_CAP_MB,
+                        help="path B's group size")
     parser.add_argument("--json")
     parser.add_argument("--label", default="", help="a tag stored with the figures (network)")
     args = parser.parse_args()
@@ -216,6 +223,7 @@ def main() -> None:
     if hvd.rank() == 0 and args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "ratio": args.ratio, "ranks": hvd.size(),
+                       "bucket_cap_mb": args.bucket_cap_mb,
                        "label": args.label, "line_rate_gbit": args.line_rate,
                        "rounds": args.rounds, "steps": args.steps,
                        "numel": int(sum(g.numel() for g in grads)), "rows": rows}, f, indent=1)

@@ -192,8 +192,13 @@ class ScaleCom(Compressor):
             return tensor.to(ctx.dtype)
         numel = ctx.shape.numel()
         kernels = self._kernels(tensor, ctx.state.name)
+        start = time.perf_counter()
         dense = kernels.scatter(ctx.indices, tensor.to(torch.float32).contiguous(), numel)
-        return dense.view(ctx.shape).to(ctx.dtype)
+        result = dense.view(ctx.shape).to(ctx.dtype)
+        record = self._last.get(ctx.state.name)
+        if record is not None:
+            record["decompress_s"] = time.perf_counter() - start
+        return result
 
     # -- checkpoints and figures ----------------------------------------------------
 
@@ -257,6 +262,8 @@ class ScaleCom(Compressor):
             "select_s": total("select_s"),
             "comm_s": total("share_s"),
             "update_s": total("update_s"),
+            # Writing the dense mean back (the scatter), after Horovod's allreduce.
+            "decompress_s": total("decompress_s"),
             # Memory entries that refused a NaN/Inf update (DESIGN's non-finite policy).
             "nonfinite_kept": total("nonfinite_kept"),
             # How the leaders' indices travel: ScaleCom's MPI messages or Horovod's broadcast.
@@ -406,4 +413,5 @@ class ScaleCom(Compressor):
             "select_s": select_s,
             "share_s": share_s,
             "update_s": update_s,
+            "decompress_s": 0.0,
         }

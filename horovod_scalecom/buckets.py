@@ -12,7 +12,7 @@ chunks, selection and arithmetic are its own.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 #: Default group size: DDP's bucket_cap_mb. Large enough that a group's fixed
 #: cost (one agreement allreduce and 2 (n - 1) message latencies) is small
@@ -76,3 +76,23 @@ def even_groups(count: int, num_groups: int) -> list[list[int]]:
             out.append(list(range(start, stop)))
         start = stop
     return out[::-1]
+
+
+def make_groups(nbytes: Sequence[int], groups: int | Sequence[Sequence[Any]] | None,
+                cap_mb: float, index_of: Callable[[Any], int]) -> list[list[int]]:
+    """The groups of tensors 0..len(nbytes)-1 (registration order): Horovod's
+    ``groups`` (an int: even_groups; lists of members, mapped to indices by
+    ``index_of``, which raises KeyError for a stranger: explicit_groups), or
+    by default bucket_by_size with ``cap_mb``."""
+    if groups is None:
+        return bucket_by_size(nbytes, cap_mb)
+    if isinstance(groups, int):
+        return even_groups(len(nbytes), groups)
+    try:
+        members = [[index_of(m) for m in group] for group in groups]
+    except KeyError:
+        raise ValueError("groups: a listed parameter is not one of the optimizer's "
+                         "parameters that require a gradient") from None
+    except TypeError:
+        raise ValueError("groups must be an int or a list of lists of parameters") from None
+    return explicit_groups(len(nbytes), members)

@@ -3,7 +3,7 @@ every tensor exactly once, in the order backward produces them."""
 
 import pytest
 
-from horovod_scalecom.buckets import bucket_by_size, even_groups, explicit_groups
+from horovod_scalecom.buckets import bucket_by_size, even_groups, explicit_groups, make_groups
 
 
 def flat(groups):
@@ -41,3 +41,15 @@ def test_explicit_groups_then_the_others_alone():
         explicit_groups(5, [[0, 1], [1, 2]])
     with pytest.raises(ValueError, match="an empty group"):
         explicit_groups(5, [[]])
+
+
+def test_make_groups_picks_horovods_argument_or_the_size_cap():
+    sizes = [10, 20, 30]
+    place = {"a": 0, "b": 1, "c": 2}.__getitem__
+    assert make_groups(sizes, None, 1e-5, place) == [[2], [1], [0]]
+    assert make_groups(sizes, 2, 25, place) == [[2], [0, 1]]
+    assert make_groups(sizes, [["c", "a"]], 25, place) == [[0, 2], [1]]
+    with pytest.raises(ValueError, match="not one of the optimizer's parameters"):
+        make_groups(sizes, [["z"]], 25, place)
+    with pytest.raises(ValueError, match="an int or a list of lists"):
+        make_groups(sizes, [3], 25, place)

@@ -90,6 +90,15 @@ def test_ring_groups_start_from_backward_and_change_no_bit(groups, exchanges, dy
     assert {int(res[f"groups/{s}"]) for res in results for s in range(4)} == {exchanges}
 
 
+def test_ring_accumulates_backward_passes_before_a_group_starts(tmp_path):
+    # backward_passes_per_step=2: each group starts on the second pass only,
+    # with the sum of both (two exact halves: the reference's gradient).
+    cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+    job = run_mpi(2, "torch_ring.py", tmp_path, "sequence", "--steps", "3", "--bpps", "2",
+                  "--groups", "cap", timeout=300).check_ok()
+    check(job, 2, 3, cfg, SHAPES)
+
+
 def test_ring_horovod_optimizer_patterns(tmp_path):
     job = run_mpi(2, "torch_ring.py", tmp_path, "patterns", timeout=300).check_ok()
     for r in range(2):

@@ -108,6 +108,7 @@ class HostSide final : public Side {
   void* incoming() override { return recv(); }
   void arrived(size_t) override {}
   void wait() override {}
+  void set_threads(int num_threads) override { threads_ = num_threads; }
 
   std::unique_ptr<Buffers> buffers(const RingTensor& t, int64_t n, double ratio,
                                    int) override {

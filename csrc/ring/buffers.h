@@ -112,6 +112,8 @@ class Side {
   virtual void arrived(size_t bytes) = 0;
   // Waits for all the side's work; throws what it found (bad indices).
   virtual void wait() = 0;
+  // Threads for the exchange about to run (the host side's CPU work).
+  virtual void set_threads(int) {}
   virtual std::unique_ptr<Buffers> buffers(const RingTensor& t, int64_t n, double ratio,
                                            int tensor) = 0;
 

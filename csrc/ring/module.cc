@@ -1,9 +1,12 @@
 // CPython binding of the ring engine: horovod_scalecom._ring.Engine. It takes
 // any C-contiguous float32 buffers (numpy arrays; torch CPU tensors through
-// .numpy()), so both frameworks share it. The buffers are held until the
-// exchange ends; after a timeout they are never released, since the engine's
-// thread may still write to them. GPU tensors come as device addresses
+// .numpy()), so both frameworks share it. The buffers are held until wait()
+// has seen every queued exchange end; after a timeout they are never
+// released, since the engine's thread may still write to them. GPU tensors come as device addresses
 // (start_device); their owner keeps them alive, by the same rule.
+// One file for the one Python type: its methods share the buffer-view
+// bookkeeping (what a queued or timed-out exchange keeps alive), which a
+// split would spread over files.
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 

@@ -260,10 +260,8 @@ void RingEngine::check_agreement(const std::vector<RingTensor>& tensors, double 
 Side& RingEngine::side_for(const std::vector<RingTensor>& tensors, int num_threads) {
   const int device = tensors.empty() ? -1 : tensors.front().device;
   if (device < 0) {
-    if (!host_side_ || host_threads_ != num_threads) {   // else its messages are reused
-      host_side_ = host_side(num_threads);
-      host_threads_ = num_threads;
-    }
+    if (!host_side_) host_side_ = host_side(num_threads);   // its messages are kept
+    host_side_->set_threads(num_threads);
     return *host_side_;
   }
   if (!device_side_ || device_side_->device() != device) {

@@ -161,7 +161,6 @@ class RingEngine {
   bool cuda_aware_ = false;
   std::unique_ptr<DeviceSide> device_side_;   // kept between exchanges (its buffers)
   std::unique_ptr<Side> host_side_;
-  int host_threads_ = 0;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;
   int size_ = 1;

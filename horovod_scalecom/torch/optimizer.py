@@ -28,14 +28,14 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+import weakref
 from typing import Any, Iterable, Sequence
 
 import torch
 import horovod.torch as hvd
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.buckets import (DEFAULT_BUCKET_CAP_MB, bucket_by_size, even_groups,
-                                      explicit_groups)
+from horovod_scalecom.buckets import DEFAULT_BUCKET_CAP_MB, make_groups
 from horovod_scalecom.cuda import GRAD_TYPES
 from horovod_scalecom.ring import close_at_exit, device_transport, load_ring
 from horovod_scalecom.torch.compression import ScaleCom
@@ -86,8 +86,10 @@ class _RingOptimizer(torch.optim.Optimizer):
         # Registration order, the same on every rank: the ring's tensor order.
         order = {name: i for i, name in enumerate(compression._states)}
         self._params.sort(key=lambda item: order[item[0]])
-        self._groups = [_Group([self._params[i] for i in members])
-                        for members in self._group_indices(groups, bucket_cap_mb)]
+        place = {id(p): i for i, (_, p) in enumerate(self._params)}
+        self._groups = [_Group([self._params[i] for i in members]) for members in make_groups(
+            [4 * p.numel() for _, p in self._params], groups, bucket_cap_mb,
+            lambda p: place[id(p)])]
         self._group_of = {id(p): g for g in self._groups for _, p in g.params}
         self._passes_left = {id(p): backward_passes_per_step for _, p in self._params}
         if hvd.size() > 1:
@@ -102,24 +104,20 @@ class _RingOptimizer(torch.optim.Optimizer):
         self._leaked: list[Any] = []
         self._synchronized = False     # synchronize() ran, and no backward since
         self._begin_step()
-        for _, p in self._params:
-            p.register_post_accumulate_grad_hook(self._gradient_ready)
+        # Through a weak reference, and removed with the optimizer: a model
+        # wrapped again (a new optimizer, an Elastic reset) must not keep
+        # feeding the old one's exchanges.
+        this = weakref.ref(self)
 
-    def _group_indices(self, groups, bucket_cap_mb: float) -> list[list[int]]:
-        """The groups as indices into self._params (see horovod_scalecom.buckets)."""
-        if groups is None:
-            return bucket_by_size([4 * p.numel() for _, p in self._params], bucket_cap_mb)
-        if isinstance(groups, int):
-            return even_groups(len(self._params), groups)
-        place = {id(p): i for i, (_, p) in enumerate(self._params)}
-        try:
-            return explicit_groups(len(self._params), [[place[id(p)] for p in group]
-                                                       for group in groups])
-        except KeyError:
-            raise ValueError("groups: a listed parameter is not one of the optimizer's "
-                             "parameters that require a gradient") from None
-        except TypeError:
-            raise ValueError("groups must be an int or a list of lists of parameters") from None
+        def ready(p: torch.Tensor) -> None:
+            optimizer = this()
+            if optimizer is not None:
+                optimizer._gradient_ready(p)
+        self._hooks = [p.register_post_accumulate_grad_hook(ready) for _, p in self._params]
+
+    def __del__(self) -> None:
+        for hook in getattr(self, "_hooks", ()):
+            hook.remove()
 
     # -- a step: groups start from backward's hooks, synchronize() finishes them ----
 
@@ -152,16 +150,22 @@ class _RingOptimizer(torch.optim.Optimizer):
             self._start_ready_groups()
 
     def _start_ready_groups(self, everything: bool = False) -> None:
+        """Starts the complete groups in order (``everything``: all that are
+        left, backward being over). A group started during backward selects
+        and updates on one thread, since backward keeps torch's threads busy
+        on the same cores; the others take torch's thread count. The thread
+        count changes no bit (exact selection, elementwise update)."""
         begin = time.perf_counter()
+        threads = torch.get_num_threads() if everything else 1
         while self._next < len(self._groups):
             group = self._groups[self._next]
             if group.waiting > 0 and not everything:
                 break
-            self._start_group(group)
+            self._start_group(group, threads)
             self._next += 1
         self._python_s += time.perf_counter() - begin
 
-    def _start_group(self, group: _Group) -> None:
+    def _start_group(self, group: _Group, threads: int) -> None:
         compression = self._compression
         compression._check_config()
         group.started = True
@@ -196,7 +200,7 @@ class _RingOptimizer(torch.optim.Optimizer):
                                    "some on the CPU; the ring exchanges one kind per step")
         # Held until the exchange ends; for ever if it times out (the engine's
         # thread may still write into them).
-        self._held.append((self._start_device if on_gpu else self._start_host)(ring))
+        self._held.append(self._start_device(ring) if on_gpu else self._start_host(ring, threads))
 
     def synchronize(self) -> None:
         """Starts the groups backward left incomplete (zeros for parameters
@@ -274,7 +278,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         finally:
             self._should_synchronize = True
 
-    def _start_host(self, ring) -> tuple:
+    def _start_host(self, ring, threads: int) -> tuple:
         """CPU gradients: float32 contiguous ones receive the mean in place (the
         engine reads each element before it writes it); others go through a
         float32 copy and an output buffer kept between steps."""
@@ -295,7 +299,7 @@ class _RingOptimizer(torch.optim.Optimizer):
                            [g.numpy() for g in grads],
                            [g.numpy() if o is g else o.numpy() for g, o in zip(grads, outs)],
                            [t for _, _, _, t in ring], float(cfg.ratio), float(cfg.beta),
-                           torch.get_num_threads())
+                           threads)
         return grads, outs
 
     def _out_buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ usage: torch_ring.py OUTDIR MODE [options]
 """
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def sequence(args, out):
                 "list": {"groups": [[model.a, model.c]]}}[args.groups]
     opt = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0),
                                named_parameters=model.named_parameters(),
-                               compression=compression, **grouping)
+                               compression=compression,
+                               backward_passes_per_step=args.bpps, **grouping)
     if args.kernels_lib:
         route_through_kernels_library(compression, args.kernels_lib, opt)
     result = {}
@@ -56,7 +58,12 @@ def sequence(args, out):
             skip = (hvd.rank() + step) % len(terms)
             terms = [t for i, t in enumerate(terms) if i != skip]
             terms = terms[hvd.rank():] + terms[:hvd.rank()]
-        sum(terms).backward()
+        if args.bpps == 1:
+            sum(terms).backward()
+        else:
+            # Halves, exact in float32: the accumulated gradient is the reference's.
+            for _ in range(args.bpps):
+                (0.5 * sum(terms)).backward(retain_graph=True)
         opt.synchronize()
         for name, p in model.named_parameters():
             result[f"out/{step}/{name}"] = p.grad.cpu().numpy().copy()
@@ -127,6 +134,19 @@ def patterns(args, out):
     except AssertionError as exc:
         result["second_backward_error"] = np.array(str(exc))
     opt.synchronize()
+
+    # Wrapped again (a new optimizer over the same model and ScaleCom): the
+    # old optimizer's hooks go with it, so one backward is one exchange.
+    del opt
+    gc.collect()
+    opt = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=1.0),
+                               named_parameters=model.named_parameters(),
+                               compression=compression)
+    opt.zero_grad()
+    steps_before = [s.step for s in compression._states.values()]
+    backward(4)
+    opt.synchronize()
+    assert [s.step for s in compression._states.values()] == [t + 1 for t in steps_before]
     np.savez(out / f"rank{hvd.rank()}.npz", **result)
 
 
@@ -142,6 +162,8 @@ def main():
     parser.add_argument("--min-numel", type=int, default=100)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--dynamic", action="store_true")
+    parser.add_argument("--bpps", type=int, choices=[1, 2], default=1,
+                        help="backward passes per step (2: two halves of the loss)")
     parser.add_argument("--groups", choices=["default", "cap", "num", "list"],
                         default="default", help="how the ring groups the gradients")
     parser.add_argument("--fail-at", type=int, default=-1)

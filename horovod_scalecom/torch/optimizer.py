@@ -295,9 +295,10 @@ class _RingOptimizer(torch.optim.Optimizer):
             grads.append(flat)
             outs.append(out)
             self._ring.append((name, p, flat, out))
+        arrays = [g.numpy() for g in grads]   # an output that is its gradient: the same array
         self._engine.start([s.memory.numpy() for _, _, s, _ in ring],
-                           [g.numpy() for g in grads],
-                           [g.numpy() if o is g else o.numpy() for g, o in zip(grads, outs)],
+                           arrays,
+                           [a if o is g else o.numpy() for a, g, o in zip(arrays, grads, outs)],
                            [t for _, _, _, t in ring], float(cfg.ratio), float(cfg.beta),
                            threads)
         return grads, outs

@@ -65,6 +65,11 @@ def test_ring_matches_reference_bitwise(n, tmp_path):
     job = run_mpi(n, "torch_ring.py", tmp_path, "sequence", "--steps", "10",
                   timeout=300).check_ok()
     check(job, n, 10, cfg, SHAPES)
+    # Every figure of docs/api.md's breakdown table, none hiding another.
+    assert set(job.result(0)["breakdown_keys"].tolist()) == {
+        "agree_s", "select_s", "mpi_reduce_scatter_s", "reduce_s", "mpi_allgather_s", "pack_s",
+        "unpack_s", "update_s", "busy_s", "python_start_s", "start_s", "ring_wait_s",
+        "copy_out_s", "dense_wait_s", "synchronize_s", "hidden_s"}
 
 
 def test_ring_gradients_in_different_orders_and_sets_per_rank(tmp_path):

@@ -228,7 +228,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         end = time.perf_counter()
         self._last = self._figures(ring_bytes, timings, {
             "start_s": started - begin, "ring_wait_s": ring_done - started,
-            "unpack_s": copied - ring_done, "dense_wait_s": end - copied,
+            "copy_out_s": copied - ring_done, "dense_wait_s": end - copied,
             "synchronize_s": end - begin})
         self._synchronized = True
         self._begin_step()

@@ -71,6 +71,7 @@ def sequence(args, out):
         result[f"compress_s/{step}"] = np.array(opt.stats()["compress_s"])
         result[f"transport/{step}"] = np.array(opt.stats()["ring_transport"])
         result[f"groups/{step}"] = np.array(opt.stats()["ring_groups"])
+        result["breakdown_keys"] = np.array(sorted(opt.stats()["breakdown"]))
         model.zero_grad()
     for name, entry in compression.state_dict()["tensors"].items():
         if entry["memory"] is not None:

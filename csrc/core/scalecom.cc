@@ -69,6 +69,17 @@ int find_bin(const int64_t* hist, int64_t need, int64_t* above) {
   throw std::logic_error("scalecom::select_topk: histogram holds fewer keys than k");
 }
 
+// Whether a candidate of key `key` is taken, given the k-th largest key
+// (`threshold`) and how many keys equal to it are still to take: the rule of
+// both selection paths, ties to the lowest index (candidates are visited in
+// ascending order).
+inline bool taken(uint32_t key, uint32_t threshold, int64_t* ties_left) {
+  if (key > threshold) return true;
+  if (key != threshold || *ties_left == 0) return false;
+  --*ties_left;
+  return true;
+}
+
 // The sampled threshold: the common case of select_topk in one pass.
 //
 // A pseudo-random sample of contiguous runs of keys gives tau, a key that
@@ -159,11 +170,7 @@ bool select_by_sample(KeyAt key_at, int64_t numel, int64_t k, int32_t* out_indic
   int64_t written = 0, pos = 0;
   for (int t = 0; t < nt; ++t) {
     for (int64_t q = 0; q < count[t]; ++q, ++pos) {
-      const uint32_t key = keys[pos];
-      if (key > threshold || (key == threshold && ties_left > 0)) {
-        ties_left -= key == threshold;
-        out_indices[written++] = cand[t][q];
-      }
+      if (taken(keys[pos], threshold, &ties_left)) out_indices[written++] = cand[t][q];
     }
   }
   if (written != k)
@@ -277,17 +284,13 @@ void select_topk(const float* memory, const float* grad, int64_t numel, int64_t 
 
   // Which candidates are taken, and where each thread's output starts.
   std::vector<int64_t> offset(nt + 1, 0);
-  std::vector<std::vector<int32_t>> taken(nt);
+  std::vector<std::vector<int32_t>> chosen(nt);
   size_t pos = 0;
   for (int t = 0; t < nt; ++t) {
     for (int32_t j : cand[t]) {
-      const uint32_t key = cand_keys[pos++];
-      if (key > threshold || (key == threshold && ties_left > 0)) {
-        ties_left -= key == threshold;
-        taken[t].push_back(j);
-      }
+      if (taken(cand_keys[pos++], threshold, &ties_left)) chosen[t].push_back(j);
     }
-    offset[t + 1] = offset[t] + static_cast<int64_t>(sure[t].size() + taken[t].size());
+    offset[t + 1] = offset[t] + static_cast<int64_t>(sure[t].size() + chosen[t].size());
   }
   if (offset[nt] != k)
     throw std::logic_error("scalecom::select_topk: selected " + std::to_string(offset[nt]) +
@@ -295,7 +298,7 @@ void select_topk(const float* memory, const float* grad, int64_t numel, int64_t 
 #pragma omp parallel num_threads(nt)
   {
     const int tid = thread_id();
-    std::merge(sure[tid].begin(), sure[tid].end(), taken[tid].begin(), taken[tid].end(),
+    std::merge(sure[tid].begin(), sure[tid].end(), chosen[tid].begin(), chosen[tid].end(),
                out_indices + offset[tid]);
   }
 }

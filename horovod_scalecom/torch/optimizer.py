@@ -191,11 +191,11 @@ class _RingOptimizer(torch.optim.Optimizer):
                 ring.append((name, p, state, t))
         if not ring:
             return
-        on_gpu = self._ring_device(ring[0][1].grad, ring[0][0]) is not None
+        if self._on_gpu is None:   # the step's first group decides
+            self._on_gpu = self._ring_device(ring[0][1].grad, ring[0][0]) is not None
+        on_gpu = self._on_gpu
         for name, p, _, _ in ring:
-            if self._on_gpu is None:
-                self._on_gpu = on_gpu
-            if (self._ring_device(p.grad, name) is not None) != self._on_gpu:
+            if (self._ring_device(p.grad, name) is not None) != on_gpu:
                 raise RuntimeError("ScaleCom ring: some compressed gradients are on a GPU and "
                                    "some on the CPU; the ring exchanges one kind per step")
         # Held until the exchange ends; for ever if it times out (the engine's

@@ -11,6 +11,13 @@ import numpy as np
 # Indices travel as int32 (DESIGN.md section 1).
 MAX_NUMEL = 2**31 - 1
 
+# The relative clip (docs/algorithm.md): each worker's gradient of a
+# compressed tensor is clipped to clip_factor times a running level of its
+# norm, an average over about 1 / (1 - CLIP_RHO) steps. Chosen by the study
+# of docs/convergence.md (section "Defaults").
+DEFAULT_CLIP_FACTOR = 1.5
+CLIP_RHO = 0.99
+
 
 def num_selected(numel: int, ratio: float) -> int:
     """k = max(1, ceil(ratio * numel)) for a non-empty tensor, 0 for an empty one."""
@@ -60,14 +67,25 @@ class ScaleComConfig:
         warmup_steps: the first ``warmup_steps`` calls for each tensor are dense
             and leave the memory untouched.
         min_numel: tensors with fewer elements are sent dense.
+        clip_factor: each worker clips its gradient of each compressed tensor
+            to ``clip_factor`` times the running level of that gradient's
+            norm before it reaches the memory (csrc/core/clip.h); None turns
+            the clip off.
     """
 
     ratio: float = 0.01
     beta: float = 0.1
     warmup_steps: int = 0
     min_numel: int = 1024
+    clip_factor: float | None = DEFAULT_CLIP_FACTOR
 
     def __post_init__(self) -> None:
+        if self.clip_factor is not None and (
+                isinstance(self.clip_factor, bool) or not isinstance(self.clip_factor, (int, float))
+                or not self.clip_factor >= 1.0 or math.isinf(self.clip_factor)):
+            raise ValueError(
+                f"clip_factor must be a number >= 1 or None (no clip), got {self.clip_factor!r}: "
+                "below 1 the level, and with it every gradient, would shrink step after step")
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
             raise TypeError(f"ratio must be a number, got {self.ratio!r}")
         if not (0.0 < float(self.ratio) <= 1.0) or math.isnan(self.ratio):
@@ -92,6 +110,11 @@ class ScaleComConfig:
     def decay32(self) -> np.float32:
         """1 - beta, computed in float32 from beta32 (canonical arithmetic)."""
         return np.float32(np.float32(1.0) - self.beta32)
+
+    @property
+    def clip_factor_or_zero(self) -> float:
+        """clip_factor as the core takes it: 0.0 for no clip."""
+        return 0.0 if self.clip_factor is None else float(self.clip_factor)
 
     def k(self, numel: int) -> int:
         return num_selected(numel, self.ratio)

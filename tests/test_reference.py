@@ -158,7 +158,7 @@ def test_cltk_commutes_with_the_mean():
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_path_a_matches_step_by_step_spec(n):
     rng = np.random.default_rng(10 + n)
-    cfg = ScaleComConfig(ratio=0.05, beta=0.2, min_numel=0)
+    cfg = ScaleComConfig(ratio=0.05, beta=0.2, min_numel=0, clip_factor=None)
     sim = PathASimulator(n, cfg)
     shapes = {"w1": (40,), "w2": (7, 9)}
     mem = {name: [np.zeros(int(np.prod(s)), F32) for _ in range(n)] for name, s in shapes.items()}
@@ -205,7 +205,7 @@ def test_path_a_dense_cases_leave_memory_alone():
 
 def test_path_a_ratio_one_is_dense_allreduce():
     rng = np.random.default_rng(6)
-    sim = PathASimulator(3, ScaleComConfig(ratio=1.0, beta=1.0, min_numel=0))
+    sim = PathASimulator(3, ScaleComConfig(ratio=1.0, beta=1.0, min_numel=0, clip_factor=None))
     for _ in range(4):
         grads = [rand(rng, 33) for _ in range(3)]
         res = sim.step("w", grads)
@@ -241,7 +241,7 @@ def brute_path_b(mems, grads, t, ratio, beta):
 def test_path_b_matches_brute_force(n, numel):
     rng = np.random.default_rng(n * 100 + numel)
     ratio, beta = 0.1, 0.25
-    sim = PathBSimulator(n, ScaleComConfig(ratio=ratio, beta=beta, min_numel=0))
+    sim = PathBSimulator(n, ScaleComConfig(ratio=ratio, beta=beta, min_numel=0, clip_factor=None))
     mems = [np.zeros(numel, F32) for _ in range(n)]
     for t in range(2 * n + 1):
         grads = [rand(rng, numel) for _ in range(n)]
@@ -254,7 +254,7 @@ def test_path_b_matches_brute_force(n, numel):
 
 def test_path_b_chunk_smaller_than_its_k():
     """ratio 1 with chunks of one element: every element is selected."""
-    sim = PathBSimulator(4, ScaleComConfig(ratio=1.0, beta=0.5, min_numel=0))
+    sim = PathBSimulator(4, ScaleComConfig(ratio=1.0, beta=0.5, min_numel=0, clip_factor=None))
     grads = [np.arange(5, dtype=F32) + r for r in range(4)]
     res = sim.step({"w": grads})["w"]
     np.testing.assert_array_equal(res.indices, np.arange(5))
@@ -265,7 +265,7 @@ def test_path_b_chunk_smaller_than_its_k():
 def test_path_b_selection_owner_rotates():
     n, numel = 3, 30
     for t in range(n):
-        sim = PathBSimulator(n, ScaleComConfig(ratio=0.1, beta=1.0, min_numel=0))
+        sim = PathBSimulator(n, ScaleComConfig(ratio=0.1, beta=1.0, min_numel=0, clip_factor=None))
         sim.steps["w"] = t      # fresh (zero) memory, step t of the schedule
         # Only rank (j + t) % n has a large entry in chunk j: the owner's pick wins.
         grads = [np.zeros(numel, F32) for _ in range(n)]

@@ -41,7 +41,9 @@ def check(job, n, steps, cfg, shapes, dynamic=False):
                 np.testing.assert_array_equal(outs[r], outs[0], err_msg=f"{name} rank {r}")
             if ring[name] is None:          # dense: Horovod's allreduce, MPI's sum order
                 expected = allreduce_mean([g.reshape(-1) for g in grads[name]])
-                np.testing.assert_allclose(outs[0], expected, rtol=1e-6, atol=1e-7)
+                # n float32 roundings of terms up to the largest gradient entry
+                scale = max(float(np.abs(g).max()) for g in grads[name])
+                np.testing.assert_allclose(outs[0], expected, rtol=0, atol=2e-7 * n * scale)
             else:                           # the ring sums in the reference's order
                 expected = ring[name].outputs[0]
                 np.testing.assert_array_equal(outs[0].view(np.uint32), expected.view(np.uint32),

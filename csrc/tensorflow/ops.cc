@@ -8,6 +8,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
+#include "../core/clip.h"
 #include "../core/scalecom.h"
 #include "checks.h"
 
@@ -114,6 +115,42 @@ class ScatterOp : public OpKernel {
   int64_t numel_ = 0;
 };
 
+// The relative clip: inputs grad (float32), level, factor, rho (float64
+// scalars, so that they are the very doubles torch passes); outputs the
+// clipped gradient, the new level and the norm before clipping.
+class RelativeClipOp : public OpKernel {
+ public:
+  explicit RelativeClipOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& grad = ctx->input(0);
+    for (int i = 1; i < 4; ++i) {
+      OP_REQUIRES(ctx, tensorflow::TensorShapeUtils::IsScalar(ctx->input(i).shape()),
+                  InvalidArgument("scalecom: level, factor and rho must be scalars"));
+    }
+    double level = ctx->input(1).scalar<double>()();
+    double factor = ctx->input(2).scalar<double>()();
+    double rho = ctx->input(3).scalar<double>()();
+    const float* g = grad.flat<float>().data();
+    int64_t n = grad.NumElements();
+    scalecom::ClipStep step = scalecom::relative_clip_step(
+        scalecom::sum_squares(g, n, threads(ctx)), level, factor, rho);
+    Tensor* out = nullptr;
+    Tensor* new_level = nullptr;
+    Tensor* norm = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, grad.shape(), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &new_level));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({}), &norm));
+    float* o = out->flat<float>().data();
+    if (step.scale == 1.0f) {
+      std::memcpy(o, g, sizeof(float) * n);
+    } else {
+      for (int64_t i = 0; i < n; ++i) o[i] = g[i] * step.scale;
+    }
+    new_level->scalar<double>()() = step.level;
+    norm->scalar<double>()() = step.norm;
+  }
+};
+
 }  // namespace
 
 REGISTER_OP("ScalecomSelectTopk")
@@ -159,7 +196,26 @@ REGISTER_OP("ScalecomScatter")
     })
     .Doc("A dense vector of numel zeros with values at indices.");
 
+REGISTER_OP("ScalecomRelativeClip")
+    .Input("grad: float")
+    .Input("level: double")
+    .Input("factor: double")
+    .Input("rho: double")
+    .Output("clipped: float")
+    .Output("new_level: double")
+    .Output("norm: double")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      c->set_output(1, c->Scalar());
+      c->set_output(2, c->Scalar());
+      return absl::OkStatus();
+    })
+    .Doc("grad scaled to norm <= factor * level (csrc/core/clip.h), the new level and the "
+         "norm before clipping.");
+
 REGISTER_KERNEL_BUILDER(Name("ScalecomSelectTopk").Device(tensorflow::DEVICE_CPU), SelectTopkOp);
 REGISTER_KERNEL_BUILDER(Name("ScalecomGatherUpdate").Device(tensorflow::DEVICE_CPU),
                         GatherUpdateOp);
 REGISTER_KERNEL_BUILDER(Name("ScalecomScatter").Device(tensorflow::DEVICE_CPU), ScatterOp);
+REGISTER_KERNEL_BUILDER(Name("ScalecomRelativeClip").Device(tensorflow::DEVICE_CPU),
+                        RelativeClipOp);

@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <tuple>
 
+#include "../core/clip.h"
 #include "../core/scalecom.h"
 
 namespace {
@@ -85,6 +86,23 @@ at::Tensor scatter(const at::Tensor& indices, const at::Tensor& values, int64_t 
   return out;
 }
 
+// The relative clip's figures for a float32 gradient: (norm, new level, scale).
+// The caller multiplies by the scale (in float32, as the core would).
+std::tuple<double, double, double> relative_clip(const at::Tensor& grad, double level,
+                                                 double factor, double rho) {
+  check_cpu_float(grad, "gradient");
+  double sum_sq = scalecom::sum_squares(grad.data_ptr<float>(), grad.numel(), threads());
+  scalecom::ClipStep step = scalecom::relative_clip_step(sum_sq, level, factor, rho);
+  return {step.norm, step.level, step.scale};
+}
+
+// The same step from a sum of squares taken elsewhere (a CUDA gradient).
+std::tuple<double, double, double> clip_step(double sum_sq, double level, double factor,
+                                             double rho) {
+  scalecom::ClipStep step = scalecom::relative_clip_step(sum_sq, level, factor, rho);
+  return {step.norm, step.level, step.scale};
+}
+
 int64_t num_selected(int64_t numel, double ratio) {
   return translate_errors([&] { return scalecom::num_selected(numel, ratio); });
 }
@@ -98,12 +116,17 @@ TORCH_LIBRARY(scalecom, m) {
         "-> (Tensor, int)");
   m.def("scatter(Tensor indices, Tensor values, int numel) -> Tensor");
   m.def("num_selected(int numel, float ratio) -> int", &num_selected);
+  m.def("clip_step(float sum_sq, float level, float factor, float rho) -> (float, float, float)",
+        &clip_step);
+  m.def("relative_clip(Tensor grad, float level, float factor, float rho) "
+        "-> (float, float, float)");
 }
 
 TORCH_LIBRARY_IMPL(scalecom, CPU, m) {
   m.impl("select_topk", &select_topk);
   m.impl("gather_update_", &gather_update_);
   m.impl("scatter", &scatter);
+  m.impl("relative_clip", &relative_clip);
 }
 
 // A bare CPython module: importing it is what registers the ops above.

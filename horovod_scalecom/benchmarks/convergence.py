@@ -2,9 +2,13 @@
 
     python -m horovod_scalecom.benchmarks.convergence --ranks 4 8 \\
         --ratios 0.04 0.01 0.0025 --seeds 0 1 2 --json docs/convergence/normal.json
+    python -m horovod_scalecom.benchmarks.convergence --task digits --ranks 4 \\
+        --batch-per-rank 16 --epochs 30 --lr 0.4 --betas 0.1 1 --json digits.json
 
-Every step draws one global batch (256 samples of the synthetic task),
-splits it into n equal per-worker batches, takes each worker's gradient
+Two tasks: the synthetic one (horovod_scalecom.benchmarks.synthetic) and
+real data that ships inside scikit-learn, its 8x8 handwritten digits (1,797
+images; the first 1,200 of a fixed shuffle train, the other 597 test).
+Every step draws one global batch, splits it into n equal per-worker batches, takes each worker's gradient
 (torch.func.vmap) and hands the n gradients of every tensor to a simulator of
 ``horovod_scalecom.reference``: PathASimulator for ScaleCom (beta 0.1) and
 classic error feedback (the same CLT-k with beta 1), TopkAllgatherSimulator
@@ -34,7 +38,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from horovod_scalecom import bytes_model
 from horovod_scalecom.benchmarks.synthetic import make_data
-from horovod_scalecom.config import ScaleComConfig
+from horovod_scalecom.config import DEFAULT_CLIP_FACTOR, ScaleComConfig
 from horovod_scalecom.reference import PathASimulator, TopkAllgatherSimulator
 from horovod_scalecom.reference.path_a import allreduce_mean
 
@@ -54,13 +58,38 @@ class RunSpec:
     epochs: int
     warmup_steps: int = 0        # ScaleCom's dense warm-up
     lr_warmup_steps: int = 0     # linear learning-rate ramp before the cosine decay
-    clip: float = 0.0            # per-worker, per-tensor gradient-norm clipping before compression
+    clip: float = 0.0            # absolute per-worker, per-tensor clipping (clip_before_exchange)
     global_batch: int = 256
     train_size: int = 16384
+    task: str = "synthetic"      # or "digits" (scikit-learn's, shipped with the package)
+    beta: float | None = None    # None: the method's (ScaleCom 0.1, classic EF 1)
+    clip_factor: float | None = DEFAULT_CLIP_FACTOR   # ScaleCom's relative clip; None: off
 
-    @property
-    def beta(self) -> float:
-        return {"scalecom": 0.1, "ef": 1.0}.get(self.method, float("nan"))
+    def __post_init__(self) -> None:
+        if self.beta is None:
+            self.beta = {"scalecom": 0.1, "ef": 1.0}.get(self.method, float("nan"))
+
+
+def digits() -> tuple[np.ndarray, ...]:
+    """scikit-learn's 8x8 digits scaled to [0, 1]: (x_train, y_train, x_test, y_test)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise SystemExit("the digits task needs scikit-learn (pip install scikit-learn); "
+                         "its data ship inside the package, nothing is downloaded") from exc
+    data = load_digits()
+    x, y = (data.data / 16.0).astype(np.float32), data.target.astype(np.int64)
+    order = np.random.default_rng(12345).permutation(len(x))
+    x, y = x[order], y[order]
+    return x[:1200], y[:1200], x[1200:], y[1200:]
+
+
+def load_task(spec: "RunSpec") -> tuple[torch.Tensor, ...]:
+    if spec.task == "digits":
+        return tuple(map(torch.from_numpy, digits()))
+    x, y = make_data(seed=100, n=spec.train_size)
+    x_test, y_test = make_data(seed=99, n=4096)
+    return tuple(map(torch.from_numpy, (x, y, x_test, y_test)))
 
 
 def make_model(seed: int) -> torch.nn.Module:
@@ -74,7 +103,8 @@ def make_simulator(spec: RunSpec):
     if spec.method == "dense":
         return None
     config = ScaleComConfig(ratio=spec.ratio, beta=spec.beta if spec.method != "topk" else 1.0,
-                            warmup_steps=spec.warmup_steps)
+                            warmup_steps=spec.warmup_steps,
+                            clip_factor=spec.clip_factor if spec.method != "topk" else None)
     if spec.method == "topk":
         return TopkAllgatherSimulator(spec.ranks, config)
     return PathASimulator(spec.ranks, config)
@@ -91,14 +121,13 @@ def own_topk_overlap(sim: PathASimulator, name: str, grads: np.ndarray, k: int) 
 def train(spec: RunSpec, overlap_every: int = 8) -> dict:
     if spec.global_batch % spec.ranks:
         raise ValueError(f"global batch {spec.global_batch} is not divisible by n={spec.ranks}")
-    x, y = map(torch.from_numpy, make_data(seed=100, n=spec.train_size))
-    x_test, y_test = map(torch.from_numpy, make_data(seed=99, n=4096))
+    x, y, x_test, y_test = load_task(spec)
     model = make_model(spec.seed)
     names = [n for n, _ in model.named_parameters()]
     largest = max(names, key=lambda n: dict(model.named_parameters())[n].numel())
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
     # Cosine decay to zero over the run, the same for every method.
-    total = spec.epochs * (spec.train_size // spec.global_batch)
+    total = spec.epochs * (len(x) // spec.global_batch)
     ramp = max(spec.lr_warmup_steps, 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / ramp) * 0.5 * (1.0 + np.cos(np.pi * min(s, total) / total)))
@@ -153,7 +182,7 @@ def train(spec: RunSpec, overlap_every: int = 8) -> dict:
     if sim is None:
         sent = step * sum(bytes_model.dense_ring_allreduce(p.numel(), n)
                           for p in model.parameters())
-    return {**asdict(spec), "beta": spec.beta, "steps": step, "bytes_per_worker": sent,
+    return {**asdict(spec), "steps": step, "bytes_per_worker": sent,
             "final_acc": record["test_acc"][-1], "final_test_loss": record["test_loss"][-1],
             "mean_overlap": float(np.mean(record["overlap"])) if record["overlap"] else None,
             **record}
@@ -171,6 +200,13 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=0)
     parser.add_argument("--lr-warmup-steps", type=int, default=0)
     parser.add_argument("--clip", type=float, default=0.0)
+    parser.add_argument("--task", choices=["synthetic", "digits"], default="synthetic")
+    parser.add_argument("--betas", type=float, nargs="+",
+                        help="ScaleCom's beta values to run (default: the method's)")
+    parser.add_argument("--clip-factor", type=float, default=DEFAULT_CLIP_FACTOR,
+                        help="ScaleCom's relative clip; 0 turns it off")
+    parser.add_argument("--batch-per-rank", type=int, default=0,
+                        help="per-worker batch (global batch = n x this); default: 256 / n")
     parser.add_argument("--json", help="write the runs here (appends to an existing file)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -185,14 +221,21 @@ def main() -> None:
     for ranks in args.ranks:
         for seed in args.seeds:
             for method in args.methods:
-                for ratio in ([1.0] if method == "dense" else args.ratios):
+                betas = args.betas if method == "scalecom" and args.betas else [None]
+                for ratio, beta in [(r, b) for r in ([1.0] if method == "dense" else args.ratios)
+                                    for b in betas]:
                     spec = RunSpec(method, ranks, ratio, seed, epochs=args.epochs,
                                    warmup_steps=args.warmup_steps,
-                                   lr_warmup_steps=args.lr_warmup_steps, clip=args.clip, **regime)
+                                   lr_warmup_steps=args.lr_warmup_steps, clip=args.clip,
+                                   task=args.task, beta=beta,
+                                   clip_factor=args.clip_factor or None,
+                                   **({"global_batch": args.batch_per_rank * ranks}
+                                      if args.batch_per_rank else {}), **regime)
                     start = time.perf_counter()
                     run = dict(train(spec), regime=args.regime)
                     overlap = run["mean_overlap"]
                     print(f"n={ranks:<3} seed={seed} {method:>8} ratio={ratio:<7g} "
+                          f"beta={spec.beta:<5g} clip_factor={spec.clip_factor} "
                           f"acc {run['final_acc']:.3f}  loss {run['final_test_loss']:.3f}  "
                           f"{run['bytes_per_worker'] / 1e6:8.2f} MB/worker  "
                           f"overlap {'-' if overlap is None else f'{overlap:.2f}'}  "

@@ -8,7 +8,8 @@ from typing import Sequence
 import numpy as np
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.config import ScaleComConfig, check_numel
+from horovod_scalecom.config import CLIP_RHO, ScaleComConfig, check_numel
+from horovod_scalecom.reference.clip import Levels
 from horovod_scalecom.reference.core import (
     F32, accumulate, gather_and_update, scatter, topk_indices)
 from horovod_scalecom.schedule import leader
@@ -56,6 +57,7 @@ class PathASimulator:
         self.config = config or ScaleComConfig()
         self.stagger = stagger
         self.tensors: dict[str, _TensorState] = {}
+        self.levels = Levels(size, self.config.clip_factor, CLIP_RHO)
 
     def register(self, name: str, numel: int) -> _TensorState:
         if name not in self.tensors:
@@ -87,6 +89,7 @@ class PathASimulator:
             nbytes = bytes_model.dense_ring_allreduce(state.numel, self.size)
             return StepResult([out.copy() for _ in flat], None, None, [nbytes] * self.size)
 
+        flat = self.levels.apply(name, flat)
         lead = leader(t, state.offset, self.size)
         k = cfg.k(state.numel)
         idx = topk_indices(accumulate(state.memory[lead], flat[lead]), k)

@@ -22,7 +22,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from horovod_scalecom.bytes_model import INDEX_BYTES, VALUE_BYTES
-from horovod_scalecom.config import ScaleComConfig, check_numel, num_selected
+from horovod_scalecom.config import CLIP_RHO, ScaleComConfig, check_numel, num_selected
+from horovod_scalecom.reference.clip import Levels
 from horovod_scalecom.reference.core import (
     F32, accumulate, gather_and_update, scatter, topk_indices)
 from horovod_scalecom.reference.workers import Workers
@@ -94,6 +95,7 @@ class PathBSimulator(Workers):
     def __init__(self, size: int, config: ScaleComConfig | None = None) -> None:
         super().__init__(size, config)
         self.last_bytes = np.zeros(size, dtype=np.int64)
+        self.levels = Levels(size, self.config.clip_factor, CLIP_RHO)
 
     def step(self, grads: Mapping[str, Sequence[np.ndarray]]
              ) -> dict[str, RingResult | None]:
@@ -108,6 +110,7 @@ class PathBSimulator(Workers):
             if t < cfg.warmup_steps or numel < cfg.min_numel:
                 results[name] = None
                 continue
+            flat = self.levels.apply(name, flat)
             res, self.memory[name], tensor_sent = ring_exchange(
                 mem, flat, t, cfg.ratio, cfg.beta)
             sent += tensor_sent

@@ -4,6 +4,8 @@ The same algorithm and the same C++ core as horovod_scalecom.torch.ScaleCom,
 so both frontends return the same bits for the same gradients. Per tensor, at
 its t-th allreduce (t counts warm-up steps too):
 
+0. ``g`` is clipped to ``clip_factor`` times the running level of its norm
+   (this rank's: horovod_scalecom.reference.clip, the C++ core's op)
 1. ``p = m + g``; the leader ``(t + offset) mod n`` selects ``I = top-k |p|``
 2. ``I`` goes from the leader to every rank (a Horovod broadcast; the root is
    chosen at run time among n branches, so the leader rotates in graph mode)
@@ -38,8 +40,10 @@ import horovod.tensorflow as hvd
 from horovod.tensorflow.compression import Compressor
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.config import ScaleComConfig, check_numel, disagreement, positive_number
+from horovod_scalecom.config import (
+    DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel, disagreement, positive_number)
 from horovod_scalecom.tensorflow._ops import ops
+from horovod_scalecom.tensorflow.guard import Watch, divergence
 
 COMPRESSIBLE_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 
@@ -60,6 +64,7 @@ class _Ctx:
     entry: _Entry
     dense: tf.Tensor    # bool scalar: this step went dense (warm-up, callback)
     indices: tf.Tensor
+    step: tf.Tensor     # the tensor's step counter at this exchange
     shape: tf.TensorShape
     dtype: tf.DType
 
@@ -107,6 +112,10 @@ class ScaleCom(tf.Module, Compressor):
         min_numel: smaller tensors are sent dense.
         stagger_leaders: offset each tensor's leader by the order in which it
             was first seen (False: the paper's schedule).
+        clip_factor: this rank's gradient of each compressed tensor is clipped
+            to ``clip_factor`` times the running level of its norm before it
+            reaches the memory (the torch frontend's argument of the same
+            name, the same numbers). None turns it off.
         clip_norm: if set, every floating gradient handed to the compressor
             is first scaled to L2 norm at most ``clip_norm`` on this worker,
             before it enters the memory or the exchange: the remedy for the
@@ -120,10 +129,11 @@ class ScaleCom(tf.Module, Compressor):
 
     def __init__(self, ratio: float = 0.01, beta: float = 0.1, warmup_steps: int = 0,
                  min_numel: int = 1024, stagger_leaders: bool = True,
-                 clip_norm: float | None = None, name: str = "scalecom") -> None:
+                 clip_norm: float | None = None,
+                 clip_factor: float | None = DEFAULT_CLIP_FACTOR, name: str = "scalecom") -> None:
         super().__init__(name=name)
         self.config = ScaleComConfig(ratio=ratio, beta=beta, warmup_steps=warmup_steps,
-                                     min_numel=min_numel)
+                                     min_numel=min_numel, clip_factor=clip_factor)
         self.stagger_leaders = stagger_leaders
         self.clip_norm = None if clip_norm is None else positive_number(clip_norm, "clip_norm")
         with tf.init_scope():
@@ -132,6 +142,8 @@ class ScaleCom(tf.Module, Compressor):
         self.steps: dict[str, tf.Variable] = {}
         # Per tensor, the last step's memory entries that refused a NaN/Inf update.
         self.nonfinite: dict[str, tf.Variable] = {}
+        # Per tensor, the clip level and the divergence guard's record.
+        self.watch: dict[str, Watch] = {}
         self._registry = _Registry()
         self._config_checked = False
 
@@ -169,26 +181,29 @@ class ScaleCom(tf.Module, Compressor):
         grad = tf.reshape(tf.cast(tensor, tf.float32), [-1])
 
         nonfinite = self.nonfinite[key]
+        watch = self.watch[key]
 
         def dense_branch():
             with tf.control_dependencies([nonfinite.assign(0)]):
                 return tf.identity(grad), tf.zeros([entry.k], tf.int32)
 
         def compressed_branch():
+            clipped, watching = watch.clip(grad, t, self.config.clip_factor_or_zero)
             mine = tf.cond(tf.equal(lead, hvd.rank()),
-                           lambda: ops.scalecom_select_topk(memory, grad, k=entry.k),
+                           lambda: ops.scalecom_select_topk(memory, clipped, k=entry.k),
                            lambda: tf.zeros([entry.k], tf.int32))
             indices = self._share(mine, lead, entry.op_name)
             values, new_memory, kept = ops.scalecom_gather_update(
-                memory, grad, indices, beta=float(self.config.beta))
-            updates = [memory.assign(new_memory), nonfinite.assign(tf.cast(kept, tf.int64))]
+                memory, clipped, indices, beta=float(self.config.beta))
+            updates = [memory.assign(new_memory), nonfinite.assign(tf.cast(kept, tf.int64)),
+                       *watching, watch.memory(kept, t)]
             with tf.control_dependencies(updates):
                 return tf.identity(values), indices
 
         payload, indices = tf.cond(dense, dense_branch, compressed_branch)
         with tf.control_dependencies([payload]):
             step.assign_add(1)
-        return payload, _Ctx(entry, dense, indices, tensor.shape, tensor.dtype)
+        return payload, _Ctx(entry, dense, indices, t, tensor.shape, tensor.dtype)
 
     def clip(self, tensor: tf.Tensor) -> tf.Tensor:
         """This worker's gradient scaled to norm <= clip_norm (unchanged without it)."""
@@ -207,7 +222,8 @@ class ScaleCom(tf.Module, Compressor):
             return tensor
 
         def sparse():
-            return ops.scalecom_scatter(ctx.indices, tensor, numel=numel)
+            with tf.control_dependencies([self.watch[ctx.entry.key].exchange(tensor, ctx.step)]):
+                return ops.scalecom_scatter(ctx.indices, tensor, numel=numel)
 
         out = tf.cond(ctx.dense, dense, sparse)
         return tf.cast(tf.reshape(out, ctx.shape), ctx.dtype)
@@ -239,6 +255,8 @@ class ScaleCom(tf.Module, Compressor):
                 "compression": dense / sent if sent else 1.0,
                 # Memory entries that refused a NaN/Inf update (DESIGN's non-finite policy).
                 "nonfinite_kept": sum(t["nonfinite_kept"] for t in tensors.values()),
+                # The divergence guard's first event per tensor (horovod_scalecom.guard).
+                "divergence": divergence(self.watch),
                 "tensors": tensors}
 
     def check_config(self) -> None:
@@ -253,9 +271,10 @@ class ScaleCom(tf.Module, Compressor):
             return
         self._config_checked = True
         cfg = self.config
-        names = ("ratio", "beta", "warmup_steps", "min_numel", "stagger_leaders", "clip_norm")
+        names = ("ratio", "beta", "warmup_steps", "min_numel", "stagger_leaders", "clip_norm",
+                 "clip_factor")
         values = (cfg.ratio, cfg.beta, cfg.warmup_steps, cfg.min_numel,
-                  float(self.stagger_leaders), self.clip_norm or 0.0)
+                  float(self.stagger_leaders), self.clip_norm or 0.0, cfg.clip_factor_or_zero)
         with tf.init_scope():
             every = hvd.allgather(tf.constant([values], tf.float64),
                                   name="scalecom_config").numpy()
@@ -281,6 +300,7 @@ class ScaleCom(tf.Module, Compressor):
                                               name=f"step_{var_name}")
                 self.nonfinite[key] = tf.Variable(tf.constant(0, tf.int64), trainable=False,
                                                   name=f"nonfinite_{var_name}")
+                self.watch[key] = Watch(f"watch_{var_name}", tensor_name)
         return entries[key]
 
     def tensors(self) -> list[dict[str, Any]]:

@@ -36,10 +36,11 @@ class RingExchange:
         self.last_bytes = 0
         self.last_nonfinite = 0     # memory entries that refused a NaN/Inf update, last step
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict:
         """The last exchange: bytes this rank sent in the ring (the engine's
         count) and memory entries that refused a NaN/Inf update."""
-        return {"ring_bytes": int(self.last_bytes), "nonfinite_kept": int(self.last_nonfinite)}
+        return {"ring_bytes": int(self.last_bytes), "nonfinite_kept": int(self.last_nonfinite),
+                "divergence": self.compression.stats()["divergence"]}
 
     def _exchange(self, step, *arrays):
         # Runs in Python (tf.numpy_function). The engine is created at the first
@@ -96,12 +97,19 @@ class RingExchange:
                                   name=f"scalecom_warm_{i}") for i, g, _ in ring]
 
         def compressed():
-            flat = [tf.reshape(tf.cast(g, tf.float32), [-1]) for _, g, _ in ring]
+            flat, watching = [], []
+            for _, g, e in ring:   # ScaleCom's relative clip, as in path A
+                clipped, ops = compression.watch[e.key].clip(
+                    tf.reshape(tf.cast(g, tf.float32), [-1]), step, cfg.clip_factor_or_zero)
+                flat.append(clipped)
+                watching += ops
             results = tf.numpy_function(self._exchange, [step] + [m.read_value() for m in memories]
                                         + flat, [tf.float32] * (2 * len(ring)), stateful=True)
+            means = results[len(ring):]
             updates = [m.assign(tf.reshape(r, [-1])) for m, r in zip(memories, results[:len(ring)])]
-            with tf.control_dependencies(updates):
-                return [tf.identity(r) for r in results[len(ring):]]
+            updates += [compression.watch[e.key].exchange(r, step) for (_, _, e), r in zip(ring, means)]
+            with tf.control_dependencies(updates + watching):
+                return [tf.identity(r) for r in means]
 
         averaged = tf.cond(warm, dense, compressed)
         with tf.control_dependencies(averaged):

@@ -2,6 +2,8 @@
 
 For each gradient tensor, at its t-th allreduce:
 
+0. ``g`` is clipped to ``clip_factor`` times the running level of its norm
+   (this rank's, this tensor's: ``horovod_scalecom.reference.clip``)
 1. ``p = m + g``                      (float32 memory m, zero at start)
 2. the leader ``(t + offset) mod n`` selects ``I = top-k |p|`` (exact, ties to
    the lower index), ``k = max(1, ceil(ratio * numel))``
@@ -38,6 +40,7 @@ gradients to Horovod in one order; if they do not, the share times out after
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from collections import defaultdict
@@ -49,14 +52,15 @@ import horovod.torch as hvd
 from horovod.torch.compression import Compressor
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.config import ScaleComConfig, check_numel, disagreement
+from horovod_scalecom.config import CLIP_RHO, DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel, disagreement
+from horovod_scalecom.guard import DivergenceGuard
 from horovod_scalecom.ring import open_index_share
 from horovod_scalecom.schedule import leader
 from horovod_scalecom.torch._cuda import CudaOps
 from horovod_scalecom.torch._ops import ops
 
 COMPRESSIBLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-STATE_VERSION = 1
+STATE_VERSION = 2     # 2: the clip levels
 
 NamedParameters = Union[torch.nn.Module, Iterable[tuple[str, torch.Tensor]]]
 
@@ -72,6 +76,7 @@ class _TensorState:
     step: int = 0                 # compress calls so far, warm-up included
     checked: bool = False         # shape agreed across ranks
     index: int = 0                # registration index: the index share's MPI tag
+    level: float = math.nan       # the relative clip's running norm level (NaN: not yet)
 
 
 @dataclass
@@ -108,6 +113,11 @@ class ScaleCom(Compressor):
         beta: low-pass filter coefficient in (0, 1]; 1 is classic error feedback.
         warmup_steps: per tensor, the first steps are dense.
         min_numel: smaller tensors are sent dense.
+        clip_factor: this rank's gradient of each compressed tensor is clipped
+            to ``clip_factor`` times the running level of its norm before it
+            reaches the memory: the default remedy that keeps the Horovod
+            recipe (lr x hvd.size(), momentum 0.9) stable (docs/convergence.md).
+            Scale-free: no threshold to tune per model. None turns it off.
         stagger_leaders: offset each tensor's leader by its registration index,
             spreading the selection work over the ranks (False: the paper's
             schedule, every tensor led by the same rank at a step).
@@ -121,9 +131,10 @@ class ScaleCom(Compressor):
 
     def __init__(self, named_parameters: NamedParameters, ratio: float = 0.01,
                  beta: float = 0.1, warmup_steps: int = 0, min_numel: int = 1024,
+                 clip_factor: float | None = DEFAULT_CLIP_FACTOR,
                  stagger_leaders: bool = True, share_timeout: float = 120.0) -> None:
         self.config = ScaleComConfig(ratio=ratio, beta=beta, warmup_steps=warmup_steps,
-                                     min_numel=min_numel)
+                                     min_numel=min_numel, clip_factor=clip_factor)
         if not share_timeout > 0:
             raise ValueError(f"share_timeout must be positive, got {share_timeout!r}")
         self.share_timeout = float(share_timeout)
@@ -145,6 +156,8 @@ class ScaleCom(Compressor):
         self._cuda_ops: CudaOps | None = None     # loaded at the first CUDA gradient
         self._index_share = None     # the MPI index share, opened by _check_config
         self._leaked: list[torch.Tensor] = []     # receive buffers of timed-out shares
+        self.guard = DivergenceGuard()
+        self._pending: list[tuple] = []   # the guard's GPU figures, read at stats()
 
     # -- Horovod's Compressor interface -------------------------------------------
 
@@ -165,10 +178,18 @@ class ScaleCom(Compressor):
                              "use sparse_as_dense=True in hvd.DistributedOptimizer")
         kernels = self._kernels(tensor, state.name)
         self._prepare(state, tensor)
+        if len(self._pending) > 2 * len(self._states):   # figures a step old: no real wait
+            self._watch_pending()
 
         k = self.config.k(numel)
         lead = leader(t, state.offset, size)
+        tc = time.perf_counter()
         grad = tensor.detach().reshape(-1)
+        grad = (grad if grad.dtype == torch.float32 else grad.float()).contiguous()
+        norm, scale = self._clip(state, t, grad)
+        if scale != 1.0:
+            # scale holds a float32 value: torch multiplies float32 by it in float32.
+            grad = grad * scale
         t0 = time.perf_counter()
         if hvd.rank() == lead:
             indices = kernels.select_topk(state.memory, grad, k)
@@ -181,7 +202,9 @@ class ScaleCom(Compressor):
         t3 = time.perf_counter()
         ctx.indices = indices
         self._last[state.name] = self._record(state, numel, k, lead, t1 - t0, t2 - t1, t3 - t2)
-        self._last[state.name]["nonfinite_kept"] = nonfinite
+        record = self._last[state.name]
+        record.update(nonfinite_kept=nonfinite, grad_norm=norm, clip_scale=scale, clip_s=t0 - tc)
+        self._watch("memory", state, t, nonfinite)
         return values, ctx
 
     def decompress(self, tensor: torch.Tensor, ctx: _Ctx | None) -> torch.Tensor:
@@ -193,6 +216,7 @@ class ScaleCom(Compressor):
         numel = ctx.shape.numel()
         kernels = self._kernels(tensor, ctx.state.name)
         start = time.perf_counter()
+        self._watch("exchange", ctx.state, ctx.state.step - 1, torch.isfinite(tensor).all())
         dense = kernels.scatter(ctx.indices, tensor.to(torch.float32).contiguous(), numel)
         result = dense.view(ctx.shape).to(ctx.dtype)
         record = self._last.get(ctx.state.name)
@@ -209,7 +233,7 @@ class ScaleCom(Compressor):
             "rank": hvd.rank(),
             "size": hvd.size(),
             "config": self.config.as_dict(),
-            "tensors": {name: {"step": s.step,
+            "tensors": {name: {"step": s.step, "level": s.level,
                                "memory": None if s.memory is None else s.memory.clone()}
                         for name, s in self._states.items()},
         }
@@ -237,6 +261,7 @@ class ScaleCom(Compressor):
         for name, entry in saved.items():
             state = self._states[name]
             state.step = int(entry["step"])
+            state.level = float(entry["level"])
             memory = entry["memory"]
             state.memory = None if memory is None else (
                 memory.detach().to(torch.float32).reshape(-1).clone().contiguous())
@@ -253,6 +278,7 @@ class ScaleCom(Compressor):
         # On a GPU the counts are device tensors until asked for (here).
         tensors = {name: {**v, "nonfinite_kept": int(v["nonfinite_kept"])}
                    for name, v in self._last.items()}
+        self._watch_pending()
         total = lambda key: sum(v[key] for v in tensors.values())  # noqa: E731
         sent, dense = total("bytes_sent"), total("dense_bytes")
         return {
@@ -262,16 +288,53 @@ class ScaleCom(Compressor):
             "select_s": total("select_s"),
             "comm_s": total("share_s"),
             "update_s": total("update_s"),
+            "clip_s": sum(v.get("clip_s", 0.0) for v in tensors.values()),
             # Writing the dense mean back (the scatter), after Horovod's allreduce.
             "decompress_s": total("decompress_s"),
             # Memory entries that refused a NaN/Inf update (DESIGN's non-finite policy).
             "nonfinite_kept": total("nonfinite_kept"),
             # How the leaders' indices travel: ScaleCom's MPI messages or Horovod's broadcast.
             "index_share": "mpi" if self._index_share is not None else "horovod",
+            # Tensors whose gradient the relative clip scaled down at their last step.
+            "clipped": sum(1 for v in tensors.values() if v.get("clip_scale", 1.0) < 1.0),
+            # The divergence guard's first event per tensor (horovod_scalecom.guard).
+            "divergence": self.guard.stats(),
             "tensors": tensors,
         }
 
     # -- internals --------------------------------------------------------------------
+
+    def _clip(self, state: _TensorState, step: int, g: torch.Tensor) -> tuple[float, float]:
+        """The relative clip of this rank's flat float32 gradient ``g``
+        (horovod_scalecom.reference.clip): advances the level, shows the norm
+        to the guard and returns (norm, scale); the caller multiplies g by
+        the scale. The CPU core takes the norm in its canonical order; on a
+        GPU torch sums the squares, so the last bits of the scale may differ."""
+        before = state.level
+        factor = self.config.clip_factor_or_zero
+        if g.device.type == "cpu":
+            norm, state.level, scale = ops.relative_clip(g, before, factor, CLIP_RHO)
+        else:
+            sum_sq = float(torch.sum(torch.square(g.double())))
+            norm, state.level, scale = ops.clip_step(sum_sq, before, factor, CLIP_RHO)
+        self.guard.gradient(state.name, step, hvd.rank(), norm, before)
+        return norm, scale
+
+    def _watch(self, what: str, state: _TensorState, step: int, figure) -> None:
+        """Hands the guard a memory count or an exchange's finiteness; a GPU
+        figure waits for stats() rather than cost a sync per tensor."""
+        if isinstance(figure, torch.Tensor) and figure.device.type != "cpu":
+            self._pending.append((what, state, step, figure))
+            return
+        if what == "memory":
+            self.guard.memory(state.name, step, hvd.rank(), int(figure))
+        else:
+            self.guard.exchange(state.name, step, hvd.rank(), bool(figure))
+
+    def _watch_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for what, state, step, figure in pending:
+            self._watch(what, state, step, figure.cpu())
 
     def _goes_dense(self, step: int, tensor: torch.Tensor) -> bool:
         """Warm-up steps, small tensors and unsupported dtypes skip compression."""
@@ -319,12 +382,12 @@ class ScaleCom(Compressor):
         cfg = self.config
         params = "|".join(f"{n}:{s.param.numel()}" for n, s in self._states.items())
         values = (cfg.ratio, cfg.beta, cfg.warmup_steps, cfg.min_numel, self._stagger,
-                  len(self._states), zlib.crc32(params.encode()))
+                  cfg.clip_factor_or_zero, len(self._states), zlib.crc32(params.encode()))
         mine = torch.tensor([values], dtype=torch.float64)
         every = self._wait(hvd.allgather_async(mine, name="scalecom.config"),
                            "ScaleCom's configuration from every rank")
         names = ("ratio", "beta", "warmup_steps", "min_numel", "stagger_leaders",
-                 "number of parameters", "parameter names/sizes checksum")
+                 "clip_factor", "number of parameters", "parameter names/sizes checksum")
         differ = disagreement(names, every.numpy())
         if differ:
             raise ValueError(f"ScaleCom: ranks disagree on {differ}; every rank must build "

@@ -101,6 +101,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         self._device_kernels_set = False
         self._scratch_bytes: dict[int, int] = {}   # numel -> the engine's device scratch
         self._out_buffers: dict[str, torch.Tensor] = {}   # where the mean cannot go in place
+        self._clip_figures: dict[str, tuple[float, float]] = {}   # name: (norm, scale), last step
         self._leaked: list[Any] = []
         self._synchronized = False     # synchronize() ran, and no backward since
         self._begin_step()
@@ -217,7 +218,10 @@ class _RingOptimizer(torch.optim.Optimizer):
                 raise RuntimeError(f"ScaleCom ring on rank {hvd.rank()}: {exc}") from exc
             timings = self._engine.last_timings()
         ring_done = time.perf_counter()
-        for _, p, grad, out in self._ring:
+        compression = self._compression
+        for name, p, grad, out in self._ring:
+            state = compression._states[name]
+            compression._watch("exchange", state, state.step - 1, torch.isfinite(out).all())
             if out is not grad:
                 p.grad.copy_(out.view_as(p.grad))
         copied = time.perf_counter()
@@ -245,6 +249,8 @@ class _RingOptimizer(torch.optim.Optimizer):
                                     for _, p, _, _ in ring),
             "dense_tensors": len(self._dense),
             "nonfinite_kept": self._engine.last_nonfinite() if ring else 0,
+            # Tensors whose gradient ScaleCom's relative clip scaled down this step.
+            "clipped": sum(1 for name, *_ in ring if self._clip_figures[name][1] < 1.0),
             # Selection, reduction, dense output and memory update inside the ring
             # (its work outside MPI).
             "compress_s": self._engine.last_compute_s() if ring else 0.0,
@@ -284,7 +290,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         float32 copy and an output buffer kept between steps."""
         cfg = self._compression.config
         grads, outs = [], []
-        for name, p, _, _ in ring:
+        for name, p, state, t in ring:
             grad = p.grad.detach()
             if grad.dtype == torch.float32 and grad.is_contiguous():
                 flat = grad.view(-1)
@@ -292,6 +298,7 @@ class _RingOptimizer(torch.optim.Optimizer):
             else:
                 flat = grad.reshape(-1).to(torch.float32).contiguous()
                 out = self._out_buffer(name, flat)
+            self._clip_(name, state, t, flat)
             grads.append(flat)
             outs.append(out)
             self._ring.append((name, p, flat, out))
@@ -323,6 +330,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         grads, scratch, specs = [], [], []
         for name, p, state, t in ring:
             grad = p.grad.detach().reshape(-1).contiguous()
+            self._clip_(name, state, t, grad)
             # Never in place: the device side scatters the mean before it reads the gradient.
             out = self._out_buffer(name, grad)
             if grad.numel() not in self._scratch_bytes:    # the same every step: ask once
@@ -346,6 +354,16 @@ class _RingOptimizer(torch.optim.Optimizer):
         self._engine.start_device(specs, float(cfg.ratio), float(cfg.beta))
         return grads, scratch
 
+    def _clip_(self, name: str, state, step: int, grad: torch.Tensor) -> None:
+        """ScaleCom's relative clip, in place: the ring hands the mean back in
+        the gradient's storage anyway. A float16/bfloat16 GPU gradient is
+        scaled in its own dtype (the reference scales the float32 value)."""
+        g = grad if grad.dtype == torch.float32 else grad.float()
+        norm, scale = self._compression._clip(state, step, g)
+        if scale != 1.0:
+            grad.mul_(scale)
+        self._clip_figures[name] = (norm, scale)
+
     @staticmethod
     def _ring_device(grad: torch.Tensor, name: str) -> int | None:
         """The CUDA device a gradient goes through the ring on; None: the host."""
@@ -360,8 +378,10 @@ class _RingOptimizer(torch.optim.Optimizer):
         """Figures of the last step: bytes this rank sent in the ring (counted
         by the engine), what a dense allreduce of the same tensors would send,
         the time synchronize() took, and where the step's time went
-        (``breakdown``, seconds; see docs/api.md)."""
-        return dict(self._last)
+        (``breakdown``, seconds; see docs/api.md), and the divergence guard's
+        first event per tensor (``divergence``, horovod_scalecom.guard)."""
+        self._compression._watch_pending()
+        return {**self._last, "divergence": self._compression.guard.stats()}
 
     def step(self, closure=None):
         if self._should_synchronize:

@@ -15,8 +15,8 @@ MAX_NUMEL = 2**31 - 1
 # compressed tensor is clipped to clip_factor times a running level of its
 # norm, an average over about 1 / (1 - CLIP_RHO) steps. Chosen by the study
 # of docs/convergence.md (section "Defaults").
-DEFAULT_CLIP_FACTOR = 1.5
-CLIP_RHO = 0.99
+DEFAULT_CLIP_FACTOR = 2.0
+CLIP_RHO = 0.95
 
 
 def num_selected(numel: int, ratio: float) -> int:

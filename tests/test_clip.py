@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from horovod_scalecom.config import CLIP_RHO, ScaleComConfig
+from horovod_scalecom.config import CLIP_RHO, DEFAULT_CLIP_FACTOR, ScaleComConfig
 from horovod_scalecom.guard import SPIKE_FACTOR, DivergenceGuard
 from horovod_scalecom.reference import PathASimulator
 from horovod_scalecom.reference.clip import Levels, clip_step, relative_clip, sum_squares
@@ -85,7 +85,7 @@ def test_path_a_clips_each_worker_before_its_memory():
     with_clip = PathASimulator(3, ScaleComConfig(ratio=0.1, beta=0.2, min_numel=0))
     by_hand = PathASimulator(3, ScaleComConfig(ratio=0.1, beta=0.2, min_numel=0,
                                                clip_factor=None))
-    levels = Levels(3, 1.5, CLIP_RHO)
+    levels = Levels(3, DEFAULT_CLIP_FACTOR, CLIP_RHO)
     clipped_any = False
     for t in range(8):
         grads = [(rng.standard_normal(50) * 10.0 ** (t % 3) * (r + 1)).astype(F32) for r in range(3)]

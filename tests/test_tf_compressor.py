@@ -5,6 +5,8 @@ Each framework runs in its own mpirun job: horovod.torch and horovod.tensorflow
 never share a process.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -60,6 +62,25 @@ def test_nonfinite_gradients_same_policy_and_count_as_torch(tmp_path):
         for key, mem in tf_results[r].items():
             if key.startswith("mem/"):
                 assert np.isfinite(mem).all(), key
+    # The divergence guard: rank 1 names the NaN gradient of the first tensor at
+    # step 2, rank 0 the spike of the third at step 3 (clipped, so nothing
+    # non-finite reaches the exchange); both frontends report the same events.
+    for r in range(2):
+        torch_events = json.loads(str(torch_results[r]["divergence"]))
+        tf_events = json.loads(str(tf_results[r]["divergence"]))
+        firsts = sorted((e["kind"], e["step"], e["rank"]) for e in torch_events["first"])
+        if r == 1:
+            assert ("nonfinite_gradient", 2, 1) in firsts, firsts
+        else:
+            assert ("gradient_spike", 3, 0) in firsts, firsts
+        assert "nonfinite_exchange" not in {kind for kind, _, _ in firsts}
+        assert firsts == sorted((e["kind"], e["step"], e["rank"]) for e in tf_events["first"])
+        spikes = [e for e in torch_events["first"] if e["kind"] == "gradient_spike"]
+        tf_spikes = [e for e in tf_events["first"] if e["kind"] == "gradient_spike"]
+        assert [(e["value"], e["level"]) for e in spikes] == [(e["value"], e["level"])
+                                                             for e in tf_spikes]
+    # stats() turned the TF graph's record into a RuntimeWarning, as torch's guard does.
+    assert "gradient_spike" in tf_job.output or "gradient norm" in tf_job.output
 
 
 def test_clip_norm_acts_before_the_exchange(tmp_path):

@@ -240,7 +240,7 @@ class ScaleCom(Compressor):
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore what state_dict() saved on this same rank of a job of the same size."""
-        if state_dict.get("version") != STATE_VERSION:
+        if state_dict.get("version") not in (1, STATE_VERSION):   # 1: before the clip levels
             raise ValueError(f"unknown ScaleCom state version {state_dict.get('version')!r}")
         if (state_dict["rank"], state_dict["size"]) != (hvd.rank(), hvd.size()):
             raise ValueError(
@@ -261,7 +261,7 @@ class ScaleCom(Compressor):
         for name, entry in saved.items():
             state = self._states[name]
             state.step = int(entry["step"])
-            state.level = float(entry["level"])
+            state.level = float(entry.get("level", math.nan))   # NaN: set at the next step
             memory = entry["memory"]
             state.memory = None if memory is None else (
                 memory.detach().to(torch.float32).reshape(-1).clone().contiguous())

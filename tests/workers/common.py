@@ -20,13 +20,16 @@ SCALES = np.array([1.0, 3.0, 0.5, 8.0, 1.0, 2.0], np.float32)
 def gradient(seed: int, rank: int, step: int, index: int, shape,
              inject: bool = False) -> np.ndarray:
     """Deterministic per (seed, rank, step, tensor); with ``inject``, rank 1's
-    first tensor gets an Inf and a NaN at step 2 (the non-finite policy tests)."""
+    first tensor gets an Inf and a NaN at step 2 (the non-finite policy tests)
+    and rank 0's third tensor is 10^4 times larger at step 3 (the guard's spike)."""
     rng = np.random.default_rng([seed, rank, step, index])
     # Norms that jump from step to step and differ by rank, so that ScaleCom's
     # relative clip (on by default) both acts and rests in every test.
     g = rng.standard_normal(shape).astype(np.float32) * SCALES[step % len(SCALES)] * np.float32(1 + rank)
     if inject and rank == 1 and step == 2 and index == 0:
         g.flat[5], g.flat[9] = np.inf, np.nan
+    if inject and rank == 0 and step == 3 and index == 2:
+        g *= np.float32(1e4)        # a spike for the divergence guard
     return g
 
 

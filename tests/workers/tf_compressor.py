@@ -4,6 +4,7 @@ usage: tf_compressor.py OUTDIR MODE [options]; see the modes below.
 """
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -56,6 +57,7 @@ def feed(args, out, shapes, wrap):
         exchange = getattr(tapes[-1], "exchange", None)
         if exchange is not None:
             result[f"bytes/{t}"] = np.array(exchange.stats()["ring_bytes"])
+    result["divergence"] = np.array(json.dumps(compression.stats()["divergence"]))
     for entry in compression.tensors():
         name = list(shapes)[entry["offset"]]
         result[f"mem/{name}"] = compression.memory[entry["key"]].numpy()

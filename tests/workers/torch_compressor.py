@@ -4,6 +4,7 @@ usage: torch_compressor.py OUTDIR MODE [options]; see the modes below.
 """
 
 import argparse
+import json
 import os
 import signal
 from pathlib import Path
@@ -78,6 +79,7 @@ def sequence(args, out):
             result[f"mem/{name}"] = entry["memory"].cpu().numpy()
         result[f"step/{name}"] = np.array(entry["step"])
     stats = compression.stats()
+    result["divergence"] = np.array(json.dumps(stats["divergence"]))
     result["stats/bytes_sent"] = np.array(stats["bytes_sent"])
     result["stats/dense_bytes"] = np.array(stats["dense_bytes"])
     result["stats/index_share"] = np.array(stats["index_share"])

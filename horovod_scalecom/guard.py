@@ -10,13 +10,16 @@ nothing in the log. The guard watches, per compressed tensor:
   ``SPIKE_FACTOR`` times its running level (the relative clip's level), the
   mark of a run that diverges; with the clip on, the spike is clipped;
 * ``nonfinite_memory``: the memory refused non-finite updates;
-* ``nonfinite_exchange``: the averaged values that came back hold a NaN or
-  Inf. Every rank sees the same values, so every rank reports this one.
+* ``nonfinite_exchange`` / ``exchange_spike``: the averaged values that came
+  back hold a NaN or Inf, or their norm is more than ``SPIKE_FACTOR`` times
+  its running level (an average over about 20 exchanges). Every rank sees
+  the same values, so every rank reports these alike.
 
 The first event of each tensor is a RuntimeWarning on the rank that sees it,
 naming the tensor, the step and the figures; the ``stats()["divergence"]``
 of each frontend lists those first events and counts the rest. Costs: the
-norm is the relative clip's own; the exchange check reads the k values.
+gradient's norm is the relative clip's own; the exchange's norm reads the
+averaged values once (k of them in path A, the dense mean in path B).
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from typing import Any
 
 SPIKE_FACTOR = 100.0
 
-KINDS = ("nonfinite_gradient", "gradient_spike", "nonfinite_memory", "nonfinite_exchange")
+KINDS = ("nonfinite_gradient", "gradient_spike", "nonfinite_memory", "nonfinite_exchange",
+         "exchange_spike")
+LEVEL_RHO = 0.95      # the exchange norm's running level
 
 
 @dataclass
@@ -47,6 +52,7 @@ class DivergenceGuard:
     def __init__(self) -> None:
         self.first: dict[str, Event] = {}
         self.count = 0
+        self.exchange_level: dict[str, float] = {}
 
     def gradient(self, tensor: str, step: int, rank: int, norm: float, level: float) -> None:
         """The gradient's norm before clipping, against the level before this step."""
@@ -59,9 +65,17 @@ class DivergenceGuard:
         if refused:
             self.report(Event(tensor, step, "nonfinite_memory", rank, float(refused), math.nan))
 
-    def exchange(self, tensor: str, step: int, rank: int, finite: bool) -> None:
-        if not finite:
-            self.report(Event(tensor, step, "nonfinite_exchange", rank, math.nan, math.nan))
+    def exchange(self, tensor: str, step: int, rank: int, norm: float) -> None:
+        """The norm of the averaged values this rank got back (the same on every rank)."""
+        level = self.exchange_level.get(tensor, math.nan)
+        if not math.isfinite(norm):
+            self.report(Event(tensor, step, "nonfinite_exchange", rank, norm, level))
+            return
+        if level > 0 and norm > SPIKE_FACTOR * level:
+            self.report(Event(tensor, step, "exchange_spike", rank, norm, level))
+        if norm > 0:
+            self.exchange_level[tensor] = (norm if not level > 0
+                                           else LEVEL_RHO * level + (1 - LEVEL_RHO) * norm)
 
     def report(self, event: Event) -> None:
         self.count += 1
@@ -82,6 +96,9 @@ def describe(event: Event) -> str:
                 f"its running level {event.level:.4g}")
     elif event.kind == "nonfinite_memory":
         what = f"the memory refused {int(event.value)} non-finite updates"
+    elif event.kind == "exchange_spike":
+        what = (f"the norm of the averaged values {event.value:.4g} is "
+                f"{event.value / event.level:.0f}x its running level {event.level:.4g}")
     else:
         what = "the averaged values that came back hold NaN/Inf"
     return (f"ScaleCom: {event.tensor} at step {event.step} on rank {event.rank}: {what}. "

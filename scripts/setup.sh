@@ -14,6 +14,7 @@ PY="$VENV/bin/python"
 TORCH_VERSION=2.13.0
 TF_VERSION=2.15.1
 NUMPY_VERSION=1.26.4
+SKLEARN_VERSION=1.9.1
 MPI4PY_VERSION=4.1.2
 HOROVOD_VERSION=0.28.1
 
@@ -56,6 +57,10 @@ else
     || fail "pip could not install torch/tensorflow; is PyPI reachable?"
 fi
 "$PY" -c "import pytest, packaging" 2>/dev/null || pip_install pytest packaging
+# scikit-learn ships the real data (8x8 digits) of the convergence study and
+# examples/pytorch_digits.py inside the package: nothing is downloaded.
+"$PY" -c "import sklearn" 2>/dev/null || pip_install "scikit-learn==$SKLEARN_VERSION" \
+  || fail "pip could not install scikit-learn; is PyPI reachable?"
 
 step "mpi4py $MPI4PY_VERSION built against the system Open MPI (a few minutes the first time)"
 if have mpi4py==$MPI4PY_VERSION && "$PY" -c "import mpi4py.MPI" 2>/dev/null; then

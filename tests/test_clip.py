@@ -112,12 +112,16 @@ def test_guard_reports_the_first_event_of_each_tensor():
         guard.gradient("fc1.weight", 3, 1, 2.0, 1.0)                       # calm
         guard.gradient("fc1.weight", 4, 1, SPIKE_FACTOR * 1.0 + 1, 1.0)    # spike
         guard.gradient("fc1.weight", 5, 1, math.nan, 1.0)                  # counted only
-        guard.exchange("fc2.weight", 7, 1, finite=False)
+        guard.exchange("fc2.weight", 7, 1, math.inf)
         guard.memory("fc2.weight", 8, 1, 0)                                # nothing refused
-    assert [str(w.message).split(":")[1].strip() for w in caught] == ["fc1.weight at step 4 on rank 1",
-                                                                        "fc2.weight at step 7 on rank 1"]
+        for step, norm in enumerate([1.0, 2.0, 1.5, 1.0 + SPIKE_FACTOR * 2]):
+            guard.exchange("fc3.weight", step, 1, norm)                    # spike at step 3
+    assert [str(w.message).split(":")[1].strip() for w in caught] == [
+        "fc1.weight at step 4 on rank 1", "fc2.weight at step 7 on rank 1",
+        "fc3.weight at step 3 on rank 1"]
     assert all(w.category is RuntimeWarning for w in caught)
     stats = guard.stats()
-    assert stats["events"] == 3
+    assert stats["events"] == 4
     assert [(e["tensor"], e["kind"], e["step"]) for e in stats["first"]] == [
-        ("fc1.weight", "gradient_spike", 4), ("fc2.weight", "nonfinite_exchange", 7)]
+        ("fc1.weight", "gradient_spike", 4), ("fc2.weight", "nonfinite_exchange", 7),
+        ("fc3.weight", "exchange_spike", 3)]

@@ -20,10 +20,10 @@ import tensorflow as tf
 import horovod.tensorflow as hvd
 
 from horovod_scalecom.config import CLIP_RHO
-from horovod_scalecom.guard import KINDS, SPIKE_FACTOR, Event, describe
+from horovod_scalecom.guard import KINDS, LEVEL_RHO, SPIKE_FACTOR, Event, describe
 from horovod_scalecom.tensorflow._ops import ops
 
-_NONFINITE_GRADIENT, _SPIKE, _NONFINITE_MEMORY, _NONFINITE_EXCHANGE = 1, 2, 3, 4
+_NONFINITE_GRADIENT, _SPIKE, _NONFINITE_MEMORY, _NONFINITE_EXCHANGE, _EXCHANGE_SPIKE = 1, 2, 3, 4, 5
 
 
 class Watch(tf.Module):
@@ -33,6 +33,8 @@ class Watch(tf.Module):
         super().__init__(name=name)
         self.tensor = tensor
         self.level = tf.Variable(tf.constant(math.nan, tf.float64), trainable=False, name="level")
+        self.exchange_level = tf.Variable(tf.constant(math.nan, tf.float64), trainable=False,
+                                          name="exchange_level")
         # step, kind (1-based index of guard.KINDS), value, level; step -1: no event yet
         self.first = tf.Variable(tf.constant([-1.0, 0.0, 0.0, 0.0], tf.float64),
                                  trainable=False, name="first_event")
@@ -55,9 +57,15 @@ class Watch(tf.Module):
         return self.report(kind, step, tf.cast(refused, tf.float64), tf.constant(math.nan, tf.float64))
 
     def exchange(self, values: tf.Tensor, step: tf.Tensor) -> tf.Operation:
-        kind = tf.where(tf.reduce_all(tf.math.is_finite(values)), 0, _NONFINITE_EXCHANGE)
-        nan = tf.constant(math.nan, tf.float64)
-        return self.report(kind, step, nan, nan)
+        """The averaged values' norm against its running level (horovod_scalecom.guard)."""
+        norm = tf.norm(tf.cast(values, tf.float64))
+        level = self.exchange_level.read_value()
+        finite = tf.math.is_finite(norm)
+        spike = tf.logical_and(level > 0, norm > SPIKE_FACTOR * level)
+        kind = tf.where(finite, tf.where(spike, _EXCHANGE_SPIKE, 0), _NONFINITE_EXCHANGE)
+        updated = tf.where(level > 0, LEVEL_RHO * level + (1 - LEVEL_RHO) * norm, norm)
+        new_level = tf.where(tf.logical_and(finite, norm > 0), updated, level)
+        return tf.group(self.report(kind, step, norm, level), self.exchange_level.assign(new_level))
 
     def report(self, kind, step, value, level) -> tf.Operation:
         happened = kind > 0

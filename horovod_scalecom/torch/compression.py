@@ -52,12 +52,13 @@ import horovod.torch as hvd
 from horovod.torch.compression import Compressor
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.config import CLIP_RHO, DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel, disagreement
-from horovod_scalecom.guard import DivergenceGuard
+from horovod_scalecom.config import (
+    DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel, disagreement)
 from horovod_scalecom.ring import open_index_share
 from horovod_scalecom.schedule import leader
 from horovod_scalecom.torch._cuda import CudaOps
 from horovod_scalecom.torch._ops import ops
+from horovod_scalecom.torch.watch import Watch
 
 COMPRESSIBLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 STATE_VERSION = 2     # 2: the clip levels
@@ -156,8 +157,7 @@ class ScaleCom(Compressor):
         self._cuda_ops: CudaOps | None = None     # loaded at the first CUDA gradient
         self._index_share = None     # the MPI index share, opened by _check_config
         self._leaked: list[torch.Tensor] = []     # receive buffers of timed-out shares
-        self.guard = DivergenceGuard()
-        self._pending: list[tuple] = []   # the guard's GPU figures, read at stats()
+        self._watch = Watch(self.config)     # the relative clip and the divergence guard
 
     # -- Horovod's Compressor interface -------------------------------------------
 
@@ -178,15 +178,14 @@ class ScaleCom(Compressor):
                              "use sparse_as_dense=True in hvd.DistributedOptimizer")
         kernels = self._kernels(tensor, state.name)
         self._prepare(state, tensor)
-        if len(self._pending) > 2 * len(self._states):   # figures a step old: no real wait
-            self._watch_pending()
+        self._watch.flush_if_behind(len(self._states))
 
         k = self.config.k(numel)
         lead = leader(t, state.offset, size)
         tc = time.perf_counter()
         grad = tensor.detach().reshape(-1)
         grad = (grad if grad.dtype == torch.float32 else grad.float()).contiguous()
-        norm, scale = self._clip(state, t, grad)
+        norm, scale = self._watch.clip(state, t, grad)
         if scale != 1.0:
             # scale holds a float32 value: torch multiplies float32 by it in float32.
             grad = grad * scale
@@ -204,7 +203,7 @@ class ScaleCom(Compressor):
         self._last[state.name] = self._record(state, numel, k, lead, t1 - t0, t2 - t1, t3 - t2)
         record = self._last[state.name]
         record.update(nonfinite_kept=nonfinite, grad_norm=norm, clip_scale=scale, clip_s=t0 - tc)
-        self._watch("memory", state, t, nonfinite)
+        self._watch.memory(state.name, t, nonfinite)
         return values, ctx
 
     def decompress(self, tensor: torch.Tensor, ctx: _Ctx | None) -> torch.Tensor:
@@ -216,7 +215,7 @@ class ScaleCom(Compressor):
         numel = ctx.shape.numel()
         kernels = self._kernels(tensor, ctx.state.name)
         start = time.perf_counter()
-        self._watch("exchange", ctx.state, ctx.state.step - 1, torch.isfinite(tensor).all())
+        self._watch.exchange(ctx.state.name, ctx.state.step - 1, tensor)
         dense = kernels.scatter(ctx.indices, tensor.to(torch.float32).contiguous(), numel)
         result = dense.view(ctx.shape).to(ctx.dtype)
         record = self._last.get(ctx.state.name)
@@ -278,7 +277,6 @@ class ScaleCom(Compressor):
         # On a GPU the counts are device tensors until asked for (here).
         tensors = {name: {**v, "nonfinite_kept": int(v["nonfinite_kept"])}
                    for name, v in self._last.items()}
-        self._watch_pending()
         total = lambda key: sum(v[key] for v in tensors.values())  # noqa: E731
         sent, dense = total("bytes_sent"), total("dense_bytes")
         return {
@@ -298,43 +296,11 @@ class ScaleCom(Compressor):
             # Tensors whose gradient the relative clip scaled down at their last step.
             "clipped": sum(1 for v in tensors.values() if v.get("clip_scale", 1.0) < 1.0),
             # The divergence guard's first event per tensor (horovod_scalecom.guard).
-            "divergence": self.guard.stats(),
+            "divergence": self._watch.stats(),
             "tensors": tensors,
         }
 
     # -- internals --------------------------------------------------------------------
-
-    def _clip(self, state: _TensorState, step: int, g: torch.Tensor) -> tuple[float, float]:
-        """The relative clip of this rank's flat float32 gradient ``g``
-        (horovod_scalecom.reference.clip): advances the level, shows the norm
-        to the guard and returns (norm, scale); the caller multiplies g by
-        the scale. The CPU core takes the norm in its canonical order; on a
-        GPU torch sums the squares, so the last bits of the scale may differ."""
-        before = state.level
-        factor = self.config.clip_factor_or_zero
-        if g.device.type == "cpu":
-            norm, state.level, scale = ops.relative_clip(g, before, factor, CLIP_RHO)
-        else:
-            sum_sq = float(torch.sum(torch.square(g.double())))
-            norm, state.level, scale = ops.clip_step(sum_sq, before, factor, CLIP_RHO)
-        self.guard.gradient(state.name, step, hvd.rank(), norm, before)
-        return norm, scale
-
-    def _watch(self, what: str, state: _TensorState, step: int, figure) -> None:
-        """Hands the guard a memory count or an exchange's finiteness; a GPU
-        figure waits for stats() rather than cost a sync per tensor."""
-        if isinstance(figure, torch.Tensor) and figure.device.type != "cpu":
-            self._pending.append((what, state, step, figure))
-            return
-        if what == "memory":
-            self.guard.memory(state.name, step, hvd.rank(), int(figure))
-        else:
-            self.guard.exchange(state.name, step, hvd.rank(), bool(figure))
-
-    def _watch_pending(self) -> None:
-        pending, self._pending = self._pending, []
-        for what, state, step, figure in pending:
-            self._watch(what, state, step, figure.cpu())
 
     def _goes_dense(self, step: int, tensor: torch.Tensor) -> bool:
         """Warm-up steps, small tensors and unsupported dtypes skip compression."""

@@ -221,7 +221,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         compression = self._compression
         for name, p, grad, out in self._ring:
             state = compression._states[name]
-            compression._watch("exchange", state, state.step - 1, torch.isfinite(out).all())
+            compression._watch.exchange(name, state.step - 1, out)
             if out is not grad:
                 p.grad.copy_(out.view_as(p.grad))
         copied = time.perf_counter()
@@ -359,7 +359,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         the gradient's storage anyway. A float16/bfloat16 GPU gradient is
         scaled in its own dtype (the reference scales the float32 value)."""
         g = grad if grad.dtype == torch.float32 else grad.float()
-        norm, scale = self._compression._clip(state, step, g)
+        norm, scale = self._compression._watch.clip(state, step, g)
         if scale != 1.0:
             grad.mul_(scale)
         self._clip_figures[name] = (norm, scale)
@@ -380,8 +380,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         the time synchronize() took, and where the step's time went
         (``breakdown``, seconds; see docs/api.md), and the divergence guard's
         first event per tensor (``divergence``, horovod_scalecom.guard)."""
-        self._compression._watch_pending()
-        return {**self._last, "divergence": self._compression.guard.stats()}
+        return {**self._last, "divergence": self._compression._watch.stats()}
 
     def step(self, closure=None):
         if self._should_synchronize:

@@ -55,6 +55,7 @@ def test_core_clip_is_the_reference_bit_for_bit(numel, threads):
         mine = torch.from_numpy(x) * scale if scale != 1.0 else torch.from_numpy(x)
         np.testing.assert_array_equal(mine.numpy(), clipped)
         level = new_level
+        assert ops.sum_squares(torch.from_numpy(x)) == sum_squares(x)   # the guard's norm
     assert ops.clip_step(sum_squares(x), 2.0, 1.5, CLIP_RHO) == tuple(
         float(v) for v in vars(clip_step(sum_squares(x), 2.0, 1.5, CLIP_RHO)).values())
 

@@ -96,6 +96,12 @@ std::tuple<double, double, double> relative_clip(const at::Tensor& grad, double 
   return {step.norm, step.level, step.scale};
 }
 
+// The core's sum of squares (csrc/core/clip.h order) of a float32 tensor.
+double sum_squares(const at::Tensor& x) {
+  check_cpu_float(x, "tensor");
+  return scalecom::sum_squares(x.data_ptr<float>(), x.numel(), threads());
+}
+
 // The same step from a sum of squares taken elsewhere (a CUDA gradient).
 std::tuple<double, double, double> clip_step(double sum_sq, double level, double factor,
                                              double rho) {
@@ -118,6 +124,7 @@ TORCH_LIBRARY(scalecom, m) {
   m.def("num_selected(int numel, float ratio) -> int", &num_selected);
   m.def("clip_step(float sum_sq, float level, float factor, float rho) -> (float, float, float)",
         &clip_step);
+  m.def("sum_squares(Tensor x) -> float");
   m.def("relative_clip(Tensor grad, float level, float factor, float rho) "
         "-> (float, float, float)");
 }
@@ -127,6 +134,7 @@ TORCH_LIBRARY_IMPL(scalecom, CPU, m) {
   m.impl("gather_update_", &gather_update_);
   m.impl("scatter", &scatter);
   m.impl("relative_clip", &relative_clip);
+  m.impl("sum_squares", &sum_squares);
 }
 
 // A bare CPython module: importing it is what registers the ops above.

@@ -187,8 +187,9 @@ class ScaleCom(Compressor):
         grad = (grad if grad.dtype == torch.float32 else grad.float()).contiguous()
         norm, scale = self._watch.clip(state, t, grad)
         if scale != 1.0:
-            # scale holds a float32 value: torch multiplies float32 by it in float32.
-            grad = grad * scale
+            # In place: grad is p.grad (which the exchange's result replaces) or
+            # a float32 copy of it; no new tensor, no page faults.
+            grad.mul_(scale)
         t0 = time.perf_counter()
         if hvd.rank() == lead:
             indices = kernels.select_topk(state.memory, grad, k)

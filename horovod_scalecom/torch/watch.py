@@ -9,6 +9,7 @@ costs no synchronisation per tensor.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -30,8 +31,8 @@ class Watch:
     def clip(self, state: Any, step: int, g: torch.Tensor) -> tuple[float, float]:
         """The relative clip of this rank's flat float32 gradient ``g``:
         advances ``state.level``, shows the norm to the guard and returns
-        (norm, scale); the caller multiplies g by the scale (a float32 value,
-        so torch's float32 product is the core's). The CPU core takes the norm
+        (norm, scale); the caller multiplies g by the scale in place (a
+        float32 value, so torch's float32 product is the core's). The CPU core takes the norm
         in its canonical order; on a GPU torch sums the squares, so the last
         bits of the scale may differ from the CPU's."""
         before = state.level
@@ -48,8 +49,15 @@ class Watch:
         self._hand("memory", name, step, refused)
 
     def exchange(self, name: str, step: int, values: torch.Tensor) -> None:
-        """The averaged values this rank got back."""
-        self._hand("exchange", name, step, torch.linalg.vector_norm(values, dtype=torch.float64))
+        """The averaged values this rank got back (one read of them: the core's
+        sum of squares on the CPU, torch's float32 norm on a GPU)."""
+        if values.device.type == "cpu":
+            flat = values.reshape(-1)
+            flat = (flat if flat.dtype == torch.float32 else flat.float()).contiguous()
+            norm = math.sqrt(ops.sum_squares(flat))
+        else:
+            norm = torch.linalg.vector_norm(values.float())
+        self._hand("exchange", name, step, norm)
 
     def stats(self) -> dict[str, Any]:
         self.flush()

@@ -36,7 +36,7 @@ def main():
                                  tf.keras.layers.Dense(256, activation="relu"),
                                  tf.keras.layers.Dense(10)])
     compression = ScaleCom(ratio=args.ratio, beta=args.beta)
-    opt = hvd.DistributedOptimizer(tf.keras.optimizers.SGD(0.05 * hvd.size(), momentum=0.9),
+    opt = hvd.DistributedOptimizer(tf.keras.optimizers.SGD(0.1 * hvd.size(), momentum=0.9),
                                    compression=compression)
     model.compile(opt, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])

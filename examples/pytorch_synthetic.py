@@ -25,7 +25,7 @@ def main():
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--lr", type=float, default=0.1, help="per rank: x hvd.size(), the Horovod recipe")
     parser.add_argument("--dense", action="store_true", help="plain Horovod, no compression")
     parser.add_argument("--cuda", action="store_true", help="one GPU per rank")
     args = parser.parse_args()
@@ -42,8 +42,7 @@ def main():
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(),
                                 torch.nn.Linear(256, 256), torch.nn.ReLU(),
                                 torch.nn.Linear(256, 10)).to(device)
-    compression = None if args.dense else ScaleCom(model, ratio=args.ratio, beta=args.beta,
-                                                   warmup_steps=5)
+    compression = None if args.dense else ScaleCom(model, ratio=args.ratio, beta=args.beta)
     opt = hvd.DistributedOptimizer(
         torch.optim.SGD(model.parameters(), lr=args.lr * hvd.size(), momentum=0.9),
         named_parameters=model.named_parameters(),

@@ -29,7 +29,7 @@ def main():
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--lr", type=float, default=0.1, help="per rank: x hvd.size(), the Horovod recipe")
     parser.add_argument("--path", choices=["a", "b"], default="a")
     args = parser.parse_args()
 
@@ -42,7 +42,7 @@ def main():
                                  tf.keras.layers.Dense(256, activation="relu"),
                                  tf.keras.layers.Dense(10)])
     opt = tf.keras.optimizers.SGD(args.lr * hvd.size(), momentum=0.9)
-    compression = hsc.ScaleCom(ratio=args.ratio, beta=args.beta, warmup_steps=5)
+    compression = hsc.ScaleCom(ratio=args.ratio, beta=args.beta)
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     @tf.function

@@ -16,7 +16,7 @@ MAX_NUMEL = 2**31 - 1
 # norm, an average over about 1 / (1 - CLIP_RHO) steps. Chosen by the study
 # of docs/convergence.md (section "Defaults").
 DEFAULT_CLIP_FACTOR = 2.0
-CLIP_RHO = 0.95
+CLIP_RHO = 0.98
 
 
 def num_selected(numel: int, ratio: float) -> int:

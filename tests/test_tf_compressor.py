@@ -130,12 +130,14 @@ def test_bad_configuration_fails_clearly(case, args, message, tmp_path):
 
 @pytest.mark.parametrize("path", ["a", "b"])
 def test_ranks_that_disagree_on_the_configuration_fail_clearly(path, tmp_path):
-    # Rank 1 has another beta and no clip_norm: before, path A trained on with
-    # different memories and path B too (the engine compares sizes and ratio only).
+    # Rank 1 has another beta, no clip_norm and no relative clip: before, path A
+    # trained on with different memories and path B too (the engine compares
+    # sizes and ratio only).
     job = run_mpi(2, "tf_compressor.py", tmp_path, "bad", "--case", "disagree", "--path", path,
                   "--function", "--clip", "5", timeout=180)
-    job.assert_error_on_every_rank("ranks disagree on beta, clip_norm (rank 0: beta 0.1, "
-                                   "clip_norm 5; rank 1: beta 0.3, clip_norm 0)")
+    job.assert_error_on_every_rank("ranks disagree on beta, clip_norm, clip_factor (rank 0: "
+                                   "beta 0.1, clip_norm 5, clip_factor 2; rank 1: beta 0.3, "
+                                   "clip_norm 0, clip_factor 0)")
 
 
 @pytest.mark.parametrize("path", ["a", "b"])

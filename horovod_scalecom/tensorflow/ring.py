@@ -99,10 +99,10 @@ class RingExchange:
         def compressed():
             flat, watching = [], []
             for _, g, e in ring:   # ScaleCom's relative clip, as in path A
-                clipped, ops = compression.watch[e.key].clip(
+                clipped, clip_ops = compression.watch[e.key].clip(
                     tf.reshape(tf.cast(g, tf.float32), [-1]), step, cfg.clip_factor_or_zero)
                 flat.append(clipped)
-                watching += ops
+                watching += clip_ops
             results = tf.numpy_function(self._exchange, [step] + [m.read_value() for m in memories]
                                         + flat, [tf.float32] * (2 * len(ring)), stateful=True)
             means = results[len(ring):]

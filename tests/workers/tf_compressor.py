@@ -35,7 +35,8 @@ def feed(args, out, shapes, wrap):
     layout)."""
     variables = [tf.Variable(tf.zeros(shape), name=name) for name, shape in shapes.items()]
     compression = ScaleCom(ratio=args.ratio, beta=args.beta, warmup_steps=args.warmup,
-                           min_numel=args.min_numel, clip_norm=args.clip or None)
+                           min_numel=args.min_numel, clip_norm=args.clip or None,
+                           clip_factor=args.clip_factor or None)
     tapes = []
 
     def step(grads_in):
@@ -175,9 +176,11 @@ def bad(args, out):
     elif args.case == "clip":
         ScaleCom(clip_norm=0)
     elif args.case == "disagree":
-        # Rank 1 builds ScaleCom with another beta (and, with --clip, clip_norm).
+        # Rank 1 builds ScaleCom with another beta, no relative clip (and, with
+        # --clip, no clip_norm).
         args.beta = args.beta if hvd.rank() == 0 else 0.3
         args.clip = args.clip if hvd.rank() == 0 else 0.0
+        args.clip_factor = args.clip_factor if hvd.rank() == 0 else 0.0
         args.steps = 2
         wrap = (lambda tape, compression: hvd.DistributedGradientTape(
             tape, compression=compression)) if args.path == "a" else (
@@ -221,6 +224,7 @@ def main():
     parser.add_argument("--kill-at", type=int, default=-1)
     parser.add_argument("--inject", action="store_true", help="NaN/Inf in one gradient")
     parser.add_argument("--clip", type=float, default=0.0, help="ScaleCom(clip_norm=...)")
+    parser.add_argument("--clip-factor", type=float, default=2.0, help="0: clip_factor=None")
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)

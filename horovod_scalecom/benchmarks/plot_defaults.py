@@ -19,6 +19,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from horovod_scalecom.config import DEFAULT_CLIP_FACTOR
+
 BETAS = (0.05, 0.1, 0.2, 0.3, 1.0)
 
 
@@ -71,30 +73,35 @@ def main() -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    panels = [(regime, n) for regime, runs in regimes.items()
-              for n in sorted({r["ranks"] for r in runs})]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
-    for ax, (regime, n) in zip(axes[0], panels):
-        acc = cells(regimes[regime])
-        ax.axhline(100 * np.mean(acc[(n, "dense")]), color="black", ls="--", label="dense")
-        for ratio, color in ((0.01, "C0"), (0.0025, "C1")):
-            means = [100 * np.mean(acc[(n, (b, ratio))]) if acc[(n, (b, ratio))] else np.nan
-                     for b in BETAS]
-            ax.plot(BETAS, means, marker="o", color=color, label=f"1/{round(1 / ratio)}, clip 1.5")
-            if acc[(n, ("noclip", ratio))]:
-                ax.plot([0.1], [100 * np.mean(acc[(n, ("noclip", ratio))])], marker="x",
-                        color=color, ls="", markersize=9, label=f"1/{round(1 / ratio)}, no clip")
-        ax.set_xscale("log")
-        ax.set_xticks(BETAS, [f"{b:g}" for b in BETAS])
-        ax.minorticks_off()
-        ax.set_xlabel("beta")
-        ax.set_ylabel("final test accuracy (%)")
-        ax.set_title(f"{regime}, n = {n}", fontsize=10)
-        ax.grid(alpha=0.3)
+    sizes = sorted({r["ranks"] for runs in regimes.values() for r in runs})
+    fig, axes = plt.subplots(len(sizes), len(regimes), figsize=(4.2 * len(regimes), 3.4 * len(sizes)),
+                             squeeze=False)
+    for row, n in enumerate(sizes):
+        for col, regime in enumerate(regimes):
+            panel(axes[row][col], regime, n, cells(regimes[regime]))
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(f"{args.out}_beta.png", dpi=110)
+    fig.savefig(f"{args.out}_beta.png", dpi=100)
 
+
+def panel(ax, regime: str, n: int, acc: dict) -> None:
+    """Accuracy against beta at both ratios, dense as a line, no clip as crosses."""
+    ax.axhline(100 * np.mean(acc[(n, "dense")]), color="black", ls="--", label="dense")
+    for ratio, color in ((0.01, "C0"), (0.0025, "C1")):
+        means = [100 * np.mean(acc[(n, (b, ratio))]) if acc[(n, (b, ratio))] else np.nan
+                 for b in BETAS]
+        ax.plot(BETAS, means, marker="o", color=color,
+                label=f"1/{round(1 / ratio)}, clip_factor {DEFAULT_CLIP_FACTOR:g}")
+        if acc[(n, ("noclip", ratio))]:
+            ax.plot([0.1], [100 * np.mean(acc[(n, ("noclip", ratio))])], marker="x",
+                    color=color, ls="", markersize=9, label=f"1/{round(1 / ratio)}, no clip")
+    ax.set_xscale("log")
+    ax.set_xticks(BETAS, [f"{b:g}" for b in BETAS])
+    ax.minorticks_off()
+    ax.set_xlabel("beta")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_title(f"{regime}, n = {n}", fontsize=10)
+    ax.grid(alpha=0.3)
 
 if __name__ == "__main__":
     main()

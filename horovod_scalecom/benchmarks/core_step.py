@@ -8,6 +8,9 @@ For each size, ratio and thread count it times, median of --repeats runs:
   leader    torch.ops.scalecom.select_topk + gather_update_ (what the leader runs)
   follower  torch.ops.scalecom.gather_update_ alone (every other rank)
   one pass  m += beta * g in place: the least memory traffic any step needs
+  clip      torch.ops.scalecom.relative_clip: the relative clip's norm, the
+            pass every rank adds by default (scaling, when it clips, is one
+            more in-place pass)
 
 and prints speedups as ratios measured in the same run, so a noisy machine
 moves numerator and denominator together. --json writes the rows too.
@@ -66,10 +69,12 @@ def measure(numel: int, ratio: float, threads: int, repeats: int, beta: float = 
         "select_s": timeit(lambda: ops.select_topk(m, g, k), repeats),
         "follower_s": timeit(lambda: ops.gather_update_(m, g, indices, beta), repeats),
         "one_pass_s": timeit(lambda: m.add_(g, alpha=beta), repeats),
+        "clip_s": timeit(lambda: ops.relative_clip(g, 1e30, 2.0, 0.98), repeats),
     }
     row["speedup"] = row["torch_s"] / row["leader_s"]
     row["leader_vs_pass"] = row["leader_s"] / row["one_pass_s"]
     row["follower_vs_pass"] = row["follower_s"] / row["one_pass_s"]
+    row["clip_vs_follower"] = row["clip_s"] / row["follower_s"]
     return row
 
 
@@ -87,7 +92,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads available")
     header = (f"{'numel':>10} {'ratio':>6} {'thr':>3} {'torch ms':>9} {'leader ms':>9} "
               f"{'select ms':>9} {'follow ms':>9} {'1 pass ms':>9} {'speedup':>7} "
-              f"{'lead/pass':>9} {'fol/pass':>8}")
+              f"{'lead/pass':>9} {'fol/pass':>8} {'clip ms':>8} {'clip/fol':>8}")
     print(header)
     rows = []
     for size in args.sizes:
@@ -99,7 +104,8 @@ def main() -> None:
                       f"{r['leader_s'] * 1e3:>9.1f} {r['select_s'] * 1e3:>9.1f} "
                       f"{r['follower_s'] * 1e3:>9.1f} {r['one_pass_s'] * 1e3:>9.1f} "
                       f"{r['speedup']:>6.1f}x {r['leader_vs_pass']:>8.1f}x "
-                      f"{r['follower_vs_pass']:>7.1f}x", flush=True)
+                      f"{r['follower_vs_pass']:>7.1f}x {r['clip_s'] * 1e3:>8.1f} "
+                      f"{r['clip_vs_follower']:>7.2f}x", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -81,7 +81,7 @@ def open_index_share(tensors: int) -> Any | None:
                                "MPI_THREAD_MULTIPLE in this process (Gloo?)")
         return None
     engine = ring.Engine()
-    if tensors > engine.max_tag() + 1:
+    if tensors > engine.max_tag():      # tags 0 .. max_tag - 1; max_tag: the exit barrier
         return None
     close_at_exit(engine)
     return engine

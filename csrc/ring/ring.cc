@@ -4,6 +4,7 @@
 #include <chrono>
 #include <climits>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 
 #include "../core/scalecom.h"
@@ -163,17 +164,31 @@ bool RingEngine::close(double timeout_s) {
   if (finalized) return true;
   if (!wait(timeout_s) || !finish_sends(timeout_s)) return false;
   if (size_ == 1) return true;
-  MPI_Request request;
-  check_mpi(MPI_Ibarrier(comm_, &request), "MPI_Ibarrier");
+  // A dissemination barrier: in round r every rank sends a token to rank + 2^r
+  // and receives one from rank - 2^r; after ceil(log2 n) rounds every rank has
+  // heard, directly or not, from every other.
+  const int tag = max_tag();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
-  for (int done = 0; !done;) {
-    check_mpi(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
-    if (!done && std::chrono::steady_clock::now() > deadline) {
-      std::lock_guard<std::mutex> lock(mu_);
-      broken_ = true;   // the barrier stays posted: never free the communicator under it
-      return false;
+  // On the heap: a timed-out receive stays posted and may still land here.
+  std::unique_ptr<char[]> tokens(new char[2]());
+  for (int step = 1; step < size_; step <<= 1) {
+    MPI_Request requests[2];
+    check_mpi(MPI_Irecv(&tokens[1], 1, MPI_CHAR, (rank_ - step + size_) % size_, tag, comm_,
+                        &requests[0]),
+              "MPI_Irecv");
+    check_mpi(MPI_Isend(&tokens[0], 1, MPI_CHAR, (rank_ + step) % size_, tag, comm_,
+                        &requests[1]),
+              "MPI_Isend");
+    for (int done = 0; !done;) {
+      check_mpi(MPI_Testall(2, requests, &done, MPI_STATUSES_IGNORE), "MPI_Testall");
+      if (!done && std::chrono::steady_clock::now() > deadline) {
+        std::lock_guard<std::mutex> lock(mu_);
+        broken_ = true;   // messages stay posted: never free the communicator or the tokens
+        (void)tokens.release();
+        return false;
+      }
+      if (!done) std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
-    if (!done) std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
   return true;
 }

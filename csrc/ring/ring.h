@@ -98,6 +98,11 @@ class RingEngine {
   // Every rank reaches close() before any leaves it, so no rank finalizes MPI
   // while a peer still receives from it (Open MPI 4.1's TCP transport hung or
   // crashed on that). A barrier, polled up to timeout_s; false on timeout.
+  // The barrier is made of point-to-point messages with the tag max_tag()
+  // (reserved: the index share uses the tags below it): Open MPI 4.1's
+  // nonblocking collectives are not safe to progress from two threads, and
+  // Horovod's thread progresses MPI all along (an MPI_Ibarrier here crashed
+  // about one exit in 40).
   bool close(double timeout_s);
 
   // Path A's index share (share.cc): the leader sends indices[0..k) to every

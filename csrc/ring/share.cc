@@ -48,8 +48,9 @@ bool RingEngine::share(int32_t* indices, int64_t k, int leader, int tag, double 
   if (leader < 0 || leader >= size_)
     throw std::invalid_argument("index share: leader " + std::to_string(leader) +
                                 " outside [0, " + std::to_string(size_) + ")");
-  if (tag < 0 || tag > max_tag())
-    throw std::invalid_argument("index share: tag " + std::to_string(tag) + " above MPI_TAG_UB");
+  if (tag < 0 || tag >= max_tag())
+    throw std::invalid_argument("index share: tag " + std::to_string(tag) +
+                                " not below MPI_TAG_UB (reserved for the exit barrier)");
   if (k > INT32_MAX) throw std::invalid_argument("index share: k above 2^31 - 1");
   progress_sends();
   const int count = static_cast<int>(k);

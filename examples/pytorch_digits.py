@@ -17,7 +17,6 @@ import json
 import math
 import warnings
 
-import numpy as np
 import torch
 
 import horovod.torch as hvd
@@ -90,7 +89,6 @@ def main():
                 json.dump({**vars(args), "ranks": n, "test_acc": accuracy,
                            "final_acc": accuracy[-1], "warnings": warned,
                            "divergence": stats.get("divergence")}, f)
-    return np.float32(accuracy[-1])
 
 
 if __name__ == "__main__":

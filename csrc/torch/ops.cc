@@ -86,23 +86,14 @@ at::Tensor scatter(const at::Tensor& indices, const at::Tensor& values, int64_t 
   return out;
 }
 
-// The relative clip's figures for a float32 gradient: (norm, new level, scale).
-// The caller multiplies by the scale (in float32, as the core would).
-std::tuple<double, double, double> relative_clip(const at::Tensor& grad, double level,
-                                                 double factor, double rho) {
-  check_cpu_float(grad, "gradient");
-  double sum_sq = scalecom::sum_squares(grad.data_ptr<float>(), grad.numel(), threads());
-  scalecom::ClipStep step = scalecom::relative_clip_step(sum_sq, level, factor, rho);
-  return {step.norm, step.level, step.scale};
-}
-
 // The core's sum of squares (csrc/core/clip.h order) of a float32 tensor.
 double sum_squares(const at::Tensor& x) {
   check_cpu_float(x, "tensor");
   return scalecom::sum_squares(x.data_ptr<float>(), x.numel(), threads());
 }
 
-// The same step from a sum of squares taken elsewhere (a CUDA gradient).
+// One step of the relative clip from a gradient's sum of squares (sum_squares
+// above on the CPU, torch's on a GPU): (norm, new level, scale).
 std::tuple<double, double, double> clip_step(double sum_sq, double level, double factor,
                                              double rho) {
   scalecom::ClipStep step = scalecom::relative_clip_step(sum_sq, level, factor, rho);
@@ -125,15 +116,12 @@ TORCH_LIBRARY(scalecom, m) {
   m.def("clip_step(float sum_sq, float level, float factor, float rho) -> (float, float, float)",
         &clip_step);
   m.def("sum_squares(Tensor x) -> float");
-  m.def("relative_clip(Tensor grad, float level, float factor, float rho) "
-        "-> (float, float, float)");
 }
 
 TORCH_LIBRARY_IMPL(scalecom, CPU, m) {
   m.impl("select_topk", &select_topk);
   m.impl("gather_update_", &gather_update_);
   m.impl("scatter", &scatter);
-  m.impl("relative_clip", &relative_clip);
   m.impl("sum_squares", &sum_squares);
 }
 

@@ -8,7 +8,7 @@ For each size, ratio and thread count it times, median of --repeats runs:
   leader    torch.ops.scalecom.select_topk + gather_update_ (what the leader runs)
   follower  torch.ops.scalecom.gather_update_ alone (every other rank)
   one pass  m += beta * g in place: the least memory traffic any step needs
-  clip      torch.ops.scalecom.relative_clip: the relative clip's norm, the
+  clip      torch.ops.scalecom.sum_squares + clip_step: the relative clip's norm, the
             pass every rank adds by default (scaling, when it clips, is one
             more in-place pass)
 
@@ -69,7 +69,7 @@ def measure(numel: int, ratio: float, threads: int, repeats: int, beta: float = 
         "select_s": timeit(lambda: ops.select_topk(m, g, k), repeats),
         "follower_s": timeit(lambda: ops.gather_update_(m, g, indices, beta), repeats),
         "one_pass_s": timeit(lambda: m.add_(g, alpha=beta), repeats),
-        "clip_s": timeit(lambda: ops.relative_clip(g, 1e30, 2.0, 0.98), repeats),
+        "clip_s": timeit(lambda: ops.clip_step(ops.sum_squares(g), 1e30, 2.0, 0.98), repeats),
     }
     row["speedup"] = row["torch_s"] / row["leader_s"]
     row["leader_vs_pass"] = row["leader_s"] / row["one_pass_s"]

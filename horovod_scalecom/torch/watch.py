@@ -37,10 +37,10 @@ class Watch:
         bits of the scale may differ from the CPU's."""
         before = state.level
         if g.device.type == "cpu":
-            norm, state.level, scale = ops.relative_clip(g, before, self.factor, CLIP_RHO)
+            sum_sq = ops.sum_squares(g)
         else:
             sum_sq = float(torch.sum(torch.square(g.double())))
-            norm, state.level, scale = ops.clip_step(sum_sq, before, self.factor, CLIP_RHO)
+        norm, state.level, scale = ops.clip_step(sum_sq, before, self.factor, CLIP_RHO)
         self.guard.gradient(state.name, step, hvd.rank(), norm, before)
         return norm, scale
 

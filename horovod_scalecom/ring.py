@@ -6,7 +6,7 @@ from __future__ import annotations
 import atexit
 import os
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 
 def load_ring() -> ModuleType:
@@ -44,23 +44,32 @@ INDEX_SHARE_ENV = "HOROVOD_SCALECOM_INDEX_SHARE"
 EXIT_BARRIER_S = 10.0
 
 
-def close_at_exit(engine: Any) -> None:
+def close_at_exit(engine: Any, then: Callable[[float], None] | None = None) -> None:
     """At interpreter exit, before Horovod's own exit handler (registered
     earlier by hvd.init, so run later) finalizes MPI: the engine's last sends
     complete and every rank waits for the others, so that no rank leaves while
     a peer still receives from it (Open MPI 4.1's TCP transport hung or
     crashed on that). Bounded: a rank whose peers failed, or are far behind,
     leaves after EXIT_BARRIER_S seconds, when nothing of its own is in flight
-    any more."""
+    any more.
+
+    ``then(EXIT_BARRIER_S)``, after a clean close: a barrier of Horovod's own.
+    Without it the first rank out of the MPI barrier shuts Horovod down, and
+    Horovod's thread on a rank still completing the barrier's last receive
+    finalizes MPI under it (a crash at exit, about one run in 20).
+    Horovod's collective keeps every rank until all are past their MPI calls."""
     def close() -> None:
         try:
-            engine.close(EXIT_BARRIER_S)
+            closed = engine.close(EXIT_BARRIER_S)
         except RuntimeError:
-            pass   # an exchange failed; that error was raised where it happened
+            return   # an exchange failed; that error was raised where it happened
+        if closed and then is not None:
+            then(EXIT_BARRIER_S)
     atexit.register(close)
 
 
-def open_index_share(tensors: int) -> Any | None:
+def open_index_share(tensors: int,
+                     then: Callable[[float], None] | None = None) -> Any | None:
     """Path A's index share over MPI (the engine's share(): tagged point-to-point
     messages on its own communicator, no Horovod negotiation cycle), or None
     where it cannot run and Horovod's broadcast carries the indices: no MPI
@@ -83,5 +92,5 @@ def open_index_share(tensors: int) -> Any | None:
     engine = ring.Engine()
     if tensors > engine.max_tag():      # tags 0 .. max_tag - 1; max_tag: the exit barrier
         return None
-    close_at_exit(engine)
+    close_at_exit(engine, then)
     return engine

@@ -155,18 +155,19 @@ def test_cltk_commutes_with_the_mean():
 
 # --- path A -----------------------------------------------------------------
 
+@pytest.mark.parametrize("stagger", [False, True], ids=["one-leader", "staggered"])
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
-def test_path_a_matches_step_by_step_spec(n):
+def test_path_a_matches_step_by_step_spec(n, stagger):
     rng = np.random.default_rng(10 + n)
     cfg = ScaleComConfig(ratio=0.05, beta=0.2, min_numel=0, clip_factor=None)
-    sim = PathASimulator(n, cfg)
+    sim = PathASimulator(n, cfg, stagger=stagger)
     shapes = {"w1": (40,), "w2": (7, 9)}
     mem = {name: [np.zeros(int(np.prod(s)), F32) for _ in range(n)] for name, s in shapes.items()}
     for t in range(6):
         for offset, (name, shape) in enumerate(shapes.items()):
             grads = [rand(rng, *shape) for _ in range(n)]
             res = sim.step(name, grads)
-            lead = (t + offset) % n
+            lead = (t + (offset if stagger else 0)) % n
             assert res.leader == lead
             numel = int(np.prod(shape))
             k = math.ceil(0.05 * numel)

@@ -50,7 +50,7 @@ class PathASimulator:
     """
 
     def __init__(self, size: int, config: ScaleComConfig | None = None,
-                 stagger: bool = True) -> None:
+                 stagger: bool = False) -> None:
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         self.size = size

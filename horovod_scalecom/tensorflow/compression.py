@@ -128,7 +128,7 @@ class ScaleCom(tf.Module, Compressor):
     """
 
     def __init__(self, ratio: float = 0.01, beta: float = 0.1, warmup_steps: int = 0,
-                 min_numel: int = 1024, stagger_leaders: bool = True,
+                 min_numel: int = 1024, stagger_leaders: bool = False,
                  clip_norm: float | None = None,
                  clip_factor: float | None = DEFAULT_CLIP_FACTOR, name: str = "scalecom") -> None:
         super().__init__(name=name)

@@ -5,7 +5,7 @@ For each gradient tensor, at its t-th allreduce:
 0. ``g`` is clipped to ``clip_factor`` times the running level of its norm
    (this rank's, this tensor's: ``horovod_scalecom.reference.clip``)
 1. ``p = m + g``                      (float32 memory m, zero at start)
-2. the leader ``(t + offset) mod n`` selects ``I = top-k |p|`` (exact, ties to
+2. the leader ``t mod n`` selects ``I = top-k |p|`` (exact, ties to
    the lower index), ``k = max(1, ceil(ratio * numel))``
 3. ``I`` is broadcast from the leader to every rank
 4. every rank gathers ``c = p[I]`` and updates its memory with the low-pass
@@ -30,12 +30,20 @@ caller's thread and never from Horovod's background thread. The choice is
 made once, alike on every rank; ``$HOROVOD_SCALECOM_INDEX_SHARE=horovod``
 forces the broadcast.
 
-A tensor is identified by the parameter whose ``.grad`` it is (never by call
-order), which works with ``zero_grad(set_to_none=True)``, with
-``backward_passes_per_step > 1`` and with ``num_groups``. The index share
-blocks until every rank has reached the same tensor, so ranks must hand their
-gradients to Horovod in one order; if they do not, the share times out after
-``share_timeout`` seconds with an error that says so, instead of hanging.
+A tensor is identified by the parameter whose ``.grad`` it is, and so by
+that parameter's name (never by call order): it works with
+``zero_grad(set_to_none=True)``, ``backward_passes_per_step > 1``,
+``groups``, and with ``sparse_as_dense`` (whose densified copy is traced back
+to its parameter through Horovod's call, ``horovod_scalecom.horovod_call``).
+
+Ranks may hand their gradients over in different orders, and a parameter
+without a gradient on some rank is sent as zeros by Horovod's
+``synchronize()`` on that rank: every tensor of a step has the same leader,
+and a leader never waits inside ``compress`` (its sends are non-blocking), so
+the ranks that wait for it always get their indices. (Leaders staggered per
+tensor, ``stagger_leaders=True``, need one hand-over order on every rank; two
+ranks could otherwise wait for each other.) A share that does not arrive
+within ``share_timeout`` seconds raises instead of hanging.
 """
 
 from __future__ import annotations
@@ -54,9 +62,12 @@ from horovod.torch.compression import Compressor
 from horovod_scalecom import bytes_model
 from horovod_scalecom.config import (
     DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel, disagreement)
+from horovod_scalecom.horovod_call import (
+    HorovodCall, check_call, describe_process_set, horovod_call)
 from horovod_scalecom.ring import open_index_share
 from horovod_scalecom.schedule import leader
 from horovod_scalecom.torch._cuda import CudaOps
+from horovod_scalecom.torch._exit import horovod_barrier
 from horovod_scalecom.torch._ops import ops
 from horovod_scalecom.torch.watch import Watch
 
@@ -75,7 +86,7 @@ class _TensorState:
     offset: int                   # registration index: staggers the leaders
     memory: torch.Tensor | None = None
     step: int = 0                 # compress calls so far, warm-up included
-    checked: bool = False         # shape agreed across ranks
+    checked: bool = False         # numel and Horovod's call checked (once)
     index: int = 0                # registration index: the index share's MPI tag
     level: float = math.nan       # the relative clip's running norm level (NaN: not yet)
 
@@ -86,6 +97,7 @@ class _Ctx:
     indices: torch.Tensor | None  # None: the tensor went dense
     shape: torch.Size
     dtype: torch.dtype
+    share: int | None = None      # the leader's own Horovod broadcast, awaited in decompress
 
 
 def _named_list(named_parameters: NamedParameters) -> list[tuple[str, torch.Tensor]]:
@@ -119,11 +131,15 @@ class ScaleCom(Compressor):
             reaches the memory: the default remedy that keeps the Horovod
             recipe (lr x hvd.size(), momentum 0.9) stable (docs/convergence.md).
             Scale-free: no threshold to tune per model. None turns it off.
-        stagger_leaders: offset each tensor's leader by its registration index,
-            spreading the selection work over the ranks (False: the paper's
-            schedule, every tensor led by the same rank at a step).
+        stagger_leaders: offset each tensor's leader by its registration
+            index. False (the paper's schedule): every tensor of a step has the
+            same leader, which never waits, so ranks may hand their gradients
+            over in any order. True spreads the selections over the ranks but
+            needs the same hand-over order on every rank.
         share_timeout: seconds to wait for the leader's index share before
             raising instead of hanging.
+        process_set: the Horovod process set the optimizer reduces over (the
+            same object given to hvd.DistributedOptimizer); None: every rank.
 
     Dense (memory untouched): warm-up steps, tensors below ``min_numel``,
     non-floating gradients and float64 gradients. Compressed gradients may be
@@ -133,13 +149,18 @@ class ScaleCom(Compressor):
     def __init__(self, named_parameters: NamedParameters, ratio: float = 0.01,
                  beta: float = 0.1, warmup_steps: int = 0, min_numel: int = 1024,
                  clip_factor: float | None = DEFAULT_CLIP_FACTOR,
-                 stagger_leaders: bool = True, share_timeout: float = 120.0) -> None:
+                 stagger_leaders: bool = False, share_timeout: float = 120.0,
+                 process_set: Any = None) -> None:
         self.config = ScaleComConfig(ratio=ratio, beta=beta, warmup_steps=warmup_steps,
                                      min_numel=min_numel, clip_factor=clip_factor)
         if not share_timeout > 0:
             raise ValueError(f"share_timeout must be positive, got {share_timeout!r}")
         self.share_timeout = float(share_timeout)
         self._stagger = bool(stagger_leaders)
+        self.process_set = hvd.global_process_set if process_set is None else process_set
+        if not isinstance(self.process_set, hvd.ProcessSet):
+            raise TypeError("process_set must be a horovod.torch.ProcessSet (from "
+                            f"hvd.add_process_set) or None, got {type(process_set).__name__}")
         self._config_checked = False
         pairs = _named_list(named_parameters)
         names = [n for n, _ in pairs]
@@ -162,13 +183,15 @@ class ScaleCom(Compressor):
     # -- Horovod's Compressor interface -------------------------------------------
 
     def compress(self, tensor: torch.Tensor) -> tuple[torch.Tensor, _Ctx]:
-        state = self._identify(tensor)
+        state = self._by_grad(tensor)
+        if state is None or not state.checked:
+            state = self._first_sight(tensor, state, horovod_call())
         self._check_config()
         ctx = _Ctx(state, None, tensor.shape, tensor.dtype)
         t = state.step
         state.step += 1
         numel = tensor.numel()
-        size = hvd.size()
+        size = self.process_set.size()
         if self._goes_dense(t, tensor) or size == 1:
             self._last[state.name] = self._record(state, numel, None, None, 0.0, 0.0, 0.0)
             # Horovod's CPU allreduce has no bfloat16: such dense tensors travel as float32.
@@ -191,12 +214,12 @@ class ScaleCom(Compressor):
             # a float32 copy of it; no new tensor, no page faults.
             grad.mul_(scale)
         t0 = time.perf_counter()
-        if hvd.rank() == lead:
+        if self.process_set.rank() == lead:
             indices = kernels.select_topk(state.memory, grad, k)
         else:
             indices = torch.empty(k, dtype=torch.int32, device=tensor.device)
         t1 = time.perf_counter()
-        self._share(indices, lead, state)
+        ctx.share = self._share(indices, lead, state)
         t2 = time.perf_counter()
         values, nonfinite = kernels.gather_update_(state.memory, grad, indices, self.config.beta)
         t3 = time.perf_counter()
@@ -213,6 +236,9 @@ class ScaleCom(Compressor):
             return tensor
         if ctx.indices is None:
             return tensor.to(ctx.dtype)
+        if ctx.share is not None:
+            # The leader's broadcast: done, since every rank has sent its values.
+            self._wait(ctx.share, f"the indices of {ctx.state.name}")
         numel = ctx.shape.numel()
         kernels = self._kernels(tensor, ctx.state.name)
         start = time.perf_counter()
@@ -230,8 +256,8 @@ class ScaleCom(Compressor):
         """Memory and step counter of every tensor, for this rank (save one per rank)."""
         return {
             "version": STATE_VERSION,
-            "rank": hvd.rank(),
-            "size": hvd.size(),
+            "rank": self.process_set.rank(),
+            "size": self.process_set.size(),
             "config": self.config.as_dict(),
             "tensors": {name: {"step": s.step, "level": s.level,
                                "memory": None if s.memory is None else s.memory.clone()}
@@ -242,10 +268,11 @@ class ScaleCom(Compressor):
         """Restore what state_dict() saved on this same rank of a job of the same size."""
         if state_dict.get("version") not in (1, STATE_VERSION):   # 1: before the clip levels
             raise ValueError(f"unknown ScaleCom state version {state_dict.get('version')!r}")
-        if (state_dict["rank"], state_dict["size"]) != (hvd.rank(), hvd.size()):
+        here = (self.process_set.rank(), self.process_set.size())
+        if (state_dict["rank"], state_dict["size"]) != here:
             raise ValueError(
                 f"this ScaleCom state was saved by rank {state_dict['rank']} of "
-                f"{state_dict['size']}; it is being loaded on rank {hvd.rank()} of {hvd.size()}. "
+                f"{state_dict['size']}; it is being loaded on rank {here[0]} of {here[1]}. "
                 "The memory is per rank: save and load one state per rank.")
         saved = state_dict["tensors"]
         unknown = sorted(set(saved) - set(self._states))
@@ -326,24 +353,52 @@ class ScaleCom(Compressor):
     def _named(self) -> list[tuple[str, torch.Tensor]]:
         return [(name, s.param) for name, s in self._states.items()]
 
-    def _identify(self, tensor: torch.Tensor) -> _TensorState:
+    def _by_grad(self, tensor: torch.Tensor) -> _TensorState | None:
+        """The state of the parameter whose .grad the tensor is, if any."""
         for state in self._by_shape.get(tensor.shape, ()):
             if state.param.grad is tensor:
                 return state
         for state in self._states.values():     # a parameter whose shape changed
             if state.param.grad is tensor:
                 return state
-        raise ValueError(
-            f"ScaleCom was handed a tensor of shape {tuple(tensor.shape)} that is not the "
-            ".grad of any parameter it was given. Build ScaleCom from the same model (or "
-            "named_parameters) as hvd.DistributedOptimizer; it does not compress other tensors.")
+        return None
+
+    def _first_sight(self, tensor: torch.Tensor, state: _TensorState | None,
+                     call: HorovodCall | None) -> _TensorState:
+        """A tensor that is no parameter's .grad (sparse_as_dense's copy) is
+        traced back through Horovod's call; once per tensor, the call's op and
+        process set are checked and the numel against the parameter's."""
+        if state is None and call is not None and call.param is not None:
+            state = next((s for s in self._states.values() if s.param is call.param), None)
+        if state is None:
+            if any(s.param is tensor for s in self._states.values()):
+                raise ValueError(
+                    "ScaleCom was handed a parameter, not a gradient: op=hvd.Adasum exchanges "
+                    "the parameters' updates, which ScaleCom does not compress. Use "
+                    "op=hvd.Average (or hvd.Sum) with ScaleCom, or Adasum without it.")
+            raise ValueError(
+                f"ScaleCom was handed a tensor of shape {tuple(tensor.shape)} that is not the "
+                ".grad of any parameter it was given. Build ScaleCom from the same model (or "
+                "named_parameters) as hvd.DistributedOptimizer; it does not compress other "
+                "tensors.")
+        if not state.checked:
+            if call is not None:
+                check_call(call, {hvd.Average: "Average", hvd.Sum: "Sum"}, self.process_set)
+            if tensor.numel() != state.param.numel():
+                raise ValueError(f"ScaleCom: the gradient of {state.name} has {tensor.numel()} "
+                                 f"elements, the parameter {state.param.numel()}")
+            check_numel(tensor.numel(), state.name)
+            state.checked = True
+        return state
 
     def _check_config(self) -> None:
         """Once, at the first exchange: every rank must run ScaleCom with the same
-        knobs over the same parameters. Otherwise index shares and ring messages
-        would pair unrelated tensors, or one rank would wait for a collective the
-        others never start; caught here, the error names the difference."""
-        if self._config_checked or hvd.size() == 1:
+        knobs over the same parameters (names and sizes, and so each tensor's
+        leader and numel). Otherwise index shares and ring messages would pair
+        unrelated tensors, or one rank would wait for a collective the others
+        never start; caught here, the error names the difference. Every rank's
+        first compress makes this call, whichever tensor it is at."""
+        if self._config_checked or self.process_set.size() == 1:
             return
         self._config_checked = True
         cfg = self.config
@@ -351,8 +406,10 @@ class ScaleCom(Compressor):
         values = (cfg.ratio, cfg.beta, cfg.warmup_steps, cfg.min_numel, self._stagger,
                   cfg.clip_factor_or_zero, len(self._states), zlib.crc32(params.encode()))
         mine = torch.tensor([values], dtype=torch.float64)
-        every = self._wait(hvd.allgather_async(mine, name="scalecom.config"),
-                           "ScaleCom's configuration from every rank")
+        every = self._wait(hvd.allgather_async(mine, name="scalecom.config",
+                                               process_set=self.process_set),
+                           "ScaleCom's configuration from every rank of "
+                           f"{describe_process_set(self.process_set)}")
         names = ("ratio", "beta", "warmup_steps", "min_numel", "stagger_leaders",
                  "clip_factor", "number of parameters", "parameter names/sizes checksum")
         differ = disagreement(names, every.numpy())
@@ -360,16 +417,15 @@ class ScaleCom(Compressor):
             raise ValueError(f"ScaleCom: ranks disagree on {differ}; every rank must build "
                              "ScaleCom with the same arguments from the same model")
         # Every rank gets here once, after the same collective: the place for
-        # the collective that opens the MPI index share.
-        self._index_share = open_index_share(len(self._states))
+        # the collective that opens the MPI index share (on every rank: a
+        # process set's indices go through Horovod's broadcast).
+        if self.process_set.process_set_id == 0:
+            self._index_share = open_index_share(len(self._states), horovod_barrier)
 
     def _prepare(self, state: _TensorState, tensor: torch.Tensor) -> None:
         numel = tensor.numel()
-        if not state.checked:
-            check_numel(numel, state.name)
-            self._check_agreement(state, numel)
-            state.checked = True
         if state.memory is None:
+            check_numel(numel, state.name)
             state.memory = torch.zeros(numel, dtype=torch.float32, device=tensor.device)
         elif state.memory.numel() != numel:
             raise ValueError(f"ScaleCom: the gradient of {state.name} has {numel} elements, "
@@ -378,25 +434,21 @@ class ScaleCom(Compressor):
             # A checkpoint loaded onto the CPU, or a model moved: the memory follows.
             state.memory = state.memory.to(tensor.device)
 
-    def _check_agreement(self, state: _TensorState, numel: int) -> None:
-        """Once per tensor: every rank must compress the same numel with the same leader."""
-        mine = torch.tensor([[numel, state.offset]], dtype=torch.int64)
-        handle = hvd.allgather_async(mine, name=f"scalecom.register.{state.name}")
-        every = self._wait(handle, f"the shapes of {state.name} from every rank")
-        if not bool((every == mine).all()):
-            rows = ", ".join(f"rank {r}: numel {int(x)}, offset {int(o)}"
-                             for r, (x, o) in enumerate(every.tolist()))
-            raise ValueError(f"ScaleCom: ranks disagree on tensor {state.name} ({rows}); "
-                             "every rank must build the same model with the same parameters")
-
-    def _share(self, indices: torch.Tensor, lead: int, state: _TensorState) -> None:
-        """The leader's indices to every rank, in place."""
+    def _share(self, indices: torch.Tensor, lead: int, state: _TensorState) -> int | None:
+        """The leader's indices to every rank, in place. Returns the leader's
+        own Horovod broadcast, which it does not wait for here: a leader that
+        waited could wait for a rank that waits for it elsewhere."""
         what = f"the indices of {state.name} from leader rank {lead}"
         if self._index_share is None:
-            handle = hvd.broadcast_async_(indices, root_rank=lead,
-                                          name=f"scalecom.indices.{state.name}")
+            ranks = self.process_set.ranks
+            root = ranks[lead] if self.process_set.process_set_id != 0 else lead
+            handle = hvd.broadcast_async_(indices, root_rank=root,
+                                          name=f"scalecom.indices.{state.name}",
+                                          process_set=self.process_set)
+            if self.process_set.rank() == lead:
+                return handle
             self._wait(handle, what)
-            return
+            return None
         host = indices if indices.device.type == "cpu" else indices.cpu()
         try:
             arrived = self._index_share.share(host.numpy(), lead, state.index,
@@ -408,6 +460,7 @@ class ScaleCom(Compressor):
             raise RuntimeError(self._timed_out(what))
         if host is not indices:
             indices.copy_(host)
+        return None
 
     def _wait(self, handle: int, what: str) -> torch.Tensor:
         """hvd.synchronize with a deadline: a collective that not every rank joins
@@ -421,16 +474,21 @@ class ScaleCom(Compressor):
             pause = min(2 * pause, 1e-3)
         try:
             return hvd.synchronize(handle)
+        except hvd.HorovodInternalError as exc:
+            # As it is: hvd.elastic.run recovers from Horovod's own exceptions.
+            exc.add_note(f"ScaleCom was waiting for {what}")
+            raise
         except Exception as exc:
             raise RuntimeError(f"ScaleCom: waiting for {what} failed: {exc}") from exc
 
     def _timed_out(self, what: str) -> str:
         return (f"ScaleCom: rank {hvd.rank()} waited {self.share_timeout:.0f} s for {what}. "
-                "The ranks did not reach this tensor together: they must hand their "
-                "gradients to Horovod in the same order (or a rank has stopped).")
+                "Another rank did not reach this tensor: it has stopped, it called "
+                "hvd.join() (which ScaleCom does not support), or, with stagger_leaders=True, "
+                "the ranks handed their gradients over in different orders.")
 
     def _record(self, state, numel, k, lead, select_s, share_s, update_s) -> dict[str, Any]:
-        size = hvd.size()
+        size = self.process_set.size()
         dense = bytes_model.dense_ring_allreduce(numel, size)
         return {
             "numel": numel,

@@ -26,6 +26,7 @@ through CUDA-aware MPI or pinned host staging).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import warnings
 import weakref
@@ -38,6 +39,7 @@ from horovod_scalecom import bytes_model
 from horovod_scalecom.buckets import DEFAULT_BUCKET_CAP_MB, make_groups
 from horovod_scalecom.cuda import GRAD_TYPES
 from horovod_scalecom.ring import close_at_exit, device_transport, load_ring
+from horovod_scalecom.torch._exit import horovod_barrier
 from horovod_scalecom.torch.compression import ScaleCom
 
 
@@ -63,7 +65,13 @@ class _RingOptimizer(torch.optim.Optimizer):
             raise TypeError("horovod_scalecom.torch.DistributedOptimizer needs compression="
                             "ScaleCom(...); for other compressors use hvd.DistributedOptimizer")
         if op != hvd.Average:
-            raise ValueError("the ScaleCom ring averages; op must be hvd.Average")
+            raise ValueError("the ScaleCom ring averages; op must be hvd.Average (for op=hvd.Sum "
+                             "use hvd.DistributedOptimizer with compression=ScaleCom(...))")
+        if compression.process_set.process_set_id != 0:
+            raise ValueError("horovod_scalecom.torch.DistributedOptimizer runs its ring over every "
+                             "rank, but ScaleCom was given a process_set; for a process set use "
+                             "hvd.DistributedOptimizer(..., process_set=ps) with "
+                             "compression=ScaleCom(..., process_set=ps)")
         if backward_passes_per_step < 1:
             raise ValueError("backward_passes_per_step must be >= 1")
         self._compression = compression
@@ -94,7 +102,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         self._passes_left = {id(p): backward_passes_per_step for _, p in self._params}
         if hvd.size() > 1:
             self._engine = load_ring().Engine()
-            close_at_exit(self._engine)
+            close_at_exit(self._engine, horovod_barrier)
         else:
             self._engine = None
         self._last: dict[str, Any] = {}
@@ -413,6 +421,7 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                          num_groups: int = 0,
                          groups: int | Sequence[Sequence[torch.Tensor]] | None = None,
                          sparse_as_dense: bool = False,
+                         process_set: Any = None,
                          bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB) -> torch.optim.Optimizer:
     """Wraps ``optimizer`` like ``hvd.DistributedOptimizer``, with path B.
 
@@ -428,19 +437,34 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
     consecutive parameters) as in Horovod; by default groups of at most
     ``bucket_cap_mb`` megabytes from the last registered parameter to the
     first (DDP's buckets). ``sparse_as_dense`` densifies sparse gradients
-    before the exchange. The ring averages: ``op`` must be ``hvd.Average``
-    and ``gradient_predivide_factor`` 1.
+    before the exchange. The ring averages over every rank: ``op`` must be
+    ``hvd.Average``, ``gradient_predivide_factor`` 1 and ``process_set`` the
+    global one, and Horovod must run on MPI (not Gloo, not Elastic); for
+    those, hvd.DistributedOptimizer with compression=ScaleCom(...) does them.
     """
     if compression is None:
         raise TypeError("compression=ScaleCom(...) is required")
+    if process_set is not None and process_set.process_set_id != 0:
+        raise ValueError("horovod_scalecom.torch.DistributedOptimizer: process_set is not "
+                         "supported (the ring runs over every rank); for a process set use "
+                         "hvd.DistributedOptimizer(..., process_set=ps) with "
+                         "compression=ScaleCom(..., process_set=ps)")
+    if hvd.size() > 1 and (not hvd.mpi_enabled() or os.environ.get("HOROVOD_ELASTIC") == "1"):
+        raise ValueError("horovod_scalecom.torch.DistributedOptimizer needs Horovod on MPI (its "
+                         "ring is an MPI communicator); this job runs on Gloo or under Elastic. "
+                         "Use hvd.DistributedOptimizer(..., compression=ScaleCom(...)) there.")
     if gradient_predivide_factor != 1.0:
         raise ValueError("horovod_scalecom.torch.DistributedOptimizer: gradient_predivide_factor "
                          f"={gradient_predivide_factor!r} is not supported (the ring averages); "
                          "scale the loss instead")
     if num_groups and groups is not None:
         raise ValueError("pass num_groups or groups, not both")
+    # Horovod's module, as its own wrapper class has: hvd.broadcast_optimizer_state
+    # recognises a distributed optimizer by it and then steps the inner
+    # optimizer only (a step of this one on the ranks without optimizer state
+    # would start an exchange the others never join).
     cls = type(optimizer.__class__.__name__, (optimizer.__class__,),
-               dict(_RingOptimizer.__dict__))
+               dict(_RingOptimizer.__dict__, __module__=hvd.DistributedOptimizer.__module__))
     return cls(optimizer.param_groups, named_parameters, compression,
                backward_passes_per_step, op, groups if groups is not None else (num_groups or None),
                bucket_cap_mb, sparse_as_dense)

@@ -1,0 +1,99 @@
+"""Horovod's DistributedOptimizer features with ScaleCom (torch), under mpirun:
+each works with the reference's numbers, or is refused with its name.
+
+docs/usage.md's table lists every feature; this file tests its rows for
+torch (tests/test_tf_compressor.py has the TensorFlow ones).
+"""
+
+import numpy as np
+import pytest
+
+from horovod_scalecom.config import ScaleComConfig
+from horovod_scalecom.reference import PathASimulator, PathBSimulator
+from mpi import requires, run_mpi
+
+requires("horovod.torch")
+
+CFG = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+STEPS = 5
+
+
+def check(job, ranks, path, scale=1.0, exact=True, names=None):
+    """Every rank in `ranks` got the same exchange, and it is what the
+    reference makes of the gradients the ranks handed over (times `scale`:
+    op=Sum)."""
+    results = [job.result(r) for r in ranks]
+    names = names or sorted({k.split("/", 2)[2] for k in results[0] if k.startswith("out/")})
+    n = len(ranks)
+    sim = PathASimulator(n, CFG) if path == "a" else PathBSimulator(n, CFG)
+    for step in range(STEPS):
+        grads = {name: [res[f"in/{step}/{name}"] for res in results] for name in names}
+        ring = sim.step(grads) if path == "b" else None
+        for name in names:
+            outs = [res[f"out/{step}/{name}"].reshape(-1) for res in results]
+            for r in range(1, n):
+                np.testing.assert_array_equal(outs[r], outs[0], err_msg=f"{name}, rank {r}")
+            if grads[name][0].size < CFG.min_numel:        # dense: Horovod's allreduce
+                expected = np.mean([g.reshape(-1).astype(np.float64) for g in grads[name]], 0)
+                np.testing.assert_allclose(outs[0], expected * scale, rtol=1e-5, atol=1e-6)
+                continue
+            expected = (ring[name].outputs[0] if ring is not None
+                        else sim.step(name, grads[name]).outputs[0]).reshape(-1) * np.float32(scale)
+            np.testing.assert_array_equal(outs[0] != 0, expected != 0,
+                                          err_msg=f"support of {name} at step {step}")
+            if exact:
+                np.testing.assert_array_equal(outs[0].view(np.uint32), expected.view(np.uint32),
+                                              err_msg=f"{name} at step {step}")
+            else:
+                np.testing.assert_allclose(outs[0], expected, rtol=1e-5, atol=1e-6,
+                                           err_msg=f"{name} at step {step}")
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("path", ["a", "b"])
+def test_different_hand_over_orders_and_missing_gradients(path, n, tmp_path):
+    # Horovod's test_force_allreduce: rank-dependent backward orders, some
+    # parameters without a gradient on some ranks (sent as zeros).
+    job = run_mpi(n, "torch_features.py", tmp_path, "order", "--path", path,
+                  "--steps", str(STEPS), timeout=240).check_ok()
+    check(job, range(n), path, exact=(path == "b" or n == 2))
+
+
+@pytest.mark.parametrize("path", ["a", "b"])
+def test_sparse_as_dense(path, tmp_path):
+    job = run_mpi(2, "torch_features.py", tmp_path, "sparse", "--path", path,
+                  "--steps", str(STEPS), timeout=240).check_ok()
+    check(job, range(2), path)
+
+
+@pytest.mark.parametrize("case,scale", [("sum", 3.0), ("predivide", 1.0)])
+def test_sum_and_predivide(case, scale, tmp_path):
+    # Horovod sums the k values (op=Sum), or pre-divides by 2 and post-multiplies.
+    job = run_mpi(3, "torch_features.py", tmp_path, case, "--steps", str(STEPS),
+                  timeout=240).check_ok()
+    check(job, range(3), "a", scale=scale, exact=False)
+
+
+def test_process_set(tmp_path):
+    # ScaleCom and the optimizer over ranks 0 and 1 of 3: the reference of two.
+    job = run_mpi(3, "torch_features.py", tmp_path, "process_set", "--steps", str(STEPS),
+                  timeout=240).check_ok()
+    check(job, range(2), "a")
+
+
+@pytest.mark.parametrize("path,case,ranks,message", [
+    ("a", "refuse_adasum", 2, "op=hvd.Adasum exchanges the parameters' updates"),
+    ("a", "refuse_min", 2, "is not supported; ScaleCom averages or sums"),
+    ("a", "refuse_ps_optimizer", 2, "the optimizer reduces over the process set of ranks [0, 1]"),
+    ("a", "refuse_ps_scalecom", 3, "ScaleCom was built for the process set of ranks [0, 1]"),
+    ("b", "refuse_adasum", 2, "op must be hvd.Average"),
+    ("b", "refuse_ps_ring", 2, "process_set"),
+])
+def test_refused_with_the_argument_named(path, case, ranks, message, tmp_path):
+    n = 3
+    job = run_mpi(n, "torch_features.py", tmp_path, case, "--path", path, timeout=180)
+    assert job.returncode != 0
+    errors = [job.error(r) or "" for r in range(n)]
+    failing = [r for r in range(n) if message in errors[r]]
+    assert len(failing) >= ranks, errors
+    assert not any("raised nothing" in e for e in errors), errors

@@ -1,8 +1,8 @@
-"""Horovod's DistributedOptimizer features with ScaleCom (torch), under mpirun:
-each works with the reference's numbers, or is refused with its name.
-
-docs/usage.md's table lists every feature; this file tests its rows for
-torch (tests/test_tf_compressor.py has the TensorFlow ones).
+"""Horovod's DistributedOptimizer / DistributedGradientTape features with
+ScaleCom, torch and TensorFlow, under mpirun: each works with the reference's
+numbers, or is refused with the argument named. docs/usage.md's table lists
+them; the rows tested elsewhere (backward_passes_per_step, groups,
+checkpoints, Keras) say where.
 """
 
 import numpy as np
@@ -13,6 +13,7 @@ from horovod_scalecom.reference import PathASimulator, PathBSimulator
 from mpi import requires, run_mpi
 
 requires("horovod.torch")
+requires("horovod.tensorflow")
 
 CFG = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
 STEPS = 5
@@ -97,3 +98,11 @@ def test_refused_with_the_argument_named(path, case, ranks, message, tmp_path):
     failing = [r for r in range(n) if message in errors[r]]
     assert len(failing) >= ranks, errors
     assert not any("raised nothing" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("case,n,scale,ranks", [
+    ("sum", 3, 3.0, 3), ("process_set", 3, 1.0, 2), ("sparse", 2, 1.0, 2)])
+def test_tensorflow_sum_process_set_and_sparse_as_dense(case, n, scale, ranks, tmp_path):
+    job = run_mpi(n, "tf_features.py", tmp_path, case, "--steps", str(STEPS),
+                  timeout=300).check_ok()
+    check(job, range(ranks), "a", scale=scale, exact=(scale == 1.0 and ranks == 2))

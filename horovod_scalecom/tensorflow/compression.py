@@ -42,6 +42,7 @@ from horovod.tensorflow.compression import Compressor
 from horovod_scalecom import bytes_model
 from horovod_scalecom.config import (
     DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel, disagreement, positive_number)
+from horovod_scalecom.horovod_call import check_call, horovod_call
 from horovod_scalecom.tensorflow._ops import ops
 from horovod_scalecom.tensorflow.guard import Watch, divergence
 
@@ -121,6 +122,8 @@ class ScaleCom(tf.Module, Compressor):
             before it enters the memory or the exchange: the remedy for the
             hard regime of docs/convergence.md (the PyTorch frontend's
             ``clip_before_exchange``). Off by default.
+        process_set: the Horovod process set the tape or optimizer reduces
+            over (the same object); None: every rank.
 
     Dense, memory untouched: warm-up steps, steps while ``enabled`` is False
     (ScaleComCallback uses it), tensors below ``min_numel``, tensors of
@@ -130,8 +133,13 @@ class ScaleCom(tf.Module, Compressor):
     def __init__(self, ratio: float = 0.01, beta: float = 0.1, warmup_steps: int = 0,
                  min_numel: int = 1024, stagger_leaders: bool = False,
                  clip_norm: float | None = None,
-                 clip_factor: float | None = DEFAULT_CLIP_FACTOR, name: str = "scalecom") -> None:
+                 clip_factor: float | None = DEFAULT_CLIP_FACTOR, name: str = "scalecom",
+                 process_set: Any = None) -> None:
         super().__init__(name=name)
+        self.process_set = hvd.global_process_set if process_set is None else process_set
+        if not isinstance(self.process_set, hvd.ProcessSet):
+            raise TypeError("process_set must be a horovod.tensorflow.ProcessSet (from "
+                            f"hvd.add_process_set) or None, got {type(process_set).__name__}")
         self.config = ScaleComConfig(ratio=ratio, beta=beta, warmup_steps=warmup_steps,
                                      min_numel=min_numel, clip_factor=clip_factor)
         self.stagger_leaders = stagger_leaders
@@ -158,6 +166,9 @@ class ScaleCom(tf.Module, Compressor):
                 "ScaleCom for TensorFlow builds graph ops and keys each gradient by its graph "
                 "name; use it through hvd.DistributedGradientTape, the Keras "
                 "DistributedOptimizer or inside tf.function, not on an eager tensor")
+        call = horovod_call()
+        if call is not None:
+            check_call(call, {hvd.Average: "Average", hvd.Sum: "Sum"}, self.process_set)
         self.check_config()
         numel = tensor.shape.num_elements()
         # The incoming gradient belongs to the graph that holds all of them;
@@ -170,7 +181,7 @@ class ScaleCom(tf.Module, Compressor):
             return tensor, None
         entry = self._entry(key, tensor.name, numel, offset)
         memory, step = self.memory[key], self.steps[key]
-        size = hvd.size()
+        size = self.process_set.size()
 
         t = step.read_value()
         dense = tf.logical_or(tf.logical_not(self.enabled.read_value()),
@@ -189,7 +200,7 @@ class ScaleCom(tf.Module, Compressor):
 
         def compressed_branch():
             clipped, watching = watch.clip(grad, t, self.config.clip_factor_or_zero)
-            mine = tf.cond(tf.equal(lead, hvd.rank()),
+            mine = tf.cond(tf.equal(lead, self.process_set.rank()),
                            lambda: ops.scalecom_select_topk(memory, clipped, k=entry.k),
                            lambda: tf.zeros([entry.k], tf.int32))
             indices = self._share(mine, lead, entry.op_name)
@@ -236,7 +247,7 @@ class ScaleCom(tf.Module, Compressor):
         Counts the compressed tensors this ScaleCom has seen (the dense ones
         below min_numel are Horovod's business and are not counted).
         """
-        size = hvd.size()
+        size = self.process_set.size()
         enabled = bool(self.enabled.numpy())
         tensors = {}
         for key, entry in self._registry.entries.items():
@@ -267,7 +278,7 @@ class ScaleCom(tf.Module, Compressor):
         here, on every rank, with each rank's values. Runs eagerly
         (tf.init_scope) while the step is traced, which every rank does at the
         same point of its first step."""
-        if self._config_checked or hvd.size() == 1:
+        if self._config_checked or self.process_set.size() == 1:
             return
         self._config_checked = True
         cfg = self.config
@@ -276,8 +287,8 @@ class ScaleCom(tf.Module, Compressor):
         values = (cfg.ratio, cfg.beta, cfg.warmup_steps, cfg.min_numel,
                   float(self.stagger_leaders), self.clip_norm or 0.0, cfg.clip_factor_or_zero)
         with tf.init_scope():
-            every = hvd.allgather(tf.constant([values], tf.float64),
-                                  name="scalecom_config").numpy()
+            every = hvd.allgather(tf.constant([values], tf.float64), name="scalecom_config",
+                                  process_set=self.process_set).numpy()
         differ = disagreement(names, every)
         if differ:
             raise ValueError(f"ScaleCom: ranks disagree on {differ}; every rank must build "
@@ -313,9 +324,11 @@ class ScaleCom(tf.Module, Compressor):
         """Broadcast the leader's indices. Horovod fixes a broadcast's root when
         the op is built, so there is one branch per possible root and the
         leader picks the branch at run time; every rank takes the same one."""
+        ps = self.process_set
+        ranks = ps.ranks if ps.process_set_id != 0 else range(ps.size())
         branches = [
-            (lambda root=root: hvd.broadcast(mine, root_rank=root,
+            (lambda root=root: hvd.broadcast(mine, root_rank=root, process_set=ps,
                                              name=f"{op_name}_indices_root{root}"))
-            for root in range(hvd.size())
+            for root in ranks    # global ranks, as Horovod's broadcast takes them
         ]
         return tf.switch_case(lead, branches)

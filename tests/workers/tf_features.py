@@ -1,0 +1,99 @@
+"""mpirun worker: Horovod's DistributedGradientTape features with ScaleCom (TF).
+
+usage: tf_features.py OUTDIR CASE [--steps N]
+
+The layout of tests/workers/torch_features.py: per step, ``in/{step}/{name}``
+(the gradient this rank handed over) and ``out/{step}/{name}`` (the exchange's
+result). Cases: ``sum`` (op=hvd.Sum), ``process_set`` (ranks 0..n-2),
+``sparse`` (tf.gather's IndexedSlices with sparse_as_dense=True).
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["HOROVOD_DYNAMIC_PROCESS_SETS"] = "1"    # hvd.add_process_set after init
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import horovod.tensorflow as hvd  # noqa: E402
+from horovod_scalecom.tensorflow import ScaleCom  # noqa: E402
+
+from common import SHAPES, gradient, run  # noqa: E402
+
+NAMES = [n.replace(".", "_") for n in SHAPES]
+CFG = dict(ratio=0.05, beta=0.1, min_numel=100)
+
+
+def dense_steps(args, out, members, compression, **tape_kw):
+    variables = [tf.Variable(tf.zeros(shape), name=name) for name, shape in zip(NAMES, SHAPES.values())]
+    rank = hvd.rank()
+
+    @tf.function
+    def step(grads_in):
+        with tf.GradientTape() as tape:
+            loss = tf.add_n([tf.reduce_sum(v * g) for v, g in zip(variables, grads_in)])
+        tape = hvd.DistributedGradientTape(tape, compression=compression, **tape_kw)
+        return tape.gradient(loss, variables)
+
+    result = {}
+    for t in range(args.steps):
+        grads_in = [gradient(args.seed, rank, t, i, shape) for i, shape in enumerate(SHAPES.values())]
+        if rank not in members:
+            continue
+        for name, g_in, g in zip(NAMES, grads_in, step([tf.constant(g) for g in grads_in])):
+            result[f"in/{t}/{name}"] = g_in
+            result[f"out/{t}/{name}"] = g.numpy()
+    np.savez(out / f"rank{rank}.npz", **result)
+
+
+def sparse(args, out):
+    table = tf.Variable(tf.zeros([300, 16]), name="table")
+    compression = ScaleCom(**CFG)
+
+    @tf.function
+    def step(rows, weight):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.gather(table, rows) * weight)
+        tape = hvd.DistributedGradientTape(tape, compression=compression, sparse_as_dense=True)
+        return tape.gradient(loss, [table])[0]
+
+    result = {}
+    for t in range(args.steps):
+        rows = np.random.default_rng([t, hvd.rank()]).permutation(300)[:40]
+        weight = gradient(args.seed, hvd.rank(), t, 0, (40, 16))
+        dense = np.zeros((300, 16), np.float32)
+        dense[rows] = weight        # distinct rows: the densified gradient exactly
+        g = step(tf.constant(rows), tf.constant(weight))
+        result[f"in/{t}/table"] = dense
+        result[f"out/{t}/table"] = tf.convert_to_tensor(g).numpy()
+    np.savez(out / f"rank{hvd.rank()}.npz", **result)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("outdir")
+    parser.add_argument("case")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    hvd.init()
+    out = Path(args.outdir)
+    if args.case == "sparse":
+        sparse(args, out)
+    elif args.case == "process_set":
+        members = list(range(hvd.size() - 1))
+        ps = hvd.add_process_set(members)
+        dense_steps(args, out, members, ScaleCom(**CFG, process_set=ps), process_set=ps)
+        hvd.remove_process_set(ps)
+    elif args.case == "sum":
+        dense_steps(args, out, range(hvd.size()), ScaleCom(**CFG), op=hvd.Sum)
+    else:
+        raise ValueError(f"unknown case {args.case}")
+
+
+if __name__ == "__main__":
+    run(main, sys.argv[1])

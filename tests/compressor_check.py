@@ -40,6 +40,16 @@ def reference(n, steps, cfg, seed=0, bpps=1, skip_param=None, cast=None, inject=
     return outputs, sim
 
 
+def assert_exchange(out, ref, exact, what):
+    """An exchange's result against the reference's: the same support, and the
+    same bits (``exact``) or the same values up to float32 rounding."""
+    np.testing.assert_array_equal(out != 0, ref != 0, err_msg=f"support of {what}")
+    if exact:
+        np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32), err_msg=what)
+    else:
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6, err_msg=what)
+
+
 def check(job, n, steps, cfg, exact, memory_exact=True, **kw):
     expected, sim = reference(n, steps, cfg, **kw)
     results = [job.result(r) for r in range(n)]
@@ -49,14 +59,7 @@ def check(job, n, steps, cfg, exact, memory_exact=True, **kw):
             outs = [res[f"out/{step}/{name}"].reshape(-1) for res in results]
             for r in range(1, n):
                 np.testing.assert_array_equal(outs[r], outs[0], err_msg=f"rank {r} != rank 0")
-            np.testing.assert_array_equal(outs[0] != 0, ref != 0,
-                                          err_msg=f"support of {name} at step {step}")
-            if exact:
-                np.testing.assert_array_equal(outs[0].view(np.uint32), ref.view(np.uint32),
-                                              err_msg=f"{name} at step {step}")
-            else:
-                np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-6,
-                                           err_msg=f"{name} at step {step}")
+            assert_exchange(outs[0], ref, exact, f"{name} at step {step}")
     for r, res in enumerate(results):
         for name in NAMES:
             if f"step/{name}" in res:

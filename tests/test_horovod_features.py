@@ -10,6 +10,7 @@ import pytest
 
 from horovod_scalecom.config import ScaleComConfig
 from horovod_scalecom.reference import PathASimulator, PathBSimulator
+from compressor_check import assert_exchange
 from mpi import requires, run_mpi
 
 requires("horovod.torch")
@@ -40,14 +41,7 @@ def check(job, ranks, path, scale=1.0, exact=True, names=None):
                 continue
             expected = (ring[name].outputs[0] if ring is not None
                         else sim.step(name, grads[name]).outputs[0]).reshape(-1) * np.float32(scale)
-            np.testing.assert_array_equal(outs[0] != 0, expected != 0,
-                                          err_msg=f"support of {name} at step {step}")
-            if exact:
-                np.testing.assert_array_equal(outs[0].view(np.uint32), expected.view(np.uint32),
-                                              err_msg=f"{name} at step {step}")
-            else:
-                np.testing.assert_allclose(outs[0], expected, rtol=1e-5, atol=1e-6,
-                                           err_msg=f"{name} at step {step}")
+            assert_exchange(outs[0], expected, exact, f"{name} at step {step}")
 
 
 @pytest.mark.parametrize("n", [2, 3])

@@ -367,7 +367,8 @@ class ScaleCom(Compressor):
                      call: HorovodCall | None) -> _TensorState:
         """A tensor that is no parameter's .grad (sparse_as_dense's copy) is
         traced back through Horovod's call; once per tensor, the call's op and
-        process set are checked and the numel against the parameter's."""
+        process set are checked and the numel against the parameter's (the
+        size limits, check_numel, when its memory is made: _prepare)."""
         if state is None and call is not None and call.param is not None:
             state = next((s for s in self._states.values() if s.param is call.param), None)
         if state is None:
@@ -387,7 +388,6 @@ class ScaleCom(Compressor):
             if tensor.numel() != state.param.numel():
                 raise ValueError(f"ScaleCom: the gradient of {state.name} has {tensor.numel()} "
                                  f"elements, the parameter {state.param.numel()}")
-            check_numel(tensor.numel(), state.name)
             state.checked = True
         return state
 

@@ -40,16 +40,29 @@ class HorovodCall:
 
 def horovod_call(depth: int = 2) -> HorovodCall | None:
     """The Horovod frame ``depth`` levels up (or up to two levels above it,
-    past a list comprehension's frame), read as a HorovodCall."""
+    past a list comprehension's frame), read as a HorovodCall.
+
+    Inside tf.function, autograph runs converted copies of Horovod's
+    functions (``tf__allreduce``, with Horovod's globals) and of their
+    branches (``else_body_13``), called through TensorFlow's own frames
+    (``converted_call``, ``if_stmt``): those are passed over, and the
+    function is the converted one's name without its ``tf__``."""
     frame = sys._getframe(depth)
-    for _ in range(3):
-        if frame is None:
-            return None
+    seen = 0
+    while frame is not None and seen < 3:
+        module = frame.f_globals.get("__name__", "")
+        name = frame.f_code.co_name
+        generated = "__autograph_generated_file" in frame.f_code.co_filename
+        if module.startswith("tensorflow."):
+            frame = frame.f_back          # autograph's machinery: not counted
+            continue
+        seen += 1
         # A comprehension's frame (<listcomp>) sees the caller's `self` as a
         # free variable: the function that made it is one level further up.
-        if (frame.f_globals.get("__name__", "").startswith("horovod.")
-                and not frame.f_code.co_name.startswith("<")):
-            found = _read(frame.f_code.co_name, frame.f_locals)
+        # An autograph branch body's function is further up as well.
+        if (module.startswith("horovod.") and not name.startswith("<")
+                and (not generated or name.startswith("tf__"))):
+            found = _read(name.removeprefix("tf__"), frame.f_locals)
             if found is not None:
                 return found
         frame = frame.f_back
@@ -84,10 +97,16 @@ ALLREDUCES = ("_allreduce_grad_async", "_grouped_allreduce_grad_async",   # torc
               "allreduce", "grouped_allreduce")                           # TensorFlow
 
 
-def check_call(call: HorovodCall, op_names: dict[Any, str], process_set: Any) -> None:
+REDUCE_OPS = ("Average", "Sum", "Adasum", "Min", "Max", "Product")
+SUPPORTED_OPS = ("Average", "Sum")
+
+
+def check_call(call: HorovodCall, hvd: Any, process_set: Any) -> None:
     """Refuses, with the argument named, a Horovod call whose collective would
     not turn ScaleCom's values into the average (or sum) of the gradients.
-    ``op_names``: the ops ScaleCom supports, by the name users write."""
+    ``hvd``: horovod.torch or horovod.tensorflow, whose op values it names."""
+    names = {getattr(hvd, name): name for name in REDUCE_OPS if hasattr(hvd, name)}
+    op_names = {getattr(hvd, name): name for name in SUPPORTED_OPS}
     if call.function not in ALLREDUCES:
         raise ValueError(
             f"ScaleCom: Horovod's {call.function}() handed it a tensor; ScaleCom's values are "
@@ -97,9 +116,9 @@ def check_call(call: HorovodCall, op_names: dict[Any, str], process_set: Any) ->
     if call.op not in op_names:
         supported = " or ".join(f"op=hvd.{name}" for name in op_names.values())
         raise ValueError(
-            f"ScaleCom: the allreduce's op={call.op!r} is not supported; ScaleCom averages "
-            f"or sums the values at the leader's indices. Use {supported} (for Adasum, "
-            "use Horovod without ScaleCom).")
+            f"ScaleCom: the allreduce's op=hvd.{names.get(call.op, call.op)} is not supported; "
+            f"ScaleCom averages or sums the values at the leader's indices. Use {supported} "
+            "(for Adasum, use Horovod without ScaleCom).")
     if not same_process_set(call.process_set, process_set):
         raise ValueError(
             f"ScaleCom: the optimizer reduces over {describe_process_set(call.process_set)}, "

@@ -78,7 +78,7 @@ def test_process_set(tmp_path):
 
 @pytest.mark.parametrize("path,case,ranks,message", [
     ("a", "refuse_adasum", 2, "op=hvd.Adasum exchanges the parameters' updates"),
-    ("a", "refuse_min", 2, "is not supported; ScaleCom averages or sums"),
+    ("a", "refuse_min", 2, "op=hvd.Min is not supported; ScaleCom averages or sums"),
     ("a", "refuse_ps_optimizer", 2, "the optimizer reduces over the process set of ranks [0, 1]"),
     ("a", "refuse_ps_scalecom", 3, "ScaleCom was built for the process set of ranks [0, 1]"),
     ("b", "refuse_adasum", 2, "op must be hvd.Average"),
@@ -95,8 +95,25 @@ def test_refused_with_the_argument_named(path, case, ranks, message, tmp_path):
 
 
 @pytest.mark.parametrize("case,n,scale,ranks", [
-    ("sum", 3, 3.0, 3), ("process_set", 3, 1.0, 2), ("sparse", 2, 1.0, 2)])
-def test_tensorflow_sum_process_set_and_sparse_as_dense(case, n, scale, ranks, tmp_path):
+    ("sum", 3, 3.0, 3), ("predivide", 3, 1.0, 3), ("groups", 2, 1.0, 2), ("groups", 3, 1.0, 3),
+    ("process_set", 3, 1.0, 2), ("sparse", 2, 1.0, 2)])
+def test_tensorflow_features(case, n, scale, ranks, tmp_path):
     job = run_mpi(n, "tf_features.py", tmp_path, case, "--steps", str(STEPS),
                   timeout=300).check_ok()
-    check(job, range(ranks), "a", scale=scale, exact=(scale == 1.0 and ranks == 2))
+    exact = scale == 1.0 and ranks == 2 and case != "predivide"
+    check(job, range(ranks), "a", scale=scale, exact=exact)
+
+
+@pytest.mark.parametrize("case,ranks,message", [
+    ("refuse_adasum", 3, "op=hvd.Adasum is not supported; ScaleCom averages or sums"),
+    ("refuse_min", 3, "op=hvd.Min is not supported; ScaleCom averages or sums"),
+    ("refuse_ps_tape", 2, "the optimizer reduces over the process set of ranks [0, 1]"),
+])
+def test_tensorflow_refused_with_the_argument_named(case, ranks, message, tmp_path):
+    # Inside tf.function, where autograph runs converted copies of Horovod's code.
+    n = 3
+    job = run_mpi(n, "tf_features.py", tmp_path, case, timeout=240)
+    assert job.returncode != 0
+    errors = [job.error(r) or "" for r in range(n)]
+    assert sum(message in e for e in errors) >= ranks, errors
+    assert not any("raised nothing" in e for e in errors), errors

@@ -122,6 +122,7 @@ def test_tape_loop_ranks_agree(tmp_path):
     ("eager", [], "not on an eager tensor"),
     ("callback", [], "needs the ScaleCom instance"),
     ("clip", [], "clip_norm must be a positive number"),
+    ("graph_mode", [], "TF1 graph mode (tf.compat.v1.disable_eager_execution, sessions) is not"),
 ])
 def test_bad_configuration_fails_clearly(case, args, message, tmp_path):
     job = run_mpi(2, "tf_compressor.py", tmp_path, "bad", "--case", case, *args, timeout=180)
@@ -155,3 +156,10 @@ def test_path_a_under_horovodrun_gloo(tmp_path):
     job = run_mpi(2, "tf_compressor.py", tmp_path, "sequence", "--steps", "6", "--function",
                   timeout=300, gloo=True).check_ok()
     check(job, 2, 6, CFG, exact=True)
+
+
+def test_ring_under_gloo_is_refused_when_built(tmp_path):
+    # The ring is an MPI communicator; Gloo (and so Elastic) has none.
+    job = run_mpi(2, "tf_compressor.py", tmp_path, "ring_sequence", "--steps", "2",
+                  timeout=300, gloo=True)
+    job.assert_error_on_every_rank("needs Horovod on MPI (its ring is an MPI communicator)")

@@ -7,8 +7,11 @@ its t-th allreduce (t counts warm-up steps too):
 0. ``g`` is clipped to ``clip_factor`` times the running level of its norm
    (this rank's: horovod_scalecom.reference.clip, the C++ core's op)
 1. ``p = m + g``; the leader ``(t + offset) mod n`` selects ``I = top-k |p|``
-2. ``I`` goes from the leader to every rank (a Horovod broadcast; the root is
-   chosen at run time among n branches, so the leader rotates in graph mode)
+2. ``I`` goes from the leader to every rank: a Horovod allgather to which
+   only the leader contributes (k indices; the others none), so one op
+   serves every leader, and the world's size and this rank are read when the
+   graph runs (Horovod's size and rank ops), not when it is traced: a traced
+   step stays right after Horovod Elastic changes the world
 3. every rank gathers ``c = p[I]`` and applies the low-pass filter to ``m``
 4. Horovod allreduces ``c``; ``decompress`` scatters the mean back.
 
@@ -30,6 +33,7 @@ error messages. Use one ScaleCom per tape or optimizer.
 
 from __future__ import annotations
 
+import os
 import re
 import weakref
 from dataclasses import dataclass
@@ -76,6 +80,8 @@ class _Registry:
     def __init__(self) -> None:
         self.entries: dict[str, _Entry] = {}
         self.offsets: dict[str, int] = {}
+        # Rank 0's step counters after an Elastic reset, for gradients not traced yet.
+        self.initial_steps: dict[str, int] = {}
         self._seen = weakref.WeakKeyDictionary()
 
     def record(self, offset: int, shape: tf.TensorShape) -> str:
@@ -145,6 +151,12 @@ class ScaleCom(tf.Module, Compressor):
         self.stagger_leaders = stagger_leaders
         self.clip_norm = None if clip_norm is None else positive_number(clip_norm, "clip_norm")
         with tf.init_scope():
+            if not tf.executing_eagerly():
+                # The configuration check and the stats read values eagerly.
+                raise RuntimeError(
+                    "ScaleCom for TensorFlow runs with TensorFlow 2's eager runtime (Keras, "
+                    "tf.function, DistributedGradientTape); TF1 graph mode "
+                    "(tf.compat.v1.disable_eager_execution, sessions) is not supported")
             self.enabled = tf.Variable(True, trainable=False, name="enabled")
         self.memory: dict[str, tf.Variable] = {}
         self.steps: dict[str, tf.Variable] = {}
@@ -154,6 +166,9 @@ class ScaleCom(tf.Module, Compressor):
         self.watch: dict[str, Watch] = {}
         self._registry = _Registry()
         self._config_checked = False
+        # Under Horovod Elastic, horovod_scalecom.tensorflow.elastic's State tells
+        # ScaleCom when the world changed (world_changed) and must be there.
+        self._elastic_state = os.environ.get("HOROVOD_ELASTIC") != "1"
 
     # -- Horovod's Compressor interface -------------------------------------------
 
@@ -168,7 +183,7 @@ class ScaleCom(tf.Module, Compressor):
                 "DistributedOptimizer or inside tf.function, not on an eager tensor")
         call = horovod_call()
         if call is not None:
-            check_call(call, {hvd.Average: "Average", hvd.Sum: "Sum"}, self.process_set)
+            check_call(call, hvd, self.process_set)
         self.check_config()
         numel = tensor.shape.num_elements()
         # The incoming gradient belongs to the graph that holds all of them;
@@ -181,14 +196,12 @@ class ScaleCom(tf.Module, Compressor):
             return tensor, None
         entry = self._entry(key, tensor.name, numel, offset)
         memory, step = self.memory[key], self.steps[key]
-        size = self.process_set.size()
+        size, rank = self._world()
 
         t = step.read_value()
-        dense = tf.logical_or(tf.logical_not(self.enabled.read_value()),
-                              t < self.config.warmup_steps)
-        if size == 1:
-            dense = tf.constant(True)
-        lead = tf.cast(tf.math.floormod(t + entry.offset, size), tf.int32)
+        dense = tf.reduce_any([tf.logical_not(self.enabled.read_value()),
+                               t < self.config.warmup_steps, tf.equal(size, 1)])
+        lead = tf.cast(tf.math.floormod(t + entry.offset, tf.cast(size, tf.int64)), tf.int32)
         grad = tf.reshape(tf.cast(tensor, tf.float32), [-1])
 
         nonfinite = self.nonfinite[key]
@@ -200,10 +213,10 @@ class ScaleCom(tf.Module, Compressor):
 
         def compressed_branch():
             clipped, watching = watch.clip(grad, t, self.config.clip_factor_or_zero)
-            mine = tf.cond(tf.equal(lead, self.process_set.rank()),
+            mine = tf.cond(tf.equal(lead, rank),
                            lambda: ops.scalecom_select_topk(memory, clipped, k=entry.k),
-                           lambda: tf.zeros([entry.k], tf.int32))
-            indices = self._share(mine, lead, entry.op_name)
+                           lambda: tf.zeros([0], tf.int32))
+            indices = self._share(mine, entry)
             values, new_memory, kept = ops.scalecom_gather_update(
                 memory, clipped, indices, beta=float(self.config.beta))
             updates = [memory.assign(new_memory), nonfinite.assign(tf.cast(kept, tf.int64)),
@@ -278,6 +291,12 @@ class ScaleCom(tf.Module, Compressor):
         here, on every rank, with each rank's values. Runs eagerly
         (tf.init_scope) while the step is traced, which every rank does at the
         same point of its first step."""
+        if not self._elastic_state:
+            raise RuntimeError(
+                "ScaleCom runs under Horovod Elastic (HOROVOD_ELASTIC=1) but no elastic State "
+                "holds it: after a reset its leaders and configuration would belong to the old "
+                "world. Use horovod_scalecom.tensorflow.elastic.TensorFlowKerasState(model, "
+                "scalecom=compression, ...) in place of hvd.elastic.TensorFlowKerasState.")
         if self._config_checked or self.process_set.size() == 1:
             return
         self._config_checked = True
@@ -294,6 +313,41 @@ class ScaleCom(tf.Module, Compressor):
             raise ValueError(f"ScaleCom: ranks disagree on {differ}; every rank must build "
                              "ScaleCom with the same arguments")
 
+    # -- Horovod Elastic ----------------------------------------------------------------
+
+    def snapshot(self) -> dict[Any, tf.Tensor]:
+        """A copy of this rank's variables (memory, step counters, clip levels and
+        guard records, the enabled flag): what an Elastic commit saves."""
+        return {v.ref(): tf.identity(v) for v in self.variables}
+
+    def restore(self, snapshot: dict[Any, tf.Tensor]) -> None:
+        """Back to ``snapshot``; variables made since (a gradient first traced
+        after it) go back to the values they were made with."""
+        for v in self.variables:
+            saved = snapshot.get(v.ref())
+            v.assign(v.initial_value if saved is None else saved)
+
+    def world_changed(self) -> None:
+        """Horovod Elastic changed the world: collective, eager, on every rank
+        of the new world after Horovod's reset. The configuration check runs
+        in the new world, and every rank takes rank 0's step counters, so all
+        pick the same leader for every gradient (a rank that joins takes them
+        for the gradients it has yet to trace). The memory stays this
+        process's own: a joining rank starts from an empty one. The size and
+        rank of a traced step are read when it runs, so nothing is retraced."""
+        if self.process_set.process_set_id != 0:
+            raise ValueError("ScaleCom under Horovod Elastic runs over every rank; "
+                             "process sets are not supported there")
+        self._elastic_state = True
+        self._config_checked = False
+        mine = {key: int(v.numpy()) for key, v in self.steps.items()}
+        steps = hvd.broadcast_object(mine, root_rank=0, name="scalecom_elastic_steps")
+        self._registry.initial_steps = steps
+        for key, step in steps.items():
+            if key in self.steps:
+                self.steps[key].assign(step)
+        self.check_config()
+
     # -- internals --------------------------------------------------------------------
 
     def _entry(self, key: str, tensor_name: str, numel: int, offset: int) -> _Entry:
@@ -307,7 +361,8 @@ class ScaleCom(tf.Module, Compressor):
                 var_name = re.sub(r"[^A-Za-z0-9_.\-]", "_", key)
                 self.memory[key] = tf.Variable(tf.zeros([numel], tf.float32), trainable=False,
                                                name=f"memory_{var_name}")
-                self.steps[key] = tf.Variable(tf.constant(0, tf.int64), trainable=False,
+                step = self._registry.initial_steps.get(key, 0)
+                self.steps[key] = tf.Variable(tf.constant(step, tf.int64), trainable=False,
                                               name=f"step_{var_name}")
                 self.nonfinite[key] = tf.Variable(tf.constant(0, tf.int64), trainable=False,
                                                   name=f"nonfinite_{var_name}")
@@ -320,15 +375,25 @@ class ScaleCom(tf.Module, Compressor):
                  "k": e.k} for e in sorted(self._registry.entries.values(),
                                            key=lambda e: self._registry.offsets[e.key])]
 
-    def _share(self, mine: tf.Tensor, lead: tf.Tensor, op_name: str) -> tf.Tensor:
-        """Broadcast the leader's indices. Horovod fixes a broadcast's root when
-        the op is built, so there is one branch per possible root and the
-        leader picks the branch at run time; every rank takes the same one."""
+    def _world(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """The process set's size and this rank in it, as ops read when the graph
+        runs. Horovod's rank op knows only the global set; a process set's
+        members do not change (Elastic runs over every rank)."""
         ps = self.process_set
-        ranks = ps.ranks if ps.process_set_id != 0 else range(ps.size())
-        branches = [
-            (lambda root=root: hvd.broadcast(mine, root_rank=root, process_set=ps,
-                                             name=f"{op_name}_indices_root{root}"))
-            for root in ranks    # global ranks, as Horovod's broadcast takes them
-        ]
-        return tf.switch_case(lead, branches)
+        size = hvd.size_op(process_set_id=ps.process_set_id)
+        if ps.process_set_id == 0:
+            return size, hvd.rank_op()
+        return size, tf.constant(ps.rank(), tf.int32)
+
+    def _share(self, mine: tf.Tensor, entry: _Entry) -> tf.Tensor:
+        """The leader's k indices on every rank: an allgather to which only the
+        leader contributes. A broadcast would fix its root when the op is
+        built (one op per possible root, a branch picked at run time, and a
+        traced step tied to the world it was traced in). Two ranks that both
+        thought themselves leader would give 2k indices: refused by the shape
+        check, never paired silently."""
+        # "HorovodAllgather" in the name: hvd.elastic.run turns a failed op
+        # into HorovodInternalError (and so a restore) only for Horovod's names.
+        shared = hvd.allgather(mine, process_set=self.process_set,
+                               name=f"HorovodAllgather_{entry.op_name}_indices")
+        return tf.ensure_shape(shared, [entry.k])

@@ -30,6 +30,16 @@ class RingExchange:
     def __init__(self, compression: ScaleCom, timeout: float = 120.0) -> None:
         if not isinstance(compression, ScaleCom):
             raise TypeError("path B needs compression=horovod_scalecom.tensorflow.ScaleCom(...)")
+        if compression.process_set.process_set_id != 0:
+            raise ValueError("horovod_scalecom.tensorflow.DistributedGradientTape runs its ring "
+                             "over every rank; for a process set use "
+                             "hvd.DistributedGradientTape(..., process_set=ps) with "
+                             "compression=ScaleCom(process_set=ps)")
+        if hvd.size() > 1 and (not hvd.mpi_enabled() or os.environ.get("HOROVOD_ELASTIC") == "1"):
+            raise ValueError("horovod_scalecom.tensorflow.DistributedGradientTape needs Horovod "
+                             "on MPI (its ring is an MPI communicator); this job runs on Gloo or "
+                             "under Elastic. Use hvd.DistributedGradientTape(..., "
+                             "compression=ScaleCom(...)) there.")
         self.compression = compression
         self.timeout = timeout
         self._engine = None

@@ -49,6 +49,7 @@ within ``share_timeout`` seconds raises instead of hanging.
 from __future__ import annotations
 
 import math
+import os
 import time
 import zlib
 from collections import defaultdict
@@ -179,6 +180,9 @@ class ScaleCom(Compressor):
         self._index_share = None     # the MPI index share, opened by _check_config
         self._leaked: list[torch.Tensor] = []     # receive buffers of timed-out shares
         self._watch = Watch(self.config)     # the relative clip and the divergence guard
+        # Under Horovod Elastic the world changes; horovod_scalecom.torch.elastic's
+        # TorchState tells ScaleCom when (world_changed) and must be there.
+        self._elastic_state = os.environ.get("HOROVOD_ELASTIC") != "1"
 
     # -- Horovod's Compressor interface -------------------------------------------
 
@@ -264,12 +268,16 @@ class ScaleCom(Compressor):
                         for name, s in self._states.items()},
         }
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore what state_dict() saved on this same rank of a job of the same size."""
+    def load_state_dict(self, state_dict: Mapping[str, Any], same_world: bool = True) -> None:
+        """Restore what state_dict() saved on this same rank of a job of the same size.
+
+        ``same_world=False`` skips that check: Horovod Elastic's restore, where
+        this process takes back its own memory under whatever rank it has next.
+        """
         if state_dict.get("version") not in (1, STATE_VERSION):   # 1: before the clip levels
             raise ValueError(f"unknown ScaleCom state version {state_dict.get('version')!r}")
-        here = (self.process_set.rank(), self.process_set.size())
-        if (state_dict["rank"], state_dict["size"]) != here:
+        here = (self.process_set.rank(), self.process_set.size()) if same_world else None
+        if here is not None and (state_dict["rank"], state_dict["size"]) != here:
             raise ValueError(
                 f"this ScaleCom state was saved by rank {state_dict['rank']} of "
                 f"{state_dict['size']}; it is being loaded on rank {here[0]} of {here[1]}. "
@@ -292,6 +300,27 @@ class ScaleCom(Compressor):
             memory = entry["memory"]
             state.memory = None if memory is None else (
                 memory.detach().to(torch.float32).reshape(-1).clone().contiguous())
+
+    def world_changed(self) -> None:
+        """Horovod Elastic changed the world (a rank joined or left, or the job
+        recovered from a failure): collective, on every rank of the new world,
+        after Horovod's reset. Everything that depends on the world is decided
+        again: the configuration check runs in the new world, and every rank
+        takes rank 0's step counters, so all pick the same leader for every
+        tensor (a joining rank's counters start at zero). The memory stays
+        this process's own: a joining rank starts from an empty one."""
+        if self.process_set.process_set_id != 0:
+            raise ValueError("ScaleCom under Horovod Elastic runs over every rank; "
+                             "process sets are not supported there")
+        self._elastic_state = True
+        self._config_checked = False
+        self._index_share = None     # Elastic runs on Gloo: Horovod's broadcast carries them
+        self._last.clear()
+        steps = hvd.broadcast_object({n: s.step for n, s in self._states.items()},
+                                     root_rank=0, name="scalecom.elastic.steps")
+        for name, step in steps.items():
+            self._states[name].step = step
+        self._check_config()
 
     def stats(self) -> dict[str, Any]:
         """Figures of each tensor's last compress call and their totals.
@@ -384,7 +413,7 @@ class ScaleCom(Compressor):
                 "tensors.")
         if not state.checked:
             if call is not None:
-                check_call(call, {hvd.Average: "Average", hvd.Sum: "Sum"}, self.process_set)
+                check_call(call, hvd, self.process_set)
             if tensor.numel() != state.param.numel():
                 raise ValueError(f"ScaleCom: the gradient of {state.name} has {tensor.numel()} "
                                  f"elements, the parameter {state.param.numel()}")
@@ -398,6 +427,12 @@ class ScaleCom(Compressor):
         unrelated tensors, or one rank would wait for a collective the others
         never start; caught here, the error names the difference. Every rank's
         first compress makes this call, whichever tensor it is at."""
+        if not self._elastic_state:
+            raise RuntimeError(
+                "ScaleCom runs under Horovod Elastic (HOROVOD_ELASTIC=1) but no elastic State "
+                "holds it: after a reset its leaders and configuration would belong to the old "
+                "world. Use horovod_scalecom.torch.elastic.TorchState(model=..., optimizer=..., "
+                "scalecom=compression) in place of hvd.elastic.TorchState.")
         if self._config_checked or self.process_set.size() == 1:
             return
         self._config_checked = True

@@ -175,6 +175,9 @@ def bad(args, out):
         ScaleComCallback(hvd.Compression.none)
     elif args.case == "clip":
         ScaleCom(clip_norm=0)
+    elif args.case == "graph_mode":
+        tf.compat.v1.disable_eager_execution()     # TF1 sessions
+        ScaleCom()
     elif args.case == "disagree":
         # Rank 1 builds ScaleCom with another beta, no relative clip (and, with
         # --clip, no clip_norm).

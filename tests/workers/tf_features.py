@@ -91,6 +91,22 @@ def main():
         hvd.remove_process_set(ps)
     elif args.case == "sum":
         dense_steps(args, out, range(hvd.size()), ScaleCom(**CFG), op=hvd.Sum)
+    elif args.case == "predivide":
+        dense_steps(args, out, range(hvd.size()), ScaleCom(**CFG), gradient_predivide_factor=2.0)
+    elif args.case == "groups":
+        dense_steps(args, out, range(hvd.size()), ScaleCom(**CFG), num_groups=2)
+    elif args.case in ("refuse_adasum", "refuse_min"):
+        op = hvd.Adasum if args.case == "refuse_adasum" else hvd.Min
+        dense_steps(args, out, range(hvd.size()), ScaleCom(**CFG), op=op)
+        raise AssertionError("the step raised nothing")
+    elif args.case == "refuse_ps_tape":
+        ps = hvd.add_process_set([0, 1])
+        dense_steps(args, out, [0, 1], ScaleCom(**CFG), process_set=ps)
+        if hvd.rank() in (0, 1):
+            raise AssertionError("the step raised nothing")
+        # Rank 2 waits here (collective) instead of exiting, which would shut
+        # Horovod down under ranks 0 and 1 before they reach the refusal.
+        hvd.remove_process_set(ps)
     else:
         raise ValueError(f"unknown case {args.case}")
 

@@ -205,6 +205,7 @@ setup(
     packages=find_packages(include=["horovod_scalecom", "horovod_scalecom.*"]),
     python_requires=">=3.9",
     install_requires=["numpy"],
+    extras_require={"plots": ["matplotlib"]},     # the benchmarks' plot scripts only
     package_data={"horovod_scalecom": ["libscalecom_cuda.so"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -17,6 +17,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from horovod_scalecom.benchmarks._pyplot import pyplot
+
 LABELS = {"dense": "dense (Horovod)", "scalecom": "ScaleCom (beta 0.1)",
           "ef": "CLT-k + classic EF (beta 1)", "topk": "local top-k + allgather"}
 
@@ -66,9 +68,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--by-n", action="store_true", help="also plot against n")
     args = parser.parse_args()
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     runs = []
     for path in args.json:

@@ -20,6 +20,7 @@ from collections import defaultdict
 import numpy as np
 
 from horovod_scalecom.config import DEFAULT_CLIP_FACTOR
+from horovod_scalecom.benchmarks._pyplot import pyplot
 
 BETAS = (0.05, 0.1, 0.2, 0.3, 1.0)
 
@@ -70,9 +71,7 @@ def main() -> None:
             regimes[regime] = json.load(f)
     print(table(regimes))
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     sizes = sorted({r["ranks"] for runs in regimes.values() for r in runs})
     fig, axes = plt.subplots(len(sizes), len(regimes), figsize=(4.2 * len(regimes), 3.4 * len(sizes)),
                              squeeze=False)

@@ -16,6 +16,7 @@ import json
 from collections import defaultdict
 
 from horovod_scalecom.benchmarks.plot_convergence import label, save
+from horovod_scalecom.benchmarks._pyplot import pyplot
 
 ORDER = ("dense", "fp16", "topk", "powersgd", "path A", "path B")
 NAMES = {"dense": "Horovod dense", "fp16": "Horovod fp16", "topk": "top-k + allgather",
@@ -59,9 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     by_rate = load(args.json)
     print(tables(by_rate))
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rates = list(by_rate)
     fig, axes = plt.subplots(len(rates), 4, figsize=(20, 4 * len(rates)), squeeze=False)

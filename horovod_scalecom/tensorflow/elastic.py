@@ -18,7 +18,9 @@ What happens to ScaleCom at each of Horovod's events:
   clip levels) beside the model and optimizer;
 - ``restore()`` (after a failed collective) brings back those of the last
   commit, the ones that belong to the restored model;
-- ``sync()`` (after every reset, on every rank of the new world) runs
+- ``sync()`` (after a reset that adds workers or follows a failure, on
+  every rank of the new world; Horovod skips it when workers were only
+  removed, and the survivors then need nothing new) runs
   ``ScaleCom.world_changed()``: the configuration check in the new world and
   rank 0's step counters for everybody, so the leaders agree. A joining rank
   starts from an empty memory; a rank that leaves takes its memory, the

@@ -117,10 +117,22 @@ def run_mpi(n: int, worker: str, outdir: Path, *args: str, timeout: float = 180,
     full_env.update(env or {})
     launcher = gloo_command(n) if gloo else mpirun_command(n)
     cmd = launcher + [sys.executable, str(WORKERS / worker), str(outdir), *args]
+    returncode, output, timed_out = run_bounded(cmd, full_env, timeout)
+    if timed_out:
+        raise AssertionError(f"{cmd[0]} -np {n} {worker} did not end within {timeout} s "
+                             f"(killed):\n{output}")
+    return Job(returncode, output, outdir, n)
+
+
+def run_bounded(cmd: list[str], env: dict[str, str],
+                timeout: float) -> tuple[int, str, bool]:
+    """(return code, output, whether it was killed): ``cmd`` in a process
+    group of its own, ended at the deadline with everything it started."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=full_env, cwd=ROOT, start_new_session=True)
+                            env=env, cwd=ROOT, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output, False
     except subprocess.TimeoutExpired:
         # SIGTERM first: horovodrun ends the workers it started in sessions of
         # their own only when it is asked to; then SIGKILL whatever is left.
@@ -130,6 +142,4 @@ def run_mpi(n: int, worker: str, outdir: Path, *args: str, timeout: float = 180,
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             output, _ = proc.communicate()
-        raise AssertionError(f"{cmd[0]} -np {n} {worker} did not end within {timeout} s "
-                             f"(killed):\n{output}")
-    return Job(proc.returncode, output, outdir, n)
+        return proc.returncode, output, True

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpi import ROOT, WORKERS, requires
+from mpi import ROOT, WORKERS, requires, run_bounded
 
 DISCOVERY = Path(__file__).resolve().parent / "elastic_hosts.sh"
 TOTAL = 300
@@ -135,23 +133,11 @@ def run_elastic(framework: str, mode: str, scenario: str, tmp: Path,
            "--mode", mode, "--scenario", scenario, "--start-np", str(np_),
            "--total", str(TOTAL)] + ([] if seed is None else ["--seed", str(seed)])
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, cwd=ROOT, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # SIGTERM first: horovodrun ends the workers it started in sessions of
-        # their own only when it is asked to; then SIGKILL whatever is left.
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            output, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-        job = ElasticJob(proc.returncode, output, outdir, time.monotonic() - start)
+    returncode, output, timed_out = run_bounded(cmd, env, timeout)
+    job = ElasticJob(returncode, output, outdir, time.monotonic() - start)
+    if timed_out:
         raise AssertionError(f"{framework} {mode} {scenario}: horovodrun did not end within "
                              f"{timeout} s (killed):\n{job.report()}")
-    job = ElasticJob(proc.returncode, output, outdir, time.monotonic() - start)
     print(f"{framework}-{mode}-{scenario}: {job.seconds:.1f} s")
     return job
 

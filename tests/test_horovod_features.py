@@ -96,6 +96,7 @@ def test_refused_with_the_argument_named(path, case, ranks, message, tmp_path):
 
 @pytest.mark.parametrize("case,n,scale,ranks", [
     ("sum", 3, 3.0, 3), ("predivide", 3, 1.0, 3), ("groups", 2, 1.0, 2), ("groups", 3, 1.0, 3),
+    ("keras_bpps", 2, 1.0, 2), ("keras_bpps", 3, 1.0, 3),
     ("process_set", 3, 1.0, 2), ("sparse", 2, 1.0, 2)])
 def test_tensorflow_features(case, n, scale, ranks, tmp_path):
     job = run_mpi(n, "tf_features.py", tmp_path, case, "--steps", str(STEPS),

@@ -50,6 +50,39 @@ def dense_steps(args, out, members, compression, **tape_kw):
     np.savez(out / f"rank{rank}.npz", **result)
 
 
+def keras_bpps(args, out):
+    """Keras DistributedOptimizer with backward_passes_per_step=2: Horovod sums
+    two passes locally, then ScaleCom and the allreduce run on that sum, on
+    the second pass of each step (SGD with lr 1 from zero: -variable is the
+    exchange's result)."""
+    import horovod.tensorflow.keras as hvd_keras
+    variables = [tf.Variable(tf.zeros(shape), name=name) for name, shape in zip(NAMES, SHAPES.values())]
+    opt = hvd_keras.DistributedOptimizer(tf.keras.optimizers.legacy.SGD(1.0),
+                                         compression=ScaleCom(**CFG), backward_passes_per_step=2)
+
+    @tf.function
+    def apply(grads):
+        # minimize(), as Keras's train step: Horovod 0.28.1 aggregates in its
+        # _compute_gradients. (apply_gradients() called directly applies each
+        # rank's local sum and drops the allreduce, with or without ScaleCom.)
+        def loss():
+            return tf.add_n([tf.reduce_sum(v * g) for v, g in zip(variables, grads)])
+        opt.minimize(loss, variables)
+
+    rank, result = hvd.rank(), {}
+    for t in range(args.steps):
+        passes = [[gradient(args.seed, rank, 2 * t + p, i, shape)
+                   for i, shape in enumerate(SHAPES.values())] for p in range(2)]
+        for v in variables:
+            v.assign(tf.zeros_like(v))
+        for grads in passes:
+            apply([tf.constant(g) for g in grads])
+        for name, v, first, second in zip(NAMES, variables, *passes):
+            result[f"in/{t}/{name}"] = first + second     # Horovod's local sum, float32
+            result[f"out/{t}/{name}"] = np.float32(0) - v.numpy()   # +0.0, not -0.0, off the indices
+    np.savez(out / f"rank{rank}.npz", **result)
+
+
 def sparse(args, out):
     table = tf.Variable(tf.zeros([300, 16]), name="table")
     compression = ScaleCom(**CFG)
@@ -84,6 +117,8 @@ def main():
     out = Path(args.outdir)
     if args.case == "sparse":
         sparse(args, out)
+    elif args.case == "keras_bpps":
+        keras_bpps(args, out)
     elif args.case == "process_set":
         members = list(range(hvd.size() - 1))
         ps = hvd.add_process_set(members)

@@ -228,4 +228,4 @@ def test_scalecom_without_its_state_is_refused(framework, tmp_path):
     job = run_elastic(framework, "unheld", "none", tmp_path)
     assert job.returncode != 0, job.report()
     errors = [p.read_text() for p in job.outdir.glob("error-*.err")]
-    assert errors and all("no elastic State holds it" in e for e in errors), job.report()
+    assert errors and all("does not hold this ScaleCom" in e for e in errors), job.report()

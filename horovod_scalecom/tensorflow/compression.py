@@ -33,7 +33,6 @@ error messages. Use one ScaleCom per tape or optimizer.
 
 from __future__ import annotations
 
-import os
 import re
 import weakref
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from horovod.tensorflow.compression import Compressor
 from horovod_scalecom import bytes_model
 from horovod_scalecom.config import (
     DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel, disagreement, positive_number)
-from horovod_scalecom.horovod_call import check_call, horovod_call
+from horovod_scalecom.horovod_call import check_call, horovod_call, in_elastic_run, unheld_error
 from horovod_scalecom.tensorflow._ops import ops
 from horovod_scalecom.tensorflow.guard import Watch, divergence
 
@@ -167,8 +166,8 @@ class ScaleCom(tf.Module, Compressor):
         self._registry = _Registry()
         self._config_checked = False
         # Under Horovod Elastic, horovod_scalecom.tensorflow.elastic's State tells
-        # ScaleCom when the world changed (world_changed) and must be there.
-        self._elastic_state = os.environ.get("HOROVOD_ELASTIC") != "1"
+        # ScaleCom when the world changed (world_changed) and must hold it.
+        self._held_by_state = False
 
     # -- Horovod's Compressor interface -------------------------------------------
 
@@ -291,12 +290,10 @@ class ScaleCom(tf.Module, Compressor):
         here, on every rank, with each rank's values. Runs eagerly
         (tf.init_scope) while the step is traced, which every rank does at the
         same point of its first step."""
-        if not self._elastic_state:
-            raise RuntimeError(
-                "ScaleCom runs under Horovod Elastic (HOROVOD_ELASTIC=1) but no elastic State "
-                "holds it: after a reset its leaders and configuration would belong to the old "
-                "world. Use horovod_scalecom.tensorflow.elastic.TensorFlowKerasState(model, "
-                "scalecom=compression, ...) in place of hvd.elastic.TensorFlowKerasState.")
+        if not self._held_by_state and in_elastic_run():
+            # When a step is traced: a step traced before hvd.elastic.run (Keras's
+            # one-batch fit that builds the optimizer's slots) is not checked.
+            raise unheld_error("horovod_scalecom.tensorflow.elastic.TensorFlowKerasState")
         if self._config_checked or self.process_set.size() == 1:
             return
         self._config_checked = True
@@ -338,7 +335,7 @@ class ScaleCom(tf.Module, Compressor):
         if self.process_set.process_set_id != 0:
             raise ValueError("ScaleCom under Horovod Elastic runs over every rank; "
                              "process sets are not supported there")
-        self._elastic_state = True
+        self._held_by_state = True
         self._config_checked = False
         mine = {key: int(v.numpy()) for key, v in self.steps.items()}
         steps = hvd.broadcast_object(mine, root_rank=0, name="scalecom_elastic_steps")

@@ -64,7 +64,7 @@ from horovod_scalecom import bytes_model
 from horovod_scalecom.config import (
     DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel, disagreement)
 from horovod_scalecom.horovod_call import (
-    HorovodCall, check_call, describe_process_set, horovod_call)
+    HorovodCall, check_call, describe_process_set, horovod_call, in_elastic_run, unheld_error)
 from horovod_scalecom.ring import open_index_share
 from horovod_scalecom.schedule import leader
 from horovod_scalecom.torch._cuda import CudaOps
@@ -181,8 +181,9 @@ class ScaleCom(Compressor):
         self._leaked: list[torch.Tensor] = []     # receive buffers of timed-out shares
         self._watch = Watch(self.config)     # the relative clip and the divergence guard
         # Under Horovod Elastic the world changes; horovod_scalecom.torch.elastic's
-        # TorchState tells ScaleCom when (world_changed) and must be there.
-        self._elastic_state = os.environ.get("HOROVOD_ELASTIC") != "1"
+        # TorchState tells ScaleCom when (world_changed) and must hold it.
+        self._elastic = os.environ.get("HOROVOD_ELASTIC") == "1"
+        self._held_by_state = False
 
     # -- Horovod's Compressor interface -------------------------------------------
 
@@ -312,7 +313,7 @@ class ScaleCom(Compressor):
         if self.process_set.process_set_id != 0:
             raise ValueError("ScaleCom under Horovod Elastic runs over every rank; "
                              "process sets are not supported there")
-        self._elastic_state = True
+        self._held_by_state = True
         self._config_checked = False
         self._index_share = None     # Elastic runs on Gloo: Horovod's broadcast carries them
         self._last.clear()
@@ -427,12 +428,9 @@ class ScaleCom(Compressor):
         unrelated tensors, or one rank would wait for a collective the others
         never start; caught here, the error names the difference. Every rank's
         first compress makes this call, whichever tensor it is at."""
-        if not self._elastic_state:
-            raise RuntimeError(
-                "ScaleCom runs under Horovod Elastic (HOROVOD_ELASTIC=1) but no elastic State "
-                "holds it: after a reset its leaders and configuration would belong to the old "
-                "world. Use horovod_scalecom.torch.elastic.TorchState(model=..., optimizer=..., "
-                "scalecom=compression) in place of hvd.elastic.TorchState.")
+        if self._elastic and not self._held_by_state and in_elastic_run():
+            # Every step: a first step before hvd.elastic.run (no State yet) is fine.
+            raise unheld_error("horovod_scalecom.torch.elastic.TorchState")
         if self._config_checked or self.process_set.size() == 1:
             return
         self._config_checked = True

@@ -267,3 +267,12 @@ def test_keras_fit_with_ring_optimizer(tmp_path):
                   timeout=300).check_ok()
     job.assert_ranks_equal("w")
     assert int(job.result(0)["ring_bytes"]) > 0
+
+
+def test_ring_under_gloo_is_refused_when_built(tmp_path):
+    # The ring is an MPI communicator; Gloo (and so Elastic) has none. The
+    # message names the Compressor path, which runs there.
+    job = run_mpi(2, "torch_ring.py", tmp_path, "sequence", "--steps", "2", timeout=240,
+                  gloo=True)
+    job.assert_error_on_every_rank("Use hvd.DistributedOptimizer(..., compression=ScaleCom(...)) "
+                                   "there")

@@ -44,6 +44,12 @@ from horovod_scalecom.torch.compression import ScaleCom
 
 
 
+# The module of Horovod's own wrapper class: hvd.broadcast_optimizer_state
+# recognises a distributed optimizer by it (Horovod 0.28.1). Written out, so
+# that a wrapper of hvd.DistributedOptimizer cannot change what is read.
+HOROVOD_OPTIMIZER_MODULE = "horovod.torch.optimizer"
+
+
 class _Group:
     """Parameters whose gradients the ring exchanges together, and how far
     this step has got with them."""
@@ -88,6 +94,8 @@ class _RingOptimizer(torch.optim.Optimizer):
                     if id(p) not in by_id:
                         raise ValueError("an optimizer parameter is not in named_parameters")
                     self._params.append((by_id[id(p)], p))
+        # Horovod's own table, which Horovod's tests and some user code read.
+        self._parameter_names = {p: name for name, p in self._params}
         unknown = [n for n, _ in self._params if n not in compression._states]
         if unknown:
             raise ValueError(f"ScaleCom was not given these parameters: {', '.join(unknown)}")
@@ -142,6 +150,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         self._held: list[Any] = []     # what the engine reads and writes until wait()
         self._on_gpu: bool | None = None
         self._python_s = 0.0           # seconds of Python spent starting groups
+        self._densified: list[torch.Tensor] = []   # sparse_as_dense: made sparse again at the end
 
     def _gradient_ready(self, p: torch.Tensor) -> None:
         """Backward accumulated p's gradient: on its last pass of the step, the
@@ -188,6 +197,7 @@ class _RingOptimizer(torch.optim.Optimizer):
                                      "exchanges dense gradients: pass sparse_as_dense=True "
                                      "(or use a dense embedding, sparse=False)")
                 p.grad = p.grad.to_dense()
+                self._densified.append(p)
             state = compression._states[name]
             t = state.step
             state.step += 1
@@ -237,6 +247,10 @@ class _RingOptimizer(torch.optim.Optimizer):
             result = hvd.synchronize(handle)
             if result is not p.grad:
                 p.grad.copy_(result)
+        for p in self._densified:
+            # As Horovod: the optimizer gets the sparse kind of gradient it was
+            # made for (SparseAdam refuses dense ones).
+            p.grad = p.grad.to_sparse()
         end = time.perf_counter()
         self._last = self._figures(ring_bytes, timings, {
             "start_s": started - begin, "ring_wait_s": ring_done - started,
@@ -464,7 +478,7 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
     # optimizer only (a step of this one on the ranks without optimizer state
     # would start an exchange the others never join).
     cls = type(optimizer.__class__.__name__, (optimizer.__class__,),
-               dict(_RingOptimizer.__dict__, __module__=hvd.DistributedOptimizer.__module__))
+               dict(_RingOptimizer.__dict__, __module__=HOROVOD_OPTIMIZER_MODULE))
     return cls(optimizer.param_groups, named_parameters, compression,
                backward_passes_per_step, op, groups if groups is not None else (num_groups or None),
                bucket_cap_mb, sparse_as_dense)

@@ -10,7 +10,7 @@ compares the second. Cases:
 - ``order``: the ranks hand their gradients over in different orders (the
   loss sums them in a rank-dependent order), and some parameters get no
   gradient on some ranks at some steps (Horovod's force-allreduce sends zeros).
-- ``sparse``: an nn.Embedding(sparse=True) with sparse_as_dense=True.
+- ``sparse``: an nn.Embedding(sparse=True) with sparse_as_dense=True and SparseAdam.
 - ``sum``, ``predivide``: op=hvd.Sum; gradient_predivide_factor=2.
 - ``process_set``: the optimizer and ScaleCom over the process set of ranks
   0..n-2; the last rank trains nothing.
@@ -33,10 +33,10 @@ from torch_compressor import Params
 CFG = dict(ratio=0.05, beta=0.1, min_numel=100)
 
 
-def make_optimizer(args, model, compression, **kw):
-    sgd = torch.optim.SGD(model.parameters(), lr=0.0)
+def make_optimizer(args, model, compression, base=None, **kw):
+    base = base or torch.optim.SGD(model.parameters(), lr=0.0)
     wrap = hvd.DistributedOptimizer if args.path == "a" else DistributedOptimizer
-    return wrap(sgd, named_parameters=model.named_parameters(), compression=compression, **kw)
+    return wrap(base, named_parameters=model.named_parameters(), compression=compression, **kw)
 
 
 def missing(rank: int, step: int, index: int) -> bool:
@@ -74,10 +74,12 @@ def train(args, out, model, opt, members):
 
 
 def sparse(args, out):
-    """An embedding with sparse gradients, densified by Horovod's sparse_as_dense."""
+    """An embedding with sparse gradients, densified by Horovod's sparse_as_dense
+    and made sparse again for SparseAdam, which takes no other kind."""
     torch.manual_seed(0)
     emb = torch.nn.Embedding(300, 16, sparse=True)
-    opt = make_optimizer(args, emb, ScaleCom(emb, **CFG), sparse_as_dense=True)
+    opt = make_optimizer(args, emb, ScaleCom(emb, **CFG), sparse_as_dense=True,
+                         base=torch.optim.SparseAdam(emb.parameters(), lr=1e-3))
     result = {}
     for step in range(args.steps):
         # Distinct rows: the densified gradient is then exactly `dense`.
@@ -89,7 +91,8 @@ def sparse(args, out):
         opt.synchronize()
         result[f"in/{step}/weight"] = dense.numpy()
         grad = emb.weight.grad
-        result[f"out/{step}/weight"] = (grad.to_dense() if grad.is_sparse else grad).numpy().copy()
+        assert grad.is_sparse, "the averaged gradient of a sparse embedding came back dense"
+        result[f"out/{step}/weight"] = grad.to_dense().numpy().copy()
         with opt.skip_synchronize():
             opt.step()
     np.savez(out / f"rank{hvd.rank()}.npz", **result)

@@ -121,3 +121,11 @@ def test_tensorflow_refused_with_the_argument_named(case, ranks, message, tmp_pa
     errors = [job.error(r) or "" for r in range(n)]
     assert sum(message in e for e in errors) >= ranks, errors
     assert not any("raised nothing" in e for e in errors), errors
+
+
+def test_join_is_not_supported_and_ends_in_an_error_naming_it(tmp_path):
+    # Rank 1 joins after one step; rank 0 waits for the indices rank 1 leads
+    # and raises at share_timeout (10 s here) instead of hanging.
+    job = run_mpi(2, "torch_features.py", tmp_path, "join", timeout=180)
+    assert job.returncode != 0
+    assert "hvd.join()" in (job.error(0) or ""), job.output

@@ -121,6 +121,21 @@ def refuse(args):
     raise AssertionError(f"{args.case} raised nothing on rank {hvd.rank()}")
 
 
+def join(args):
+    """Rank 1 calls hvd.join() after one step while rank 0 trains on: rank 0
+    must not wait forever for the indices rank 1 leads."""
+    model = Params(SHAPES, torch.float32)
+    opt = make_optimizer(args, model, ScaleCom(model, **CFG, share_timeout=10))
+    for step in range(4 if hvd.rank() == 0 else 1):
+        grads = [torch.from_numpy(gradient(0, hvd.rank(), step, i, tuple(p.shape)))
+                 for i, p in enumerate(model.parameters())]
+        opt.zero_grad()
+        model.loss(grads).backward()
+        opt.step()
+    hvd.join()
+    raise AssertionError(f"join raised nothing on rank {hvd.rank()}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("outdir")
@@ -135,6 +150,8 @@ def main():
     out = Path(args.outdir)
     if args.case.startswith("refuse"):
         refuse(args)
+    elif args.case == "join":
+        join(args)
     elif args.case == "sparse":
         sparse(args, out)
     else:

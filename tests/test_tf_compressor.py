@@ -123,6 +123,7 @@ def test_tape_loop_ranks_agree(tmp_path):
     ("callback", [], "needs the ScaleCom instance"),
     ("clip", [], "clip_norm must be a positive number"),
     ("graph_mode", [], "TF1 graph mode (tf.compat.v1.disable_eager_execution, sessions) is not"),
+    ("ring_arguments", [], "DistributedGradientTape does not take op: the ring averages"),
 ])
 def test_bad_configuration_fails_clearly(case, args, message, tmp_path):
     job = run_mpi(2, "tf_compressor.py", tmp_path, "bad", "--case", case, *args, timeout=180)

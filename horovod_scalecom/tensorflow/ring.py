@@ -14,7 +14,7 @@ allreduce and the ring.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -22,6 +22,16 @@ import horovod.tensorflow as hvd
 
 from horovod_scalecom.ring import close_at_exit, load_ring
 from horovod_scalecom.tensorflow.compression import COMPRESSIBLE_DTYPES, ScaleCom
+
+
+def refuse_horovod_arguments(ours: str, horovods: str, given: dict[str, Any]) -> None:
+    """The ring takes none of Horovod's wrapper arguments: each is refused by
+    name, with the wrapper that does take it."""
+    if given:
+        names = ", ".join(sorted(given))
+        raise TypeError(f"{ours} does not take {names}: the ring averages over every rank "
+                        f"and runs no Horovod allreduce for them. Use {horovods}(..., {names}, "
+                        "compression=ScaleCom(...)) for those.")
 
 
 class RingExchange:
@@ -139,7 +149,9 @@ class DistributedGradientTape(tf.GradientTape):
     """
 
     def __init__(self, gradtape: tf.GradientTape, compression: ScaleCom,
-                 timeout: float = 120.0) -> None:
+                 timeout: float = 120.0, **horovod_arguments: Any) -> None:
+        refuse_horovod_arguments("horovod_scalecom.tensorflow.DistributedGradientTape",
+                                 "hvd.DistributedGradientTape", horovod_arguments)
         super().__init__(gradtape._persistent, gradtape._watch_accessed_variables)
         self._tape = gradtape._tape
         self._recording = gradtape._recording

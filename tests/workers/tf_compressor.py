@@ -175,6 +175,10 @@ def bad(args, out):
         ScaleComCallback(hvd.Compression.none)
     elif args.case == "clip":
         ScaleCom(clip_norm=0)
+    elif args.case == "ring_arguments":
+        with tf.GradientTape() as tape:
+            pass
+        DistributedGradientTape(tape, ScaleCom(), op=hvd.Sum)
     elif args.case == "graph_mode":
         tf.compat.v1.disable_eager_execution()     # TF1 sessions
         ScaleCom()

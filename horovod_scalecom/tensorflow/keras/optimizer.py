@@ -3,14 +3,17 @@ through ScaleCom's compressed ring allreduce (see horovod_scalecom.tensorflow.ri
 
 from __future__ import annotations
 
+from typing import Any
+
 import tensorflow as tf
 
 from horovod_scalecom.tensorflow.compression import ScaleCom
-from horovod_scalecom.tensorflow.ring import RingExchange
+from horovod_scalecom.tensorflow.ring import RingExchange, refuse_horovod_arguments
 
 
 def DistributedOptimizer(optimizer: tf.keras.optimizers.Optimizer, compression: ScaleCom,
-                         timeout: float = 120.0) -> tf.keras.optimizers.Optimizer:
+                         timeout: float = 120.0,
+                         **horovod_arguments: Any) -> tf.keras.optimizers.Optimizer:
     """Wraps a Keras optimizer like ``horovod.tensorflow.keras.DistributedOptimizer``,
     averaging gradients in ``apply_gradients`` with path B.
 
@@ -18,6 +21,8 @@ def DistributedOptimizer(optimizer: tf.keras.optimizers.Optimizer, compression: 
             tf.keras.optimizers.SGD(0.1), compression=ScaleCom(ratio=0.01))
         model.compile(opt, ...)
     """
+    refuse_horovod_arguments("horovod_scalecom.tensorflow.keras.DistributedOptimizer",
+                             "horovod.tensorflow.keras.DistributedOptimizer", horovod_arguments)
     exchange = RingExchange(compression, timeout)
     base = optimizer.__class__
 

@@ -47,8 +47,11 @@ def main():
         compression=compression)
     model.compile(optimizer=opt, metrics=["accuracy"],
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    # One step builds the optimizer's slots, which the State copies (Horovod's example).
-    model.fit(x[:BATCH], y[:BATCH], batch_size=BATCH, verbose=0)
+    # The optimizer's slots must exist before the State copies them. Horovod's
+    # example trains one batch for that; with ScaleCom that step would be a
+    # collective outside hvd.elastic.run, which a joining worker runs alone
+    # (and ScaleCom refuses), so the slots are made directly.
+    opt._create_all_weights(model.trainable_variables)
     state = KerasState(model, scalecom=compression, batch=0, epoch=0)
 
     def rescale_lr():

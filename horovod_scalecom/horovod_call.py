@@ -20,7 +20,6 @@ nothing is checked. Horovod 0.28.1 is the release this was written against.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -128,19 +127,11 @@ def check_call(call: HorovodCall, hvd: Any, process_set: Any) -> None:
             "hvd.DistributedOptimizer(..., process_set=ps).")
 
 
-def in_elastic_run() -> bool:
-    """Inside ``hvd.elastic.run`` (Horovod has registered a State for host
-    updates), where the world may change under a ScaleCom. Read from Horovod
-    0.28.1's notification manager, which holds the running States."""
-    if os.environ.get("HOROVOD_ELASTIC") != "1":
-        return False
-    from horovod.common.elastic import notification_manager
-    return bool(getattr(notification_manager, "_listeners", ()))
-
-
 def unheld_error(state_class: str) -> RuntimeError:
-    """ScaleCom inside hvd.elastic.run without a State that carries it."""
+    """ScaleCom under Horovod Elastic, exchanging outside a State that carries it."""
     return RuntimeError(
-        "ScaleCom runs inside hvd.elastic.run, but the State given to it does not hold this "
-        "ScaleCom: after a reset its leaders and configuration would belong to the old world. "
-        f"Use {state_class}(..., scalecom=compression) in place of Horovod's State.")
+        "ScaleCom runs under Horovod Elastic (HOROVOD_ELASTIC=1) but no State holds it: after "
+        "a reset its leaders and configuration would belong to the old world. Use "
+        f"{state_class}(..., scalecom=compression) in place of Horovod's State, and exchange "
+        "only inside hvd.elastic.run (a step before it is a collective that a joining worker "
+        "would run alone).")

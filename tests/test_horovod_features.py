@@ -109,9 +109,10 @@ def test_tensorflow_features(case, n, scale, ranks, tmp_path):
 
 
 @pytest.mark.parametrize("case,ranks,message", [
-    ("refuse_adasum", 3, "op=hvd.Adasum is not supported; ScaleCom averages or sums"),
-    ("refuse_min", 3, "op=hvd.Min is not supported; ScaleCom averages or sums"),
-    ("refuse_ps_tape", 2, "the optimizer reduces over the process set of ranks [0, 1]"),
+    # At least one rank: mpirun may end the others before they write theirs.
+    ("refuse_adasum", 1, "op=hvd.Adasum is not supported; ScaleCom averages or sums"),
+    ("refuse_min", 1, "op=hvd.Min is not supported; ScaleCom averages or sums"),
+    ("refuse_ps_tape", 1, "the optimizer reduces over the process set of ranks [0, 1]"),
 ])
 def test_tensorflow_refused_with_the_argument_named(case, ranks, message, tmp_path):
     # Inside tf.function, where autograph runs converted copies of Horovod's code.

@@ -164,3 +164,9 @@ def test_ring_under_gloo_is_refused_when_built(tmp_path):
     job = run_mpi(2, "tf_compressor.py", tmp_path, "ring_sequence", "--steps", "2",
                   timeout=300, gloo=True)
     job.assert_error_on_every_rank("needs Horovod on MPI (its ring is an MPI communicator)")
+
+
+def test_elastic_restore_of_a_snapshot_taken_before_the_first_trace(tmp_path):
+    # hvd.elastic.run restores the last commit after a failure; the first
+    # commit (the State's own snapshot) comes before any gradient was traced.
+    run_mpi(2, "tf_restore.py", tmp_path, timeout=180).check_ok()

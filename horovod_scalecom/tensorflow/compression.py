@@ -33,6 +33,7 @@ error messages. Use one ScaleCom per tape or optimizer.
 
 from __future__ import annotations
 
+import os
 import re
 import weakref
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from horovod.tensorflow.compression import Compressor
 from horovod_scalecom import bytes_model
 from horovod_scalecom.config import (
     DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel, disagreement, positive_number)
-from horovod_scalecom.horovod_call import check_call, horovod_call, in_elastic_run, unheld_error
+from horovod_scalecom.horovod_call import check_call, horovod_call, unheld_error
 from horovod_scalecom.tensorflow._ops import ops
 from horovod_scalecom.tensorflow.guard import Watch, divergence
 
@@ -81,6 +82,8 @@ class _Registry:
         self.offsets: dict[str, int] = {}
         # Rank 0's step counters after an Elastic reset, for gradients not traced yet.
         self.initial_steps: dict[str, int] = {}
+        # Each gradient's variables as they were made (restore() of a later snapshot).
+        self.initial: dict[Any, tf.Tensor] = {}
         self._seen = weakref.WeakKeyDictionary()
 
     def record(self, offset: int, shape: tf.TensorShape) -> str:
@@ -290,9 +293,9 @@ class ScaleCom(tf.Module, Compressor):
         here, on every rank, with each rank's values. Runs eagerly
         (tf.init_scope) while the step is traced, which every rank does at the
         same point of its first step."""
-        if not self._held_by_state and in_elastic_run():
-            # When a step is traced: a step traced before hvd.elastic.run (Keras's
-            # one-batch fit that builds the optimizer's slots) is not checked.
+        if os.environ.get("HOROVOD_ELASTIC") == "1" and not self._held_by_state:
+            # When a step is traced; the State's sync (world_changed) runs first
+            # thing in hvd.elastic.run.
             raise unheld_error("horovod_scalecom.tensorflow.elastic.TensorFlowKerasState")
         if self._config_checked or self.process_set.size() == 1:
             return
@@ -322,7 +325,7 @@ class ScaleCom(tf.Module, Compressor):
         after it) go back to the values they were made with."""
         for v in self.variables:
             saved = snapshot.get(v.ref())
-            v.assign(v.initial_value if saved is None else saved)
+            v.assign(self._registry.initial[v.ref()] if saved is None else saved)
 
     def world_changed(self) -> None:
         """Horovod Elastic changed the world: collective, eager, on every rank
@@ -364,6 +367,11 @@ class ScaleCom(tf.Module, Compressor):
                 self.nonfinite[key] = tf.Variable(tf.constant(0, tf.int64), trainable=False,
                                                   name=f"nonfinite_{var_name}")
                 self.watch[key] = Watch(f"watch_{var_name}", tensor_name)
+                # What restore() goes back to for a variable made after a snapshot
+                # (an eager variable keeps no initial_value).
+                for v in (self.memory[key], self.steps[key], self.nonfinite[key],
+                          *self.watch[key].variables):
+                    self._registry.initial[v.ref()] = tf.identity(v)
         return entries[key]
 
     def tensors(self) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """ScaleCom under Horovod Elastic (TensorFlow/Keras): the memory follows the State.
 
 Use this TensorFlowKerasState in place of ``hvd.elastic.TensorFlowKerasState``
-(Keras: ``hvd.elastic.KerasState``, the same class) and hand it the
+(Keras: ``KerasState``, which passes Keras's backend, as Horovod's) and hand it the
 compression; Horovod's Keras elastic callbacks work with it as they are::
 
     compression = ScaleCom(ratio=0.01)

@@ -24,9 +24,21 @@ from horovod_scalecom.ring import close_at_exit, load_ring
 from horovod_scalecom.tensorflow.compression import COMPRESSIBLE_DTYPES, ScaleCom
 
 
+# The arguments of Horovod 0.28.1's DistributedGradientTape and Keras
+# DistributedOptimizer (beyond the compression).
+HOROVOD_ARGUMENTS = frozenset((
+    "device_dense", "device_sparse", "sparse_as_dense", "op", "gradient_predivide_factor",
+    "num_groups", "groups", "process_set", "scale_local_gradients", "name",
+    "backward_passes_per_step", "average_aggregated_gradients"))
+
+
 def refuse_horovod_arguments(ours: str, horovods: str, given: dict[str, Any]) -> None:
     """The ring takes none of Horovod's wrapper arguments: each is refused by
-    name, with the wrapper that does take it."""
+    name, with the wrapper that does take it; anything else is a plain
+    unexpected keyword."""
+    unknown = sorted(set(given) - HOROVOD_ARGUMENTS)
+    if unknown:
+        raise TypeError(f"{ours} got an unexpected keyword argument {unknown[0]!r}")
     if given:
         names = ", ".join(sorted(given))
         raise TypeError(f"{ours} does not take {names}: the ring averages over every rank "
@@ -45,7 +57,8 @@ class RingExchange:
                              "over every rank; for a process set use "
                              "hvd.DistributedGradientTape(..., process_set=ps) with "
                              "compression=ScaleCom(process_set=ps)")
-        if hvd.size() > 1 and (not hvd.mpi_enabled() or os.environ.get("HOROVOD_ELASTIC") == "1"):
+        # Elastic whatever the size now: a job started on one worker may grow.
+        if os.environ.get("HOROVOD_ELASTIC") == "1" or (hvd.size() > 1 and not hvd.mpi_enabled()):
             raise ValueError("horovod_scalecom.tensorflow.DistributedGradientTape needs Horovod "
                              "on MPI (its ring is an MPI communicator); this job runs on Gloo or "
                              "under Elastic. Use hvd.DistributedGradientTape(..., "

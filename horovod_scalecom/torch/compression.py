@@ -64,7 +64,7 @@ from horovod_scalecom import bytes_model
 from horovod_scalecom.config import (
     DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel, disagreement)
 from horovod_scalecom.horovod_call import (
-    HorovodCall, check_call, describe_process_set, horovod_call, in_elastic_run, unheld_error)
+    HorovodCall, check_call, describe_process_set, horovod_call, unheld_error)
 from horovod_scalecom.ring import open_index_share
 from horovod_scalecom.schedule import leader
 from horovod_scalecom.torch._cuda import CudaOps
@@ -428,8 +428,8 @@ class ScaleCom(Compressor):
         unrelated tensors, or one rank would wait for a collective the others
         never start; caught here, the error names the difference. Every rank's
         first compress makes this call, whichever tensor it is at."""
-        if self._elastic and not self._held_by_state and in_elastic_run():
-            # Every step: a first step before hvd.elastic.run (no State yet) is fine.
+        if self._elastic and not self._held_by_state:
+            # TorchState's sync (world_changed) runs first thing in hvd.elastic.run.
             raise unheld_error("horovod_scalecom.torch.elastic.TorchState")
         if self._config_checked or self.process_set.size() == 1:
             return

@@ -463,7 +463,8 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                          "supported (the ring runs over every rank); for a process set use "
                          "hvd.DistributedOptimizer(..., process_set=ps) with "
                          "compression=ScaleCom(..., process_set=ps)")
-    if hvd.size() > 1 and (not hvd.mpi_enabled() or os.environ.get("HOROVOD_ELASTIC") == "1"):
+    # Elastic whatever the size now: a job started on one worker may grow.
+    if os.environ.get("HOROVOD_ELASTIC") == "1" or (hvd.size() > 1 and not hvd.mpi_enabled()):
         raise ValueError("horovod_scalecom.torch.DistributedOptimizer needs Horovod on MPI (its "
                          "ring is an MPI communicator); this job runs on Gloo or under Elastic. "
                          "Use hvd.DistributedOptimizer(..., compression=ScaleCom(...)) there.")

@@ -94,3 +94,13 @@ def open_index_share(tensors: int,
         return None
     close_at_exit(engine, then)
     return engine
+
+
+def refuse_without_mpi(ours: str, instead: str, size: int, mpi_enabled: bool) -> None:
+    """The ring is an MPI communicator: refused when it is built under Gloo,
+    and under Elastic whatever the size now (a job started on one worker may
+    grow), with the Horovod wrapper that runs ScaleCom there."""
+    if os.environ.get("HOROVOD_ELASTIC") == "1" or (size > 1 and not mpi_enabled):
+        raise ValueError(f"{ours} needs Horovod on MPI (its ring is an MPI communicator); this "
+                         f"job runs on Gloo or under Elastic. Use {instead}(..., "
+                         "compression=ScaleCom(...)) there.")

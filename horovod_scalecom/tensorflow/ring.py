@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 import horovod.tensorflow as hvd
 
-from horovod_scalecom.ring import close_at_exit, load_ring
+from horovod_scalecom.ring import close_at_exit, load_ring, refuse_without_mpi
 from horovod_scalecom.tensorflow.compression import COMPRESSIBLE_DTYPES, ScaleCom
 
 
@@ -57,12 +57,8 @@ class RingExchange:
                              "over every rank; for a process set use "
                              "hvd.DistributedGradientTape(..., process_set=ps) with "
                              "compression=ScaleCom(process_set=ps)")
-        # Elastic whatever the size now: a job started on one worker may grow.
-        if os.environ.get("HOROVOD_ELASTIC") == "1" or (hvd.size() > 1 and not hvd.mpi_enabled()):
-            raise ValueError("horovod_scalecom.tensorflow.DistributedGradientTape needs Horovod "
-                             "on MPI (its ring is an MPI communicator); this job runs on Gloo or "
-                             "under Elastic. Use hvd.DistributedGradientTape(..., "
-                             "compression=ScaleCom(...)) there.")
+        refuse_without_mpi("horovod_scalecom.tensorflow.DistributedGradientTape",
+                           "hvd.DistributedGradientTape", hvd.size(), hvd.mpi_enabled())
         self.compression = compression
         self.timeout = timeout
         self._engine = None

@@ -26,7 +26,6 @@ through CUDA-aware MPI or pinned host staging).
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import warnings
 import weakref
@@ -38,7 +37,7 @@ import horovod.torch as hvd
 from horovod_scalecom import bytes_model
 from horovod_scalecom.buckets import DEFAULT_BUCKET_CAP_MB, make_groups
 from horovod_scalecom.cuda import GRAD_TYPES
-from horovod_scalecom.ring import close_at_exit, device_transport, load_ring
+from horovod_scalecom.ring import close_at_exit, device_transport, load_ring, refuse_without_mpi
 from horovod_scalecom.torch._exit import horovod_barrier
 from horovod_scalecom.torch.compression import ScaleCom
 
@@ -463,11 +462,8 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                          "supported (the ring runs over every rank); for a process set use "
                          "hvd.DistributedOptimizer(..., process_set=ps) with "
                          "compression=ScaleCom(..., process_set=ps)")
-    # Elastic whatever the size now: a job started on one worker may grow.
-    if os.environ.get("HOROVOD_ELASTIC") == "1" or (hvd.size() > 1 and not hvd.mpi_enabled()):
-        raise ValueError("horovod_scalecom.torch.DistributedOptimizer needs Horovod on MPI (its "
-                         "ring is an MPI communicator); this job runs on Gloo or under Elastic. "
-                         "Use hvd.DistributedOptimizer(..., compression=ScaleCom(...)) there.")
+    refuse_without_mpi("horovod_scalecom.torch.DistributedOptimizer", "hvd.DistributedOptimizer",
+                       hvd.size(), hvd.mpi_enabled())
     if gradient_predivide_factor != 1.0:
         raise ValueError("horovod_scalecom.torch.DistributedOptimizer: gradient_predivide_factor "
                          f"={gradient_predivide_factor!r} is not supported (the ring averages); "

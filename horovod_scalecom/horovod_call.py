@@ -36,6 +36,7 @@ class HorovodCall:
     op: Any
     process_set: Any
     param: Any = None
+    owner: Any = None   # torch: the Horovod optimizer making the call
 
 
 def horovod_call(depth: int = 2) -> HorovodCall | None:
@@ -76,7 +77,7 @@ def _read(function: str, local: dict[str, Any]) -> HorovodCall | None:
                    else local.get("process_set", _MISSING))
     if op is _MISSING or process_set is _MISSING:
         return None
-    return HorovodCall(function, op, process_set, local.get("p"))
+    return HorovodCall(function, op, process_set, local.get("p"), owner)
 
 
 def same_process_set(a: Any, b: Any) -> bool:

@@ -54,12 +54,41 @@ def test_different_hand_over_orders_and_missing_gradients(path, n, tmp_path):
     check(job, range(n), path, exact=(path == "b" or n == 2))
 
 
+@pytest.mark.parametrize("launcher", ["mpirun", "gloo"])
+def test_different_orders_through_horovods_broadcast(launcher, tmp_path):
+    # The index share as Horovod's broadcast (Gloo, Elastic, process sets):
+    # from 3 ranks, a rank waiting for one tensor's indices must not keep
+    # another's broadcast from completing.
+    job = run_mpi(3, "torch_features.py", tmp_path, "order", "--steps", str(STEPS),
+                  env={"HOROVOD_SCALECOM_INDEX_SHARE": "horovod"},
+                  gloo=(launcher == "gloo"), timeout=240).check_ok()
+    check(job, range(3), "a", exact=False)
+
+
 @pytest.mark.parametrize("n", [2, 3])
 @pytest.mark.parametrize("path", ["a", "b"])
 def test_sparse_as_dense(path, n, tmp_path):
     job = run_mpi(n, "torch_features.py", tmp_path, "sparse", "--path", path,
                   "--steps", str(STEPS), timeout=240).check_ok()
     check(job, range(n), path, exact=(path == "b" or n == 2))
+
+
+@pytest.mark.parametrize("share", ["mpi", "horovod"])
+def test_sparse_gradient_without_sparse_as_dense_goes_around_with_a_warning(share, tmp_path):
+    # Horovod's sparse allgather carries the embedding (never ScaleCom): the
+    # mean, uncompressed, and a warning on every rank; with the broadcast share
+    # on 3 ranks no receive is left waiting for it.
+    job = run_mpi(3, "torch_features.py", tmp_path, "sparse_bypass", "--steps", str(STEPS),
+                  env={"HOROVOD_SCALECOM_INDEX_SHARE": share}, timeout=240).check_ok()
+    for r in range(3):
+        assert job.result(r)["warned"][0], f"rank {r} did not warn about the sparse gradient"
+        assert job.result(r)["open_receives"][0] == 0, f"rank {r} kept a receive open"
+    check(job, range(3), "a", exact=False, names=["w"])
+    results = [job.result(r) for r in range(3)]
+    for step in range(STEPS):
+        mean = np.mean([res[f"in/{step}/emb"] for res in results], 0)
+        for res in results:
+            np.testing.assert_allclose(res[f"out/{step}/emb"], mean, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -78,16 +107,20 @@ def test_process_set(tmp_path):
     check(job, range(2), "a")
 
 
-@pytest.mark.parametrize("path,case,ranks,message", [
-    ("a", "refuse_adasum", 2, "op=hvd.Adasum exchanges the parameters' updates"),
-    ("a", "refuse_min", 2, "op=hvd.Min is not supported; ScaleCom averages or sums"),
-    ("a", "refuse_ps_optimizer", 2, "the optimizer reduces over the process set of ranks [0, 1]"),
-    ("a", "refuse_ps_scalecom", 3, "ScaleCom was built for the process set of ranks [0, 1]"),
-    ("b", "refuse_adasum", 2, "op must be hvd.Average"),
-    ("b", "refuse_ps_ring", 2, "process_set"),
+@pytest.mark.parametrize("path,case,n,ranks,message", [
+    ("a", "refuse_adasum", 2, 1, "op=hvd.Adasum exchanges the parameters' updates"),
+    ("a", "refuse_adasum", 3, 2, "op=hvd.Adasum exchanges the parameters' updates"),
+    ("a", "refuse_min", 2, 1, "op=hvd.Min is not supported; ScaleCom averages or sums"),
+    ("a", "refuse_min", 3, 2, "op=hvd.Min is not supported; ScaleCom averages or sums"),
+    # A process set of ranks 0..n-2 needs 3 ranks to be a set of more than one.
+    ("a", "refuse_ps_optimizer", 3, 2,
+     "the optimizer reduces over the process set of ranks [0, 1]"),
+    ("a", "refuse_ps_scalecom", 3, 3, "ScaleCom was built for the process set of ranks [0, 1]"),
+    ("b", "refuse_adasum", 2, 1, "op must be hvd.Average"),
+    ("b", "refuse_adasum", 3, 2, "op must be hvd.Average"),
+    ("b", "refuse_ps_ring", 3, 2, "process_set"),
 ])
-def test_refused_with_the_argument_named(path, case, ranks, message, tmp_path):
-    n = 3
+def test_refused_with_the_argument_named(path, case, n, ranks, message, tmp_path):
     job = run_mpi(n, "torch_features.py", tmp_path, case, "--path", path, timeout=180)
     assert job.returncode != 0
     errors = [job.error(r) or "" for r in range(n)]
@@ -100,7 +133,7 @@ def test_refused_with_the_argument_named(path, case, ranks, message, tmp_path):
     ("sum", 2, 2.0, 2), ("sum", 3, 3.0, 3), ("predivide", 2, 1.0, 2), ("predivide", 3, 1.0, 3),
     ("groups", 2, 1.0, 2), ("groups", 3, 1.0, 3), ("keras_bpps", 2, 1.0, 2),
     ("keras_bpps", 3, 1.0, 3), ("process_set", 3, 1.0, 2), ("sparse", 2, 1.0, 2),
-    ("sparse", 3, 1.0, 3)])
+    ("sparse", 3, 1.0, 3), ("order", 2, 1.0, 2), ("order", 3, 1.0, 3)])
 def test_tensorflow_features(case, n, scale, ranks, tmp_path):
     job = run_mpi(n, "tf_features.py", tmp_path, case, "--steps", str(STEPS),
                   timeout=300).check_ok()
@@ -108,15 +141,23 @@ def test_tensorflow_features(case, n, scale, ranks, tmp_path):
     check(job, range(ranks), "a", scale=scale, exact=exact)
 
 
-@pytest.mark.parametrize("case,ranks,message", [
+def test_tensorflow_different_orders_under_gloo(tmp_path):
+    # Horovod's Gloo controller: the same held-back gradients on 3 ranks.
+    job = run_mpi(3, "tf_features.py", tmp_path, "order", "--steps", str(STEPS), gloo=True,
+                  timeout=300).check_ok()
+    check(job, range(3), "a", exact=False)
+
+
+@pytest.mark.parametrize("case,n,ranks,message", [
     # At least one rank: mpirun may end the others before they write theirs.
-    ("refuse_adasum", 1, "op=hvd.Adasum is not supported; ScaleCom averages or sums"),
-    ("refuse_min", 1, "op=hvd.Min is not supported; ScaleCom averages or sums"),
-    ("refuse_ps_tape", 1, "the optimizer reduces over the process set of ranks [0, 1]"),
+    ("refuse_adasum", 2, 1, "op=hvd.Adasum is not supported; ScaleCom averages or sums"),
+    ("refuse_adasum", 3, 1, "op=hvd.Adasum is not supported; ScaleCom averages or sums"),
+    ("refuse_min", 2, 1, "op=hvd.Min is not supported; ScaleCom averages or sums"),
+    ("refuse_min", 3, 1, "op=hvd.Min is not supported; ScaleCom averages or sums"),
+    ("refuse_ps_tape", 3, 1, "the optimizer reduces over the process set of ranks [0, 1]"),
 ])
-def test_tensorflow_refused_with_the_argument_named(case, ranks, message, tmp_path):
+def test_tensorflow_refused_with_the_argument_named(case, n, ranks, message, tmp_path):
     # Inside tf.function, where autograph runs converted copies of Horovod's code.
-    n = 3
     job = run_mpi(n, "tf_features.py", tmp_path, case, timeout=240)
     assert job.returncode != 0
     errors = [job.error(r) or "" for r in range(n)]

@@ -24,11 +24,12 @@ The index share travels over MPI, on a communicator of ScaleCom's own
 to each rank, tagged with the tensor's registration index, so a rank gets
 the indices of the tensor it is at whatever order the other ranks reach
 their tensors in, for one message latency and no Horovod negotiation cycle.
-Where MPI cannot carry it (Gloo, Elastic, MPI without thread support) it is
-Horovod's broadcast, one negotiation cycle per tensor, issued from the
-caller's thread and never from Horovod's background thread. The choice is
-made once, alike on every rank; ``$HOROVOD_SCALECOM_INDEX_SHARE=horovod``
-forces the broadcast.
+Where MPI cannot carry it (Gloo, Elastic, process sets, MPI without thread
+support) it is Horovod's broadcast, one negotiation cycle per tensor, issued
+from the caller's thread and never from Horovod's background thread, with
+the receives of a step posted ahead so that any hand-over order works
+(``horovod_scalecom.torch.broadcast_share``). The choice is made once, alike
+on every rank; ``$HOROVOD_SCALECOM_INDEX_SHARE=horovod`` forces the broadcast.
 
 A tensor is identified by the parameter whose ``.grad`` it is, and so by
 that parameter's name (never by call order): it works with
@@ -40,7 +41,9 @@ Ranks may hand their gradients over in different orders, and a parameter
 without a gradient on some rank is sent as zeros by Horovod's
 ``synchronize()`` on that rank: every tensor of a step has the same leader,
 and a leader never waits inside ``compress`` (its sends are non-blocking), so
-the ranks that wait for it always get their indices. (Leaders staggered per
+the ranks that wait for it always get their indices (through Horovod's
+broadcast, because each posts all of the step's receives before its first
+wait). (Leaders staggered per
 tensor, ``stagger_leaders=True``, need one hand-over order on every rank; two
 ranks could otherwise wait for each other.) A share that does not arrive
 within ``share_timeout`` seconds raises instead of hanging.
@@ -51,6 +54,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -70,6 +74,7 @@ from horovod_scalecom.schedule import leader
 from horovod_scalecom.torch._cuda import CudaOps
 from horovod_scalecom.torch._exit import horovod_barrier
 from horovod_scalecom.torch._ops import ops
+from horovod_scalecom.torch.broadcast_share import BroadcastShare, timed_out, wait
 from horovod_scalecom.torch.watch import Watch
 
 COMPRESSIBLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -90,6 +95,7 @@ class _TensorState:
     checked: bool = False         # numel and Horovod's call checked (once)
     index: int = 0                # registration index: the index share's MPI tag
     level: float = math.nan       # the relative clip's running norm level (NaN: not yet)
+    bypassed: bool = False        # sparse, gathered by Horovod without ScaleCom
 
 
 @dataclass
@@ -178,6 +184,7 @@ class ScaleCom(Compressor):
         self._last: dict[str, dict[str, Any]] = {}
         self._cuda_ops: CudaOps | None = None     # loaded at the first CUDA gradient
         self._index_share = None     # the MPI index share, opened by _check_config
+        self._broadcast = BroadcastShare(self.process_set, self.share_timeout)   # or Horovod's
         self._leaked: list[torch.Tensor] = []     # receive buffers of timed-out shares
         self._watch = Watch(self.config)     # the relative clip and the divergence guard
         # Under Horovod Elastic the world changes; horovod_scalecom.torch.elastic's
@@ -224,7 +231,7 @@ class ScaleCom(Compressor):
         else:
             indices = torch.empty(k, dtype=torch.int32, device=tensor.device)
         t1 = time.perf_counter()
-        ctx.share = self._share(indices, lead, state)
+        ctx.share = self._share(indices, lead, state, t)
         t2 = time.perf_counter()
         values, nonfinite = kernels.gather_update_(state.memory, grad, indices, self.config.beta)
         t3 = time.perf_counter()
@@ -238,12 +245,13 @@ class ScaleCom(Compressor):
     def decompress(self, tensor: torch.Tensor, ctx: _Ctx | None) -> torch.Tensor:
         if ctx is None:
             # Horovod's sparse allreduce (an allgather) never calls compress.
+            self._bypassed(tensor)
             return tensor
         if ctx.indices is None:
             return tensor.to(ctx.dtype)
         if ctx.share is not None:
             # The leader's broadcast: done, since every rank has sent its values.
-            self._wait(ctx.share, f"the indices of {ctx.state.name}")
+            wait(ctx.share, f"the indices of {ctx.state.name}", self.share_timeout)
         numel = ctx.shape.numel()
         kernels = self._kernels(tensor, ctx.state.name)
         start = time.perf_counter()
@@ -294,6 +302,7 @@ class ScaleCom(Compressor):
             if memory is not None and memory.numel() != state.param.numel():
                 raise ValueError(f"{name}: saved memory has {memory.numel()} elements, the "
                                  f"parameter {state.param.numel()}")
+        self._broadcast.reset()     # receives posted for the old steps
         for name, entry in saved.items():
             state = self._states[name]
             state.step = int(entry["step"])
@@ -316,6 +325,7 @@ class ScaleCom(Compressor):
         self._held_by_state = True
         self._config_checked = False
         self._index_share = None     # Elastic runs on Gloo: Horovod's broadcast carries them
+        self._broadcast.reset()
         self._last.clear()
         steps = hvd.broadcast_object({n: s.step for n, s in self._states.items()},
                                      root_rank=0, name="scalecom.elastic.steps")
@@ -364,6 +374,25 @@ class ScaleCom(Compressor):
         """Warm-up steps, small tensors and unsupported dtypes skip compression."""
         return (step < self.config.warmup_steps or tensor.numel() < self.config.min_numel
                 or tensor.dtype not in COMPRESSIBLE_DTYPES)
+
+    def _bypassed(self, tensor: torch.Tensor) -> None:
+        """A sparse gradient that Horovod gathered without ScaleCom
+        (sparse_as_dense=False): said once, and never expected at the index
+        share again."""
+        state = next((s for s in self._by_shape.get(tensor.shape, ()) if not s.bypassed
+                      and s.param.grad is not None and s.param.grad.is_sparse), None)
+        if state is None:
+            return
+        state.bypassed = True
+        warnings.warn(
+            f"ScaleCom: the gradient of {state.name} is sparse, so Horovod's sparse allgather "
+            "carried it, uncompressed and without ScaleCom. Pass sparse_as_dense=True to "
+            "hvd.DistributedOptimizer to compress it.", stacklevel=3)
+        size = self.process_set.size()
+        if (self._index_share is None and size > 1 and not self._stagger
+                and not self._goes_dense(state.step, state.param)):
+            self._broadcast.complete(state.name, state.param, self.config.k(state.param.numel()),
+                                     leader(state.step, state.offset, size), state.step)
 
     def _kernels(self, tensor: torch.Tensor, name: str):
         """The CPU core's ops, or the CUDA kernels for a gradient on a GPU."""
@@ -415,6 +444,7 @@ class ScaleCom(Compressor):
         if not state.checked:
             if call is not None:
                 check_call(call, hvd, self.process_set)
+                self._broadcast.follow(call.owner)
             if tensor.numel() != state.param.numel():
                 raise ValueError(f"ScaleCom: the gradient of {state.name} has {tensor.numel()} "
                                  f"elements, the parameter {state.param.numel()}")
@@ -439,10 +469,10 @@ class ScaleCom(Compressor):
         values = (cfg.ratio, cfg.beta, cfg.warmup_steps, cfg.min_numel, self._stagger,
                   cfg.clip_factor_or_zero, len(self._states), zlib.crc32(params.encode()))
         mine = torch.tensor([values], dtype=torch.float64)
-        every = self._wait(hvd.allgather_async(mine, name="scalecom.config",
-                                               process_set=self.process_set),
-                           "ScaleCom's configuration from every rank of "
-                           f"{describe_process_set(self.process_set)}")
+        every = wait(hvd.allgather_async(mine, name="scalecom.config",
+                                         process_set=self.process_set),
+                     "ScaleCom's configuration from every rank of "
+                     f"{describe_process_set(self.process_set)}", self.share_timeout)
         names = ("ratio", "beta", "warmup_steps", "min_numel", "stagger_leaders",
                  "clip_factor", "number of parameters", "parameter names/sizes checksum")
         differ = disagreement(names, every.numpy())
@@ -467,21 +497,17 @@ class ScaleCom(Compressor):
             # A checkpoint loaded onto the CPU, or a model moved: the memory follows.
             state.memory = state.memory.to(tensor.device)
 
-    def _share(self, indices: torch.Tensor, lead: int, state: _TensorState) -> int | None:
+    def _share(self, indices: torch.Tensor, lead: int, state: _TensorState,
+               step: int) -> int | None:
         """The leader's indices to every rank, in place. Returns the leader's
         own Horovod broadcast, which it does not wait for here: a leader that
         waited could wait for a rank that waits for it elsewhere."""
-        what = f"the indices of {state.name} from leader rank {lead}"
         if self._index_share is None:
-            ranks = self.process_set.ranks
-            root = ranks[lead] if self.process_set.process_set_id != 0 else lead
-            handle = hvd.broadcast_async_(indices, root_rank=root,
-                                          name=f"scalecom.indices.{state.name}",
-                                          process_set=self.process_set)
             if self.process_set.rank() == lead:
-                return handle
-            self._wait(handle, what)
+                return self._broadcast.lead(indices, lead, state.name, step)
+            self._broadcast.receive(indices, lead, state.name, step, self._coming)
             return None
+        what = f"the indices of {state.name} from leader rank {lead}"
         host = indices if indices.device.type == "cpu" else indices.cpu()
         try:
             arrived = self._index_share.share(host.numpy(), lead, state.index,
@@ -490,35 +516,24 @@ class ScaleCom(Compressor):
             raise RuntimeError(f"ScaleCom: waiting for {what} failed: {exc}") from exc
         if not arrived:
             self._leaked.append(host)   # MPI may still write into it
-            raise RuntimeError(self._timed_out(what))
+            raise RuntimeError(timed_out(what, self.share_timeout))
         if host is not indices:
             indices.copy_(host)
         return None
 
-    def _wait(self, handle: int, what: str) -> torch.Tensor:
-        """hvd.synchronize with a deadline: a collective that not every rank joins
-        raises here instead of hanging the job."""
-        deadline = time.monotonic() + self.share_timeout
-        pause = 1e-5
-        while not hvd.poll(handle):
-            if time.monotonic() > deadline:
-                raise RuntimeError(self._timed_out(what))
-            time.sleep(pause)
-            pause = min(2 * pause, 1e-3)
-        try:
-            return hvd.synchronize(handle)
-        except hvd.HorovodInternalError as exc:
-            # As it is: hvd.elastic.run recovers from Horovod's own exceptions.
-            exc.add_note(f"ScaleCom was waiting for {what}")
-            raise
-        except Exception as exc:
-            raise RuntimeError(f"ScaleCom: waiting for {what} failed: {exc}") from exc
-
-    def _timed_out(self, what: str) -> str:
-        return (f"ScaleCom: rank {hvd.rank()} waited {self.share_timeout:.0f} s for {what}. "
-                "Another rank did not reach this tensor: it has stopped, it called "
-                "hvd.join() (which ScaleCom does not support), or, with stagger_leaders=True, "
-                "the ranks handed their gradients over in different orders.")
+    def _coming(self, step: int, coming: Any) -> list[tuple[str, torch.Tensor, int, int]]:
+        """(name, parameter, k, leader) of each tensor of ``coming`` (the
+        optimizer's parameters) compressed at ``step`` and led by another rank."""
+        size, me = self.process_set.size(), self.process_set.rank()
+        found = []
+        for s in self._states.values():
+            if (s.step != step or s.bypassed or s.param not in coming
+                    or self._goes_dense(step, s.param)):
+                continue
+            lead = leader(step, s.offset, size)
+            if lead != me:
+                found.append((s.name, s.param, self.config.k(s.param.numel()), lead))
+        return found
 
     def _record(self, state, numel, k, lead, select_s, share_s, update_s) -> dict[str, Any]:
         size = self.process_set.size()

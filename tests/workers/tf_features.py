@@ -5,12 +5,15 @@ usage: tf_features.py OUTDIR CASE [--steps N]
 The layout of tests/workers/torch_features.py: per step, ``in/{step}/{name}``
 (the gradient this rank handed over) and ``out/{step}/{name}`` (the exchange's
 result). Cases: ``sum`` (op=hvd.Sum), ``process_set`` (ranks 0..n-2),
-``sparse`` (tf.gather's IndexedSlices with sparse_as_dense=True).
+``sparse`` (tf.gather's IndexedSlices with sparse_as_dense=True), ``order``
+(each rank holds back the gradient of another variable for 0.3 s, so the
+ranks hand their gradients over in different orders).
 """
 
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,14 +31,27 @@ NAMES = [n.replace(".", "_") for n in SHAPES]
 CFG = dict(ratio=0.05, beta=0.1, min_numel=100)
 
 
-def dense_steps(args, out, members, compression, **tape_kw):
+def held_back(x):
+    """The identity, whose gradient arrives 0.3 s late."""
+    @tf.custom_gradient
+    def identity(v):
+        def grad(dy):
+            late = tf.py_function(lambda d: (time.sleep(0.3), d)[1], [dy], Tout=dy.dtype)
+            return tf.ensure_shape(late, dy.shape)
+        return tf.identity(v), grad
+    return identity(x)
+
+
+def dense_steps(args, out, members, compression, held=None, **tape_kw):
+    """``held``: the index of the variable whose gradient this rank hands over last."""
     variables = [tf.Variable(tf.zeros(shape), name=name) for name, shape in zip(NAMES, SHAPES.values())]
     rank = hvd.rank()
 
     @tf.function
     def step(grads_in):
         with tf.GradientTape() as tape:
-            loss = tf.add_n([tf.reduce_sum(v * g) for v, g in zip(variables, grads_in)])
+            used = [held_back(v) if i == held else v for i, v in enumerate(variables)]
+            loss = tf.add_n([tf.reduce_sum(v * g) for v, g in zip(used, grads_in)])
         tape = hvd.DistributedGradientTape(tape, compression=compression, **tape_kw)
         return tape.gradient(loss, variables)
 
@@ -128,6 +144,9 @@ def main():
         dense_steps(args, out, range(hvd.size()), ScaleCom(**CFG), op=hvd.Sum)
     elif args.case == "predivide":
         dense_steps(args, out, range(hvd.size()), ScaleCom(**CFG), gradient_predivide_factor=2.0)
+    elif args.case == "order":
+        held = [0, len(NAMES) - 1, 2][hvd.rank() % 3]     # compressed tensors
+        dense_steps(args, out, range(hvd.size()), ScaleCom(**CFG), held=held)
     elif args.case == "groups":
         dense_steps(args, out, range(hvd.size()), ScaleCom(**CFG), num_groups=2)
     elif args.case in ("refuse_adasum", "refuse_min"):

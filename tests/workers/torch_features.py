@@ -11,6 +11,9 @@ compares the second. Cases:
   loss sums them in a rank-dependent order), and some parameters get no
   gradient on some ranks at some steps (Horovod's force-allreduce sends zeros).
 - ``sparse``: an nn.Embedding(sparse=True) with sparse_as_dense=True and SparseAdam.
+- ``sparse_bypass``: the same embedding without sparse_as_dense (Horovod's
+  sparse allgather carries it, uncompressed) beside a dense parameter that
+  ScaleCom compresses; each rank records whether ScaleCom warned.
 - ``sum``, ``predivide``: op=hvd.Sum; gradient_predivide_factor=2.
 - ``process_set``: the optimizer and ScaleCom over the process set of ranks
   0..n-2; the last rank trains nothing.
@@ -19,6 +22,8 @@ compares the second. Cases:
 
 import argparse
 import os
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +103,46 @@ def sparse(args, out):
     np.savez(out / f"rank{hvd.rank()}.npz", **result)
 
 
+def sparse_bypass(args, out):
+    """The embedding's sparse gradient goes around ScaleCom (with a warning);
+    the dense parameter beside it is compressed as usual."""
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.emb = torch.nn.Embedding(300, 16, sparse=True)
+    model.w = torch.nn.Parameter(torch.zeros(40, 16))
+    base = torch.optim.SGD(model.parameters(), lr=0.0)
+    opt = make_optimizer(args, model, ScaleCom(model, **CFG), base=base)
+    result = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(args.steps):
+            rows = torch.from_numpy(
+                np.random.default_rng([step, hvd.rank()]).permutation(300)[:40])
+            weight = torch.from_numpy(gradient(args.seed, hvd.rank(), step, 0, (40, 16)))
+            gw = torch.from_numpy(gradient(args.seed, hvd.rank(), step, 1, (40, 16)))
+            opt.zero_grad()
+            ((model.emb(rows) * weight).sum() + (model.w * gw).sum()).backward()
+            opt.synchronize()
+            result[f"in/{step}/emb"] = torch.zeros(300, 16).index_add_(0, rows, weight).numpy()
+            result[f"out/{step}/emb"] = model.emb.weight.grad.to_dense().numpy().copy()
+            result[f"in/{step}/w"] = gw.numpy()
+            result[f"out/{step}/w"] = model.w.grad.numpy().copy()
+            with opt.skip_synchronize():
+                opt.step()
+    result["warned"] = np.array([any("emb.weight is sparse" in str(w.message) for w in caught)])
+    # No index-share receive may stay open for the embedding (Horovod's stall
+    # inspector would complain every minute): each completes within seconds.
+    handles = [h for h, _ in opt._compression._broadcast._posted.values()]
+    deadline = time.monotonic() + 10
+    while not all(hvd.poll(h) for h in handles) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    still_open = sum(not hvd.poll(h) for h in handles)
+    # Summed over ranks: also keeps every rank here until all have looked (a
+    # rank that ended would shut Horovod down and end the others' receives).
+    result["open_receives"] = hvd.allreduce(torch.tensor([still_open]), op=hvd.Sum).numpy()
+    np.savez(out / f"rank{hvd.rank()}.npz", **result)
+
+
 def refuse(args):
     """Builds what the case names and takes one step: ScaleCom must refuse it."""
     model = Params(SHAPES, torch.float32)
@@ -154,6 +199,8 @@ def main():
         join(args)
     elif args.case == "sparse":
         sparse(args, out)
+    elif args.case == "sparse_bypass":
+        sparse_bypass(args, out)
     else:
         model = Params(SHAPES, torch.float32)
         members, ps, kw = list(range(hvd.size())), None, {}

@@ -69,7 +69,7 @@ def main() -> None:
         opt.step()
         if step % args.every == 0:
             now = time.perf_counter()
-            buffers = [s.memory for s in compression._states.values() if s.memory is not None]
+            buffers = [s.memory for s in compression.state.tensors.values() if s.memory is not None]
             sample = {"step": step, "loss": loss.item(), "rss_mb": rss_mb(),
                       "live_tensors": live_tensors(), "memory_buffers": len(buffers),
                       "memory_bytes": sum(b.numel() * b.element_size() for b in buffers),

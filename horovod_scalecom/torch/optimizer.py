@@ -84,7 +84,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         self._sparse_as_dense = bool(sparse_as_dense)
         self._should_synchronize = True
         named = list(named_parameters) if named_parameters is not None else [
-            (name, p) for name, p in compression._named()]
+            (name, p) for name, p in compression.state.named_parameters()]
         by_id = {id(p): name for name, p in named}
         self._params: list[tuple[str, torch.Tensor]] = []
         for group in self.param_groups:
@@ -95,11 +95,11 @@ class _RingOptimizer(torch.optim.Optimizer):
                     self._params.append((by_id[id(p)], p))
         # Horovod's own table, which Horovod's tests and some user code read.
         self._parameter_names = {p: name for name, p in self._params}
-        unknown = [n for n, _ in self._params if n not in compression._states]
+        unknown = [n for n, _ in self._params if n not in compression.state.tensors]
         if unknown:
             raise ValueError(f"ScaleCom was not given these parameters: {', '.join(unknown)}")
         # Registration order, the same on every rank: the ring's tensor order.
-        order = {name: i for i, name in enumerate(compression._states)}
+        order = {name: i for i, name in enumerate(compression.state.tensors)}
         self._params.sort(key=lambda item: order[item[0]])
         place = {id(p): i for i, (_, p) in enumerate(self._params)}
         self._groups = [_Group([self._params[i] for i in members]) for members in make_groups(
@@ -184,7 +184,7 @@ class _RingOptimizer(torch.optim.Optimizer):
 
     def _start_group(self, group: _Group, threads: int) -> None:
         compression = self._compression
-        compression._check_config()
+        compression.state.check_config()
         group.started = True
         ring = []
         for name, p in group.params:
@@ -197,15 +197,15 @@ class _RingOptimizer(torch.optim.Optimizer):
                                      "(or use a dense embedding, sparse=False)")
                 p.grad = p.grad.to_dense()
                 self._densified.append(p)
-            state = compression._states[name]
+            state = compression.state.tensors[name]
             t = state.step
             state.step += 1
-            if self._engine is None or compression._goes_dense(t, p.grad):
+            if self._engine is None or compression.state.goes_dense(t, p.grad):
                 grad = p.grad if p.grad.dtype != torch.bfloat16 else p.grad.float()
                 self._dense.append((p, grad, hvd.allreduce_async_(
                     grad, name=f"scalecom.dense.{name}", op=hvd.Average)))
             else:
-                compression._prepare(state, p.grad)
+                compression.state.prepare(state, p.grad)
                 ring.append((name, p, state, t))
         if not ring:
             return
@@ -237,8 +237,8 @@ class _RingOptimizer(torch.optim.Optimizer):
         ring_done = time.perf_counter()
         compression = self._compression
         for name, p, grad, out in self._ring:
-            state = compression._states[name]
-            compression._watch.exchange(name, state.step - 1, out)
+            state = compression.state.tensors[name]
+            compression.state.watch.exchange(name, state.step - 1, out)
             if out is not grad:
                 p.grad.copy_(out.view_as(p.grad))
         copied = time.perf_counter()
@@ -346,7 +346,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         if not self._device_kernels_set:
             name, p = ring[0][0], ring[0][1]
             self._engine.use_device_kernels(
-                compression._kernels(p.grad, name).kernels.addresses(), device_transport())
+                compression.state.kernels(p.grad, name).kernels.addresses(), device_transport())
             self._device_kernels_set = True
         grads, scratch, specs = [], [], []
         for name, p, state, t in ring:
@@ -380,7 +380,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         the gradient's storage anyway. A float16/bfloat16 GPU gradient is
         scaled in its own dtype (the reference scales the float32 value)."""
         g = grad if grad.dtype == torch.float32 else grad.float()
-        norm, scale = self._compression._watch.clip(state, step, g)
+        norm, scale = self._compression.state.watch.clip(state, step, g)
         if scale != 1.0:
             grad.mul_(scale)
         self._clip_figures[name] = (norm, scale)
@@ -401,7 +401,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         the time synchronize() took, and where the step's time went
         (``breakdown``, seconds; see docs/api.md), and the divergence guard's
         first event per tensor (``divergence``, horovod_scalecom.guard)."""
-        return {**self._last, "divergence": self._compression._watch.stats()}
+        return {**self._last, "divergence": self._compression.state.watch.stats()}
 
     def step(self, closure=None):
         if self._should_synchronize:

@@ -1,5 +1,5 @@
 """The relative clip and the divergence guard for torch tensors, shared by
-path A (ScaleCom.compress/decompress) and path B (the ring optimizer).
+every exchange of a ScaleComState (Horovod's allreduce, the ring, DDP).
 
 The clip's arithmetic is the C++ core's (docs/algorithm.md, step 0); the
 guard's rules are horovod_scalecom.guard's. On a GPU the guard's figures stay
@@ -10,10 +10,9 @@ costs no synchronisation per tensor.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
-import horovod.torch as hvd
 
 from horovod_scalecom.config import CLIP_RHO, ScaleComConfig
 from horovod_scalecom.guard import DivergenceGuard
@@ -23,8 +22,9 @@ from horovod_scalecom.torch._ops import ops
 class Watch:
     """Per ScaleCom object: clips gradients, hands figures to the guard."""
 
-    def __init__(self, config: ScaleComConfig) -> None:
+    def __init__(self, config: ScaleComConfig, rank: Callable[[], int]) -> None:
         self.factor = config.clip_factor_or_zero
+        self._rank = rank       # the rank events are told under (it changes under Elastic)
         self.guard = DivergenceGuard()
         self._pending: list[tuple] = []
 
@@ -41,7 +41,7 @@ class Watch:
         else:
             sum_sq = float(torch.sum(torch.square(g.double())))
         norm, state.level, scale = ops.clip_step(sum_sq, before, self.factor, CLIP_RHO)
-        self.guard.gradient(state.name, step, hvd.rank(), norm, before)
+        self.guard.gradient(state.name, step, self._rank(), norm, before)
         return norm, scale
 
     def memory(self, name: str, step: int, refused) -> None:
@@ -77,6 +77,6 @@ class Watch:
         if isinstance(figure, torch.Tensor) and figure.device.type != "cpu":
             self._pending.append((what, name, step, figure))
         elif what == "memory":
-            self.guard.memory(name, step, hvd.rank(), int(figure))
+            self.guard.memory(name, step, self._rank(), int(figure))
         else:
-            self.guard.exchange(name, step, hvd.rank(), float(figure))
+            self.guard.exchange(name, step, self._rank(), float(figure))

@@ -71,6 +71,6 @@ def route_through_kernels_library(compression, path, optimizer=None):
     (host_ops): torch's CudaOps and, given a path B `optimizer`, the ring's
     device buffers, which then treat host tensors as device 0's."""
     ops = host_ops(path)
-    compression._kernels = lambda tensor, name: ops
+    compression.state.kernels = lambda tensor, name: ops
     if optimizer is not None:
         optimizer._ring_device = lambda grad, name: 0

@@ -115,12 +115,12 @@ def patterns(args, out):
     backward(1)
     opt.synchronize()
     averaged = [p.grad.clone() for p in model.parameters()]
-    steps_before = [s.step for s in compression._states.values()]
+    steps_before = [s.step for s in compression.state.tensors.values()]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         opt.step()
     assert any("skip_synchronize" in str(w.message) for w in caught), caught
-    assert [s.step for s in compression._states.values()] == steps_before, "exchanged twice"
+    assert [s.step for s in compression.state.tensors.values()] == steps_before, "exchanged twice"
     for p, a in zip(model.parameters(), averaged):
         assert torch.equal(p.grad, a)
     opt.zero_grad()
@@ -144,10 +144,10 @@ def patterns(args, out):
                                named_parameters=model.named_parameters(),
                                compression=compression)
     opt.zero_grad()
-    steps_before = [s.step for s in compression._states.values()]
+    steps_before = [s.step for s in compression.state.tensors.values()]
     backward(4)
     opt.synchronize()
-    assert [s.step for s in compression._states.values()] == [t + 1 for t in steps_before]
+    assert [s.step for s in compression.state.tensors.values()] == [t + 1 for t in steps_before]
     np.savez(out / f"rank{hvd.rank()}.npz", **result)
 
 

@@ -12,22 +12,29 @@ from horovod_scalecom.config import ScaleComConfig
 from horovod_scalecom.reference import PathASimulator, PathBSimulator
 from compressor_check import assert_exchange
 from mpi import requires, run_mpi
+from workers.common import SHAPES
 
 requires("horovod.torch")
 requires("horovod.tensorflow")
 
 CFG = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+MODEL_ORDER = [name.replace(".", "_") for name in SHAPES]
 STEPS = 5
 
 
-def check(job, ranks, path, scale=1.0, exact=True, names=None):
+def check(job, ranks, path, scale=1.0, exact=True, names=None, stagger=False):
     """Every rank in `ranks` got the same exchange, and it is what the
     reference makes of the gradients the ranks handed over (times `scale`:
     op=Sum)."""
     results = [job.result(r) for r in ranks]
     names = names or sorted({k.split("/", 2)[2] for k in results[0] if k.startswith("out/")})
     n = len(ranks)
-    sim = PathASimulator(n, CFG) if path == "a" else PathBSimulator(n, CFG)
+    sim = PathASimulator(n, CFG, stagger=stagger) if path == "a" else PathBSimulator(n, CFG)
+    if stagger:
+        # A leader's offset is the registration index among all parameters,
+        # dense ones included: the model's order.
+        for name, shape in zip(MODEL_ORDER, SHAPES.values()):
+            sim.register(name, int(np.prod(shape)))
     for step in range(STEPS):
         grads = {name: [res[f"in/{step}/{name}"] for res in results] for name in names}
         ring = sim.step(grads) if path == "b" else None
@@ -71,6 +78,14 @@ def test_sparse_as_dense(path, n, tmp_path):
     job = run_mpi(n, "torch_features.py", tmp_path, "sparse", "--path", path,
                   "--steps", str(STEPS), timeout=240).check_ok()
     check(job, range(n), path, exact=(path == "b" or n == 2))
+
+
+@pytest.mark.parametrize("share", ["mpi", "horovod"])
+def test_staggered_leaders(share, tmp_path):
+    # Each tensor its own leader; one hand-over order; receives as they come.
+    job = run_mpi(3, "torch_features.py", tmp_path, "stagger", "--steps", str(STEPS),
+                  env={"HOROVOD_SCALECOM_INDEX_SHARE": share}, timeout=240).check_ok()
+    check(job, range(3), "a", exact=False, stagger=True)
 
 
 @pytest.mark.parametrize("share", ["mpi", "horovod"])

@@ -45,7 +45,8 @@ def wait(handle: int, what: str, timeout: float) -> torch.Tensor:
         return hvd.synchronize(handle)
     except hvd.HorovodInternalError as exc:
         # As it is: hvd.elastic.run recovers from Horovod's own exceptions.
-        exc.add_note(f"ScaleCom was waiting for {what}")
+        if hasattr(exc, "add_note"):     # Python 3.11+
+            exc.add_note(f"ScaleCom was waiting for {what}")
         raise
     except Exception as exc:
         raise RuntimeError(f"ScaleCom: waiting for {what} failed: {exc}") from exc
@@ -79,10 +80,16 @@ class BroadcastShare:
             self._optimizer = weakref.ref(optimizer)
 
     def reset(self) -> None:
-        """Forget posted receives: Horovod was reset (Elastic) or the steps were
-        reloaded. Horovod's reset ends its pending collectives."""
+        """Forget posted receives and led steps: Horovod was reset (Elastic,
+        which ends its pending collectives) or the steps were reloaded."""
         self._posted.clear()
         self._ahead_of = None
+        self._led.clear()
+
+    def forget(self, name: str) -> None:
+        """A tensor that will not come through ScaleCom at its posted step: its
+        receive (closed by the leader's zeros) must not serve a later step."""
+        self._posted.pop(name, None)
 
     def lead(self, indices: torch.Tensor, lead: int, name: str, step: int) -> int:
         """The leader's broadcast of its indices; awaited in ``decompress``."""

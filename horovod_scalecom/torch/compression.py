@@ -284,13 +284,14 @@ class ScaleCom(Compressor):
                 and not self.state.goes_dense(state.step, state.param)):
             self._broadcast.complete(state.name, state.param, self.config.k(state.param.numel()),
                                      leader(state.step, state.offset, size), state.step)
+        self._broadcast.forget(state.name)
 
     def _first_sight(self, tensor: torch.Tensor, state: TensorState | None,
                      call: HorovodCall | None) -> TensorState:
         """A tensor that is no parameter's .grad (sparse_as_dense's copy) is
         traced back through Horovod's call; once per tensor, the call's op and
         process set are checked and the numel against the parameter's (the
-        size limits, check_numel, when its memory is made: _prepare)."""
+        size limits, check_numel, when its memory is made: state.prepare)."""
         if state is None and call is not None and call.param is not None:
             state = next((s for s in self.state.tensors.values() if s.param is call.param), None)
         if state is None:
@@ -349,6 +350,10 @@ class ScaleCom(Compressor):
     def _coming(self, step: int, coming: Any) -> list[tuple[str, torch.Tensor, int, int]]:
         """(name, parameter, k, leader) of each tensor of ``coming`` (the
         optimizer's parameters) compressed at ``step`` and led by another rank."""
+        if self.state.stagger_leaders:
+            # Leaders differ per tensor and may wait for each other anyway:
+            # that schedule needs one hand-over order, and receives as they come.
+            return []
         size, me = self.process_set.size(), self.process_set.rank()
         found = []
         for s in self.state.tensors.values():

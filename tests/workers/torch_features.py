@@ -15,6 +15,7 @@ compares the second. Cases:
   sparse allgather carries it, uncompressed) beside a dense parameter that
   ScaleCom compresses; each rank records whether ScaleCom warned.
 - ``sum``, ``predivide``: op=hvd.Sum; gradient_predivide_factor=2.
+- ``stagger``: stagger_leaders=True (one hand-over order on every rank).
 - ``process_set``: the optimizer and ScaleCom over the process set of ranks
   0..n-2; the last rank trains nothing.
 - ``refuse_*``: arguments ScaleCom refuses; the error is the result.
@@ -212,7 +213,8 @@ def main():
             kw["op"] = hvd.Sum
         elif args.case == "predivide":
             kw["gradient_predivide_factor"] = 2.0
-        compression = ScaleCom(model, **CFG, process_set=ps)
+        compression = ScaleCom(model, **CFG, process_set=ps,
+                               stagger_leaders=(args.case == "stagger"))
         opt = make_optimizer(args, model, compression, **kw)
         train(args, out, model, opt, members)
         if ps is not None:

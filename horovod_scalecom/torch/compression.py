@@ -66,10 +66,11 @@ from horovod_scalecom.horovod_call import HorovodCall, check_call, horovod_call
 from horovod_scalecom.ring import open_index_share
 from horovod_scalecom.schedule import leader
 from horovod_scalecom.torch._exit import horovod_barrier
-from horovod_scalecom.torch.broadcast_share import BroadcastShare, timed_out, wait
+from horovod_scalecom.torch.broadcast_share import BroadcastShare
 from horovod_scalecom.torch.horovod_group import HorovodGroup
 from horovod_scalecom.torch.state import (
     NamedParameters, ScaleComState, TensorState)
+from horovod_scalecom.torch.waits import timed_out, wait
 
 
 @dataclass

@@ -34,7 +34,11 @@ def gradient(seed: int, rank: int, step: int, index: int, shape,
 
 
 def launcher_rank() -> int:
-    return int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("HOROVOD_RANK", "0")))
+    # mpirun, horovodrun --gloo, torchrun
+    for key in ("OMPI_COMM_WORLD_RANK", "HOROVOD_RANK", "RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
 
 
 def run(main, outdir: str) -> None:

@@ -1,0 +1,85 @@
+"""ScaleCom's DDP communication hook on real multi-process jobs (gloo)
+against the NumPy reference: every rank's averaged gradients, at every step,
+bitwise on 2 ranks; memories bitwise on every rank."""
+
+import os
+import socket
+import sys
+
+import numpy as np
+import pytest
+
+from compressor_check import check
+from horovod_scalecom.config import ScaleComConfig
+from mpi import ROOT, WORKERS, Job, requires, run_bounded, run_mpi
+
+requires("torch")
+
+CFG = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=1024)
+STEPS = 6
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def ddp_job(tmp_path, n, *cases, timeout=120, share_timeout=60):
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": free_port(),
+           "SHARE_TIMEOUT": str(share_timeout)}
+    return run_mpi(n, "ddp_hook.py", tmp_path, *cases, env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("case", ["plain", "buckets"])
+def test_hook_matches_reference(tmp_path, n, case):
+    job = ddp_job(tmp_path, n, case).check_ok()
+    results = check(job, n, STEPS, CFG, exact=(n == 2))
+    if case == "buckets":
+        assert all(int(r["buckets"]) > 1 for r in results)
+    # The byte model: compressed parameters send far fewer bytes than dense.
+    assert float(results[0]["bytes_sent"]) < float(results[0]["dense_bytes"]) / 2
+
+
+@pytest.mark.parametrize("case", ["static", "view", "nosync", "unused", "warmup", "resume"])
+def test_hook_with_ddp_features(tmp_path, case):
+    job = ddp_job(tmp_path, 2, "buckets", case).check_ok()
+    cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=1024,
+                         warmup_steps=2 if case == "warmup" else 0)
+    check(job, 2, STEPS, cfg, exact=True, bpps=2 if case == "nosync" else 1,
+          skip_param=3 if case == "unused" else None)
+
+
+def test_hook_under_torchrun(tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(WORKERS)]),
+               OMP_NUM_THREADS="1")
+    code, output, killed = run_bounded(
+        torchrun + [str(WORKERS / "ddp_hook.py"), str(tmp_path), "buckets"], env, 120)
+    assert not killed, output
+    job = Job(code, output, tmp_path, 2).check_ok()
+    check(job, 2, STEPS, CFG, exact=True)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_mismatched_config_raises_on_every_rank(tmp_path, n):
+    job = ddp_job(tmp_path, n, "mismatch")
+    job.assert_error_on_every_rank("ranks disagree on ratio")
+
+
+def test_complex_parameter_refused_on_every_rank(tmp_path):
+    job = ddp_job(tmp_path, 2, "complex")
+    job.assert_error_on_every_rank("real floating-point gradients; these parameters are not: z")
+
+
+def test_state_of_another_model_refused(tmp_path):
+    job = ddp_job(tmp_path, 2, "stranger")
+    job.assert_error_on_every_rank("build ScaleComHookState from the model that DDP wraps")
+
+
+def test_bad_ratio_on_one_rank_ends_the_job(tmp_path):
+    job = ddp_job(tmp_path, 2, "badratio", timeout=90, share_timeout=10)
+    assert job.returncode != 0
+    assert "ratio must lie in (0, 1]" in (job.error(1) or ""), job.output

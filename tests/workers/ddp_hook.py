@@ -1,0 +1,163 @@
+"""Worker: torch DDP with ScaleCom's communication hook (no Horovod).
+
+usage: ddp_hook.py OUTDIR CASE [CASE ...]
+
+Launched by mpirun (the env:// store at $MASTER_ADDR:$MASTER_PORT) or by
+torchrun. Each rank feeds gradient(0, rank, step, i) (tests/workers/common),
+records what the hook hands back for every parameter at every step, and
+saves it with the memories, for the NumPy reference to judge. Cases:
+
+  plain      defaults: DDP's own buckets (rebuilt after the first step)
+  buckets    4 KB buckets: 2 at the first step, 2 other ones after DDP's rebuild
+  nosync     two micro-batches per step, the first under no_sync()
+  unused     find_unused_parameters=True; emb unused at odd steps
+  static     static_graph=True
+  view       gradient_as_bucket_view=True
+  warmup     warmup_steps=2
+  resume     3 steps, state_dict through a file, a new DDP model and state
+             loaded from it, 3 more steps
+  mismatch   rank 1 builds the state with another ratio
+  badratio   rank 1 builds the state with ratio=0
+  complex    the model has a complex parameter
+  stranger   the state is built from another model than the one DDP wraps
+"""
+
+import gc
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from horovod_scalecom.torch.ddp import ScaleComHookState, scalecom_hook
+
+from common import SHAPES, gradient, run
+
+STEPS = 6
+RATIO, BETA, MIN_NUMEL = 0.05, 0.1, 1024
+
+
+class Params(torch.nn.Module):
+    """One parameter per entry of SHAPES; backward gives exactly the chosen gradients."""
+
+    def __init__(self, extra_complex=False):
+        super().__init__()
+        for name, shape in SHAPES.items():
+            self.register_parameter(name.replace(".", "_"), torch.nn.Parameter(torch.zeros(shape)))
+        if extra_complex:
+            self.z = torch.nn.Parameter(torch.zeros(2048, dtype=torch.complex64))
+
+    def forward(self, grads):
+        return sum((p * g).sum().real for p, g in zip(self.parameters(), grads) if g is not None)
+
+
+class Recorder:
+    """The hook, wrapped: what it returns for each parameter at each step."""
+
+    def __init__(self, model):
+        self.names = {p: n for n, p in model.module.named_parameters()}
+        self.step = 0
+        self.result = {}
+        self.buckets = set()
+
+    def hook(self, state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+        buffer = bucket.buffer()
+        # Where each parameter's gradient lies in the bucket (before the hook).
+        places = [(self.names[p], (g.data_ptr() - buffer.data_ptr()) // buffer.element_size(),
+                   p.shape) for p, g in zip(bucket.parameters(), bucket.gradients())]
+        step = self.step
+        self.buckets.add(bucket.index())
+
+        def record(future):
+            out = future.value()
+            for name, start, shape in places:
+                self.result[f"out/{step}/{name}"] = (
+                    out[start:start + shape.numel()].reshape(shape).clone().numpy())
+            return out
+        return scalecom_hook(state, bucket).then(record)
+
+
+def build(cases, rank, module=None):
+    kwargs = {"find_unused_parameters": "unused" in cases, "static_graph": "static" in cases,
+              "gradient_as_bucket_view": "view" in cases}
+    if "buckets" in cases:
+        # 4 KB caps: two buckets at the first step and two others (their
+        # parameters regrouped) after DDP rebuilds them.
+        kwargs["bucket_cap_mb_list"] = [0.004]
+    model = DDP(module or Params("complex" in cases), **kwargs)
+    ratio = RATIO
+    if "mismatch" in cases and rank == 1:
+        ratio = 0.02
+    if "badratio" in cases and rank == 1:
+        ratio = 0.0
+    source = Params() if "stranger" in cases else model
+    state = ScaleComHookState(source, ratio=ratio, beta=BETA, min_numel=MIN_NUMEL,
+                              warmup_steps=2 if "warmup" in cases else 0,
+                              share_timeout=float(os.environ.get("SHARE_TIMEOUT", "60")))
+    return model, state
+
+
+def train(model, state, recorder, cases, rank, steps):
+    model.register_comm_hook(state, recorder.hook)
+    micro_batches = 2 if "nosync" in cases else 1
+    for step in steps:
+        recorder.step = step
+        for micro in range(micro_batches):
+            grads = [torch.from_numpy(gradient(0, rank, step * micro_batches + micro, i, shape))
+                     for i, shape in enumerate(SHAPES.values())]
+            if "unused" in cases and step % 2 == 1:
+                grads[3] = None
+            if micro < micro_batches - 1:
+                with model.no_sync():
+                    model(grads).backward()
+            else:
+                model(grads).backward()
+        # The exchange's result reached every used parameter's .grad.
+        for name, p in model.module.named_parameters():
+            key = f"out/{step}/{name}"
+            if p.grad is not None and key in recorder.result:
+                np.testing.assert_array_equal(p.grad.numpy(), recorder.result[key], err_msg=key)
+        model.zero_grad()
+
+
+def main():
+    outdir, cases = sys.argv[1], set(sys.argv[2:])
+    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("RANK", "0")))
+    size = int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=size)
+    model, state = build(cases, rank)
+    recorder = Recorder(model)
+    if "resume" in cases:
+        train(model, state, recorder, cases, rank, range(3))
+        path = os.path.join(outdir, f"state{rank}.pt")
+        torch.save(state.state_dict(), path)
+        del model, state
+        gc.collect()
+        model, state = build(cases, rank)
+        state.load_state_dict(torch.load(path))
+        recorder.names = {p: n for n, p in model.module.named_parameters()}
+        train(model, state, recorder, cases, rank, range(3, STEPS))
+    else:
+        train(model, state, recorder, cases, rank, range(STEPS))
+    result = dict(recorder.result)
+    result["buckets"] = np.array(len(recorder.buckets))
+    for name, tensor_state in state.state.tensors.items():
+        result[f"step/{name}"] = np.array(tensor_state.step)
+        if tensor_state.memory is not None:
+            result[f"mem/{name}"] = tensor_state.memory.numpy()
+    stats = state.stats()
+    result["bytes_sent"] = np.array(stats["bytes_sent"])
+    result["dense_bytes"] = np.array(stats["dense_bytes"])
+    np.savez(os.path.join(outdir, f"rank{rank}.npz"), **result)
+    # Python comm hooks (PowerSGD's too) can abort the process at exit when
+    # DDP's reducer outlives destroy_process_group(): drop it first.
+    del model, state
+    gc.collect()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    run(main, sys.argv[1])

@@ -1,12 +1,9 @@
-"""The peers ScaleCom is timed against, written for the exchange benchmark.
-
-* TopkAllgather: local top-k with error feedback and an allgather of the
-  (index, value) pairs (the GRACE / DGC scheme), over Horovod.
-* PowerSGD: torch's DDP communication hook (powerSGD_hook) over a gloo
-  process group, the reference implementation of Vogels et al.
-
-Both take the same list of gradients as the other methods and report the
-bytes each rank sends by the byte model of DESIGN.md (ring collectives).
+"""A peer ScaleCom is timed against, written for the exchange benchmark:
+TopkAllgather, local top-k with error feedback and an allgather of the
+(index, value) pairs (the GRACE / DGC scheme), over Horovod. It takes the
+same list of gradients as the other methods and reports the bytes each rank
+sends by the byte model of DESIGN.md. PowerSGD, torch's own DDP hook, is in
+benchmarks.ddp_hooks beside ScaleCom's hook.
 """
 
 from __future__ import annotations
@@ -55,50 +52,6 @@ class TopkAllgather:
 
     def bytes_per_rank(self, size: int) -> float:
         return float(sum(bytes_model.topk_allgather(k, size) for k in self.k))
-
-
-class PowerSGD:
-    """torch DDP + powerSGD_hook over gloo; ``step(grads)`` runs one backward."""
-
-    def __init__(self, shapes, rank: int, size: int, master: str, matrix_rank: int = 4,
-                 warmup: int = 2) -> None:
-        import torch.distributed as dist
-        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
-        from torch.nn.parallel import DistributedDataParallel
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", init_method=f"tcp://{master}", rank=rank,
-                                    world_size=size)
-        self.shapes = shapes
-        self.module = Params(shapes)
-        # One bucket: with several, the hook's chained P and Q allreduces of
-        # different buckets were issued in a different order on different ranks
-        # and gloo failed with "Received data size doesn't match expected size".
-        self.ddp = DistributedDataParallel(self.module, bucket_cap_mb=4096)
-        state = psgd.PowerSGDState(process_group=None, matrix_approximation_rank=matrix_rank,
-                                   start_powerSGD_iter=warmup, min_compression_rate=2,
-                                   use_error_feedback=True, warm_start=True)
-        self.ddp.register_comm_hook(state, psgd.powerSGD_hook)
-        self.matrix_rank = matrix_rank
-
-    def step(self, grads: list[torch.Tensor]) -> None:
-        self.ddp(grads).backward()
-        self.module.zero_grad()
-
-    def bytes_per_rank(self, size: int) -> float:
-        """P and Q of each compressed matrix, the rest dense, all by ring allreduce."""
-        total = 0.0
-        r = self.matrix_rank
-        for shape in self.shapes:
-            numel = int(np.prod(shape))
-            if len(shape) > 1:
-                rows, cols = shape[0], numel // shape[0]
-                compressed = (rows + cols) * r
-                if 2 * compressed < numel:        # the hook's min_compression_rate=2
-                    total += bytes_model.dense_ring_allreduce(compressed, size)
-                    continue
-            total += bytes_model.dense_ring_allreduce(numel, size)
-        return total
 
 
 class Params(torch.nn.Module):

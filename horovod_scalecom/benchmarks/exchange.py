@@ -3,11 +3,12 @@
     mpirun -np 4 python -m horovod_scalecom.benchmarks.exchange --model resnet50 \\
         --rounds 5 --json exchange.json
 
-Methods: PowerSGD (torch DDP hook over gloo, rank 4), Horovod dense
-allreduce, Horovod fp16, local top-k + allgather with error feedback
-(GRACE/DGC), ScaleCom path A (hvd.DistributedOptimizer + ScaleCom) and path B
-(the ring). PowerSGD runs first: after Horovod's fp16 allreduce its gloo
-group was seen to hang inside the network namespaces.
+Methods: PowerSGD (torch DDP hook over gloo, rank 4), ScaleCom's DDP hook
+(over gloo, at --hook-ratio), Horovod dense allreduce, Horovod fp16, local
+top-k + allgather with error feedback (GRACE/DGC), ScaleCom path A
+(hvd.DistributedOptimizer + ScaleCom) and path B (the ring). The DDP methods
+are set up first: after Horovod's fp16 allreduce PowerSGD's gloo group was
+seen to hang inside the network namespaces.
 Each exchanges fixed random gradients of the model's shapes (no downloads)
 after --warmup steps per method. The methods take turns: --rounds rounds,
 each timing --steps steps of every method (and of backward alone) one after
@@ -43,11 +44,12 @@ import torch
 import horovod.torch as hvd
 from horovod_scalecom import bytes_model
 from horovod_scalecom.buckets import DEFAULT_BUCKET_CAP_MB
-from horovod_scalecom.benchmarks.baselines import Params, PowerSGD, TopkAllgather
+from horovod_scalecom.benchmarks.baselines import Params, TopkAllgather
+from horovod_scalecom.benchmarks.ddp_hooks import PowerSGD, ScaleComHook
 from horovod_scalecom.benchmarks.shapes import MODELS
 from horovod_scalecom.torch import DistributedOptimizer, ScaleCom
 
-METHODS = ("powersgd", "dense", "fp16", "topk", "path A", "path B")
+METHODS = ("powersgd", "ddp hook", "dense", "fp16", "topk", "path A", "path B")
 
 
 def barrier(tag: str) -> None:
@@ -128,6 +130,16 @@ class Method:
             psgd = PowerSGD(shapes, hvd.rank(), size, master, warmup=2)
             step = lambda: psgd.step(grads)  # noqa: E731
             self.sent = lambda: psgd.bytes_per_rank(size)  # noqa: E731
+        elif method == "ddp hook":
+            master = os.environ.get("SCALECOM_BENCH_MASTER", "127.0.0.1:29517")
+            hook = ScaleComHook(shapes, hvd.rank(), size, master, args.hook_ratio or args.ratio)
+
+            def step():
+                hook.step(grads)
+                self.breakdowns.append(hook.breakdown())
+                self.compress.append(self.breakdowns[-1]["select_s"]
+                                     + self.breakdowns[-1]["update_s"])
+            self.sent = hook.bytes_per_rank
         else:
             raise ValueError(f"unknown method {method!r}")
         self.step = step
@@ -180,6 +192,8 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="transformer-small")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--ratio", type=float, default=0.01)
+    parser.add_argument("--hook-ratio", type=float,
+                        help="the DDP hook's ratio (default: --ratio)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
@@ -222,7 +236,8 @@ def main() -> None:
             f"{row['bytes_per_rank'] / 1e6:8.3f} MB/rank {row['compression']:6.1f}x")
     if hvd.rank() == 0 and args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "ratio": args.ratio, "ranks": hvd.size(),
+            json.dump({"model": args.model, "ratio": args.ratio,
+                       "hook_ratio": args.hook_ratio or args.ratio, "ranks": hvd.size(),
                        "bucket_cap_mb": args.bucket_cap_mb,
                        "label": args.label, "line_rate_gbit": args.line_rate,
                        "rounds": args.rounds, "steps": args.steps,

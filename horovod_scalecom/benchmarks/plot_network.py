@@ -18,9 +18,10 @@ from collections import defaultdict
 from horovod_scalecom.benchmarks.plot_convergence import label, save
 from horovod_scalecom.benchmarks._pyplot import pyplot
 
-ORDER = ("dense", "fp16", "topk", "powersgd", "path A", "path B")
+ORDER = ("dense", "fp16", "topk", "powersgd", "ddp hook", "path A", "path B")
 NAMES = {"dense": "Horovod dense", "fp16": "Horovod fp16", "topk": "top-k + allgather",
-         "powersgd": "PowerSGD (rank 4)", "path A": "ScaleCom path A", "path B": "ScaleCom path B"}
+         "powersgd": "PowerSGD (rank 4)", "ddp hook": "ScaleCom DDP hook",
+         "path A": "ScaleCom path A", "path B": "ScaleCom path B"}
 
 
 def load(paths):

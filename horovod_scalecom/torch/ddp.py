@@ -264,8 +264,10 @@ class ScaleComHookState:
                 start = time.perf_counter()
                 values = mean[part.sent:part.sent + part.k]
                 self.state.watch.exchange(part.state.name, part.step, values)
-                out.copy_(self.state.kernels(values, part.state.name).scatter(
-                    part.indices, values, part.numel))
+                # The core's scatter, written into the bucket: no new dense tensor
+                # (whose first touch of fresh pages would cost more than the copy).
+                out.zero_()
+                out.index_copy_(0, part.indices.long(), values.to(out.dtype))
                 self._last[part.state.name]["decompress_s"] = time.perf_counter() - start
         except BaseException as exc:  # noqa: BLE001 - handed to DDP through the future
             result.set_exception(exc)

@@ -20,6 +20,7 @@ saves it with the memories, for the NumPy reference to judge. Cases:
   badratio   rank 1 builds the state with ratio=0
   complex    the model has a complex parameter
   stranger   the state is built from another model than the one DDP wraps
+  cuda       the model and its gradients on the GPU (gloo carries CUDA tensors)
 """
 
 import gc
@@ -74,7 +75,7 @@ class Recorder:
             out = future.value()
             for name, start, shape in places:
                 self.result[f"out/{step}/{name}"] = (
-                    out[start:start + shape.numel()].reshape(shape).clone().numpy())
+                    out[start:start + shape.numel()].reshape(shape).cpu().clone().numpy())
             return out
         return scalecom_hook(state, bucket).then(record)
 
@@ -86,7 +87,8 @@ def build(cases, rank, module=None):
         # 4 KB caps: two buckets at the first step and two others (their
         # parameters regrouped) after DDP rebuilds them.
         kwargs["bucket_cap_mb_list"] = [0.004]
-    model = DDP(module or Params("complex" in cases), **kwargs)
+    device = torch.device("cuda" if "cuda" in cases else "cpu")
+    model = DDP((module or Params("complex" in cases)).to(device), **kwargs)
     ratio = RATIO
     if "mismatch" in cases and rank == 1:
         ratio = 0.02
@@ -106,6 +108,7 @@ def train(model, state, recorder, cases, rank, steps):
         recorder.step = step
         for micro in range(micro_batches):
             grads = [torch.from_numpy(gradient(0, rank, step * micro_batches + micro, i, shape))
+                     .to(next(model.parameters()).device)
                      for i, shape in enumerate(SHAPES.values())]
             if "unused" in cases and step % 2 == 1:
                 grads[3] = None
@@ -118,7 +121,8 @@ def train(model, state, recorder, cases, rank, steps):
         for name, p in model.module.named_parameters():
             key = f"out/{step}/{name}"
             if p.grad is not None and key in recorder.result:
-                np.testing.assert_array_equal(p.grad.numpy(), recorder.result[key], err_msg=key)
+                np.testing.assert_array_equal(p.grad.cpu().numpy(), recorder.result[key],
+                                              err_msg=key)
         model.zero_grad()
 
 
@@ -147,7 +151,7 @@ def main():
     for name, tensor_state in state.state.tensors.items():
         result[f"step/{name}"] = np.array(tensor_state.step)
         if tensor_state.memory is not None:
-            result[f"mem/{name}"] = tensor_state.memory.numpy()
+            result[f"mem/{name}"] = tensor_state.memory.cpu().clone().numpy()
     stats = state.stats()
     result["bytes_sent"] = np.array(stats["bytes_sent"])
     result["dense_bytes"] = np.array(stats["dense_bytes"])

@@ -70,15 +70,19 @@ class BroadcastShare:
             self._led.append(step)
         return self.post(indices, lead, name)
 
-    def complete(self, name: str, param: torch.Tensor, k: int, lead: int, step: int) -> None:
-        """A tensor the other ranks posted a receive for at ``step`` turned out
-        never to come through ScaleCom (a sparse gradient that Horovod
-        gathers): its leader sends k zeros, so that no receive stays open.
-        Every rank calls this alike; the receives were posted exactly where
-        this rank led a tensor at that step."""
+    def coming(self) -> Any:
+        """The parameters the followed optimizer hands over at this step (its
+        ``_requires_update``); None where no optimizer is followed."""
         optimizer = self._optimizer() if self._optimizer is not None else None
-        if (optimizer is None or self.process_set.rank() != lead or step not in self._led
-                or param not in optimizer._requires_update):
+        return None if optimizer is None else optimizer._requires_update
+
+    def complete(self, name: str, param: torch.Tensor, k: int, lead: int, step: int) -> None:
+        """A tensor the other ranks posted a receive for at ``step`` (by the
+        compressor's rule) turned out never to come through ScaleCom (a sparse
+        gradient that Horovod gathers): its leader sends k zeros, so that no
+        receive stays open. The receives were posted exactly where this rank
+        led a tensor at that step."""
+        if self.process_set.rank() != lead or step not in self._led:
             return
         self.post(torch.zeros(k, dtype=torch.int32, device=param.device), lead, name)
 
@@ -104,10 +108,9 @@ class BroadcastShare:
             indices.copy_(buffer)
 
     def _post_ahead(self, step: int, expected) -> None:
-        optimizer = self._optimizer() if self._optimizer is not None else None
-        if optimizer is None:
+        coming = self.coming()
+        if coming is None:
             return
-        coming = optimizer._requires_update
         for name, param, k, lead in expected(step, coming):
             if name not in self._posted:
                 buffer = torch.empty(k, dtype=torch.int32, device=param.device)

@@ -275,16 +275,17 @@ class ScaleCom(Compressor):
                       and s.param.grad is not None and s.param.grad.is_sparse), None)
         if state is None:
             return
+        # Read before it is marked bypassed: the others posted while it was not.
+        posted = self._posted_ahead(state, state.step, self._broadcast.coming())
         state.bypassed = True
         warnings.warn(
             f"ScaleCom: the gradient of {state.name} is sparse, so Horovod's sparse allgather "
             "carried it, uncompressed and without ScaleCom. Pass sparse_as_dense=True to "
             "hvd.DistributedOptimizer to compress it.", stacklevel=3)
-        size = self.process_set.size()
-        if (self._index_share is None and size > 1 and not self.state.stagger_leaders
-                and not self.state.goes_dense(state.step, state.param)):
-            self._broadcast.complete(state.name, state.param, self.config.k(state.param.numel()),
-                                     leader(state.step, state.offset, size), state.step)
+        if posted:
+            self._broadcast.complete(
+                state.name, state.param, self.config.k(state.param.numel()),
+                leader(state.step, state.offset, self.process_set.size()), state.step)
         self._broadcast.forget(state.name)
 
     def _first_sight(self, tensor: torch.Tensor, state: TensorState | None,
@@ -348,18 +349,27 @@ class ScaleCom(Compressor):
             indices.copy_(host)
         return None
 
+    def _posted_ahead(self, s: TensorState, step: int, coming: Any) -> bool:
+        """Whether the ranks that do not lead ``s`` post their receive of its
+        indices at ``step`` before their first wait of that step. The one rule
+        for both sides: the non-leaders post by it (``_coming``), and the
+        leader closes by it the receives of a tensor that never comes through
+        ScaleCom (``_bypassed``). ``coming``: the parameters the optimizer
+        hands over at this step (None: no optimizer, nothing is posted ahead)."""
+        # Staggered leaders may wait for each other anyway: that schedule needs
+        # one hand-over order, and receives as they come.
+        return (coming is not None and self._index_share is None
+                and self.process_set.size() > 1 and not self.state.stagger_leaders
+                and s.step == step and not s.bypassed and s.param in coming
+                and not self.state.goes_dense(step, s.param))
+
     def _coming(self, step: int, coming: Any) -> list[tuple[str, torch.Tensor, int, int]]:
         """(name, parameter, k, leader) of each tensor of ``coming`` (the
         optimizer's parameters) compressed at ``step`` and led by another rank."""
-        if self.state.stagger_leaders:
-            # Leaders differ per tensor and may wait for each other anyway:
-            # that schedule needs one hand-over order, and receives as they come.
-            return []
         size, me = self.process_set.size(), self.process_set.rank()
         found = []
         for s in self.state.tensors.values():
-            if (s.step != step or s.bypassed or s.param not in coming
-                    or self.state.goes_dense(step, s.param)):
+            if not self._posted_ahead(s, step, coming):
                 continue
             lead = leader(step, s.offset, size)
             if lead != me:

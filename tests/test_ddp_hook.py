@@ -51,6 +51,12 @@ def test_hook_with_ddp_features(tmp_path, case):
           skip_param=3 if case == "unused" else None)
 
 
+def test_hook_over_a_process_group_of_some_ranks(tmp_path):
+    # Ranks 0 and 1 of 3 train; rank 2 is outside their group.
+    job = ddp_job(tmp_path, 3, "buckets", "subgroup").check_ok()
+    check(job, 2, STEPS, CFG, exact=True)
+
+
 def test_hook_under_torchrun(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc-per-node", "2"]

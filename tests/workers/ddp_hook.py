@@ -21,6 +21,7 @@ saves it with the memories, for the NumPy reference to judge. Cases:
   complex    the model has a complex parameter
   stranger   the state is built from another model than the one DDP wraps
   cuda       the model and its gradients on the GPU (gloo carries CUDA tensors)
+  subgroup   (3 ranks) DDP and ScaleCom over the process group of ranks 0 and 1
 """
 
 import gc
@@ -80,22 +81,22 @@ class Recorder:
         return scalecom_hook(state, bucket).then(record)
 
 
-def build(cases, rank, module=None):
-    kwargs = {"find_unused_parameters": "unused" in cases, "static_graph": "static" in cases,
+def build(cases, rank, group=None):
+    kwargs = {"process_group": group, "find_unused_parameters": "unused" in cases, "static_graph": "static" in cases,
               "gradient_as_bucket_view": "view" in cases}
     if "buckets" in cases:
         # 4 KB caps: two buckets at the first step and two others (their
         # parameters regrouped) after DDP rebuilds them.
         kwargs["bucket_cap_mb_list"] = [0.004]
     device = torch.device("cuda" if "cuda" in cases else "cpu")
-    model = DDP((module or Params("complex" in cases)).to(device), **kwargs)
+    model = DDP(Params("complex" in cases).to(device), **kwargs)
     ratio = RATIO
     if "mismatch" in cases and rank == 1:
         ratio = 0.02
     if "badratio" in cases and rank == 1:
         ratio = 0.0
     source = Params() if "stranger" in cases else model
-    state = ScaleComHookState(source, ratio=ratio, beta=BETA, min_numel=MIN_NUMEL,
+    state = ScaleComHookState(source, process_group=group, ratio=ratio, beta=BETA, min_numel=MIN_NUMEL,
                               warmup_steps=2 if "warmup" in cases else 0,
                               share_timeout=float(os.environ.get("SHARE_TIMEOUT", "60")))
     return model, state
@@ -132,7 +133,12 @@ def main():
     size = int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=size)
-    model, state = build(cases, rank)
+    group = dist.new_group([0, 1]) if "subgroup" in cases else None
+    if "subgroup" in cases and rank not in (0, 1):
+        np.savez(os.path.join(outdir, f"rank{rank}.npz"))
+        dist.destroy_process_group()
+        return
+    model, state = build(cases, rank, group)
     recorder = Recorder(model)
     if "resume" in cases:
         train(model, state, recorder, cases, rank, range(3))
@@ -140,7 +146,7 @@ def main():
         torch.save(state.state_dict(), path)
         del model, state
         gc.collect()
-        model, state = build(cases, rank)
+        model, state = build(cases, rank, group)
         state.load_state_dict(torch.load(path))
         recorder.names = {p: n for n, p in model.module.named_parameters()}
         train(model, state, recorder, cases, rank, range(3, STEPS))

@@ -34,9 +34,11 @@ the first iteration, under ``static_graph``) and nothing moves. Under
 the next step that synchronizes, as one step.
 """
 
+# No `from __future__ import annotations` here: DDP's register_comm_hook
+# checks the hook's annotations as objects (dist.GradBucket, Future[Tensor]).
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -58,9 +60,9 @@ class _Part:
     start: int                      # offset in the bucket's flat buffer
     numel: int
     step: int
-    grad: torch.Tensor | None = None       # float32, flat: compressed parts only
+    grad: Optional[torch.Tensor] = None       # float32, flat: compressed parts only
     k: int = 0                              # 0: the part goes dense
-    indices: torch.Tensor | None = None
+    indices: Optional[torch.Tensor] = None
     sent: int = 0                           # offset in the allreduced buffer
 
 
@@ -99,7 +101,7 @@ class ScaleComHookState:
 
     def __init__(self, model: torch.nn.Module, process_group: Any = None,
                  ratio: float = 0.01, beta: float = 0.1, warmup_steps: int = 0,
-                 min_numel: int = 1024, clip_factor: float | None = DEFAULT_CLIP_FACTOR,
+                 min_numel: int = 1024, clip_factor: Optional[float] = DEFAULT_CLIP_FACTOR,
                  share_timeout: float = 120.0) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be the torch.nn.Module DDP wraps (or the DDP "
@@ -308,7 +310,7 @@ class ScaleComHookState:
             "tensors": tensors,
         }
 
-    def _record(self, part: _Part, lead: int | None, clip_s: float, select_s: float,
+    def _record(self, part: _Part, lead: Optional[int], clip_s: float, select_s: float,
                 grad_norm: float = 0.0, clip_scale: float = 1.0) -> None:
         size = self.group.size()
         dense = bytes_model.dense_ring_allreduce(part.numel, size)

@@ -34,13 +34,11 @@ from typing import Any, Iterable, Sequence
 import torch
 import horovod.torch as hvd
 
-from horovod_scalecom import bytes_model
 from horovod_scalecom.buckets import DEFAULT_BUCKET_CAP_MB, make_groups
-from horovod_scalecom.cuda import GRAD_TYPES
-from horovod_scalecom.ring import close_at_exit, device_transport, load_ring, refuse_without_mpi
+from horovod_scalecom.ring import close_at_exit, load_ring, refuse_without_mpi
 from horovod_scalecom.torch._exit import horovod_barrier
 from horovod_scalecom.torch.compression import ScaleCom
-
+from horovod_scalecom.torch.ring_start import RingStart, ring_device
 
 
 # The module of Horovod's own wrapper class: hvd.broadcast_optimizer_state
@@ -66,41 +64,14 @@ class _RingOptimizer(torch.optim.Optimizer):
                  backward_passes_per_step: int, op, groups, bucket_cap_mb: float,
                  sparse_as_dense: bool) -> None:
         super(self.__class__, self).__init__(params)
-        if not isinstance(compression, ScaleCom):
-            raise TypeError("horovod_scalecom.torch.DistributedOptimizer needs compression="
-                            "ScaleCom(...); for other compressors use hvd.DistributedOptimizer")
-        if op != hvd.Average:
-            raise ValueError("the ScaleCom ring averages; op must be hvd.Average (for op=hvd.Sum "
-                             "use hvd.DistributedOptimizer with compression=ScaleCom(...))")
-        if compression.process_set.process_set_id != 0:
-            raise ValueError("horovod_scalecom.torch.DistributedOptimizer runs its ring over every "
-                             "rank, but ScaleCom was given a process_set; for a process set use "
-                             "hvd.DistributedOptimizer(..., process_set=ps) with "
-                             "compression=ScaleCom(..., process_set=ps)")
-        if backward_passes_per_step < 1:
-            raise ValueError("backward_passes_per_step must be >= 1")
+        _check_arguments(compression, op, backward_passes_per_step)
         self._compression = compression
         self.backward_passes_per_step = backward_passes_per_step
         self._sparse_as_dense = bool(sparse_as_dense)
         self._should_synchronize = True
-        named = list(named_parameters) if named_parameters is not None else [
-            (name, p) for name, p in compression.state.named_parameters()]
-        by_id = {id(p): name for name, p in named}
-        self._params: list[tuple[str, torch.Tensor]] = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.requires_grad:
-                    if id(p) not in by_id:
-                        raise ValueError("an optimizer parameter is not in named_parameters")
-                    self._params.append((by_id[id(p)], p))
+        self._params = self._ring_order(named_parameters)
         # Horovod's own table, which Horovod's tests and some user code read.
         self._parameter_names = {p: name for name, p in self._params}
-        unknown = [n for n, _ in self._params if n not in compression.state.tensors]
-        if unknown:
-            raise ValueError(f"ScaleCom was not given these parameters: {', '.join(unknown)}")
-        # Registration order, the same on every rank: the ring's tensor order.
-        order = {name: i for i, name in enumerate(compression.state.tensors)}
-        self._params.sort(key=lambda item: order[item[0]])
         place = {id(p): i for i, (_, p) in enumerate(self._params)}
         self._groups = [_Group([self._params[i] for i in members]) for members in make_groups(
             [4 * p.numel() for _, p in self._params], groups, bucket_cap_mb,
@@ -112,14 +83,35 @@ class _RingOptimizer(torch.optim.Optimizer):
             close_at_exit(self._engine, horovod_barrier)
         else:
             self._engine = None
+        self._start = RingStart(self._engine, compression)
         self._last: dict[str, Any] = {}
-        self._device_kernels_set = False
-        self._scratch_bytes: dict[int, int] = {}   # numel -> the engine's device scratch
-        self._out_buffers: dict[str, torch.Tensor] = {}   # where the mean cannot go in place
-        self._clip_figures: dict[str, tuple[float, float]] = {}   # name: (norm, scale), last step
         self._leaked: list[Any] = []
         self._synchronized = False     # synchronize() ran, and no backward since
         self._begin_step()
+        self._hooks = self._hook_gradients()
+
+    def _ring_order(self, named_parameters) -> list[tuple[str, torch.Tensor]]:
+        """The (name, parameter) pairs this optimizer updates, in ScaleCom's
+        registration order: the same on every rank, the ring's tensor order."""
+        state = self._compression.state
+        named = list(named_parameters) if named_parameters is not None else [
+            (name, p) for name, p in state.named_parameters()]
+        by_id = {id(p): name for name, p in named}
+        params: list[tuple[str, torch.Tensor]] = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    if id(p) not in by_id:
+                        raise ValueError("an optimizer parameter is not in named_parameters")
+                    params.append((by_id[id(p)], p))
+        unknown = [n for n, _ in params if n not in state.tensors]
+        if unknown:
+            raise ValueError(f"ScaleCom was not given these parameters: {', '.join(unknown)}")
+        order = {name: i for i, name in enumerate(state.tensors)}
+        params.sort(key=lambda item: order[item[0]])
+        return params
+
+    def _hook_gradients(self) -> list:
         # Through a weak reference, and removed with the optimizer: a model
         # wrapped again (a new optimizer, an Elastic reset) must not keep
         # feeding the old one's exchanges.
@@ -129,7 +121,7 @@ class _RingOptimizer(torch.optim.Optimizer):
             optimizer = this()
             if optimizer is not None:
                 optimizer._gradient_ready(p)
-        self._hooks = [p.register_post_accumulate_grad_hook(ready) for _, p in self._params]
+        return [p.register_post_accumulate_grad_hook(ready) for _, p in self._params]
 
     def __del__(self) -> None:
         for hook in getattr(self, "_hooks", ()):
@@ -183,32 +175,38 @@ class _RingOptimizer(torch.optim.Optimizer):
         self._python_s += time.perf_counter() - begin
 
     def _start_group(self, group: _Group, threads: int) -> None:
-        compression = self._compression
-        compression.state.check_config()
+        """Dense tensors to Horovod's allreduce, the others to the ring."""
+        state = self._compression.state
+        state.check_config()
         group.started = True
         ring = []
         for name, p in group.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)   # another rank may have a gradient for it
-            if p.grad.is_sparse:
-                if not self._sparse_as_dense:
-                    raise ValueError(f"ScaleCom: the gradient of {name} is sparse; the ring "
-                                     "exchanges dense gradients: pass sparse_as_dense=True "
-                                     "(or use a dense embedding, sparse=False)")
-                p.grad = p.grad.to_dense()
-                self._densified.append(p)
-            state = compression.state.tensors[name]
-            t = state.step
-            state.step += 1
-            if self._engine is None or compression.state.goes_dense(t, p.grad):
+            self._dense_gradient(name, p)
+            tensor = state.tensors[name]
+            t = tensor.step
+            tensor.step += 1
+            if self._engine is None or state.goes_dense(t, p.grad):
                 grad = p.grad if p.grad.dtype != torch.bfloat16 else p.grad.float()
                 self._dense.append((p, grad, hvd.allreduce_async_(
                     grad, name=f"scalecom.dense.{name}", op=hvd.Average)))
             else:
-                compression.state.prepare(state, p.grad)
-                ring.append((name, p, state, t))
-        if not ring:
-            return
+                state.prepare(tensor, p.grad)
+                ring.append((name, p, tensor, t))
+        if ring:
+            self._start_ring(ring, threads)
+
+    def _dense_gradient(self, name: str, p: torch.Tensor) -> None:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)   # another rank may have a gradient for it
+        if p.grad.is_sparse:
+            if not self._sparse_as_dense:
+                raise ValueError(f"ScaleCom: the gradient of {name} is sparse; the ring "
+                                 "exchanges dense gradients: pass sparse_as_dense=True "
+                                 "(or use a dense embedding, sparse=False)")
+            p.grad = p.grad.to_dense()
+            self._densified.append(p)
+
+    def _start_ring(self, ring: list, threads: int) -> None:
         if self._on_gpu is None:   # the step's first group decides
             self._on_gpu = self._ring_device(ring[0][1].grad, ring[0][0]) is not None
         on_gpu = self._on_gpu
@@ -218,7 +216,8 @@ class _RingOptimizer(torch.optim.Optimizer):
                                    "some on the CPU; the ring exchanges one kind per step")
         # Held until the exchange ends; for ever if it times out (the engine's
         # thread may still write into them).
-        self._held.append(self._start_device(ring) if on_gpu else self._start_host(ring, threads))
+        self._held.append(self._start.device(ring, self._ring_device, self._ring) if on_gpu
+                          else self._start.host(ring, threads, self._ring))
 
     def synchronize(self) -> None:
         """Starts the groups backward left incomplete (zeros for parameters
@@ -226,22 +225,39 @@ class _RingOptimizer(torch.optim.Optimizer):
         begin = time.perf_counter()
         self._start_ready_groups(everything=True)
         started = time.perf_counter()
-        ring_bytes, timings = 0, {}
-        if self._ring:
-            try:
-                ring_bytes = self._engine.wait(self._compression.share_timeout)
-            except TimeoutError as exc:
-                self._leaked.append(self._held)
-                raise RuntimeError(f"ScaleCom ring on rank {hvd.rank()}: {exc}") from exc
-            timings = self._engine.last_timings()
+        ring_bytes, timings = self._wait_ring()
         ring_done = time.perf_counter()
-        compression = self._compression
+        self._copy_ring_out()
+        copied = time.perf_counter()
+        self._wait_dense()
+        end = time.perf_counter()
+        self._last = self._start.figures(self._ring, len(self._dense), self._on_gpu,
+                                         self._python_s, ring_bytes, timings, {
+            "start_s": started - begin, "ring_wait_s": ring_done - started,
+            "copy_out_s": copied - ring_done, "dense_wait_s": end - copied,
+            "synchronize_s": end - begin})
+        self._synchronized = True
+        self._begin_step()
+
+    def _wait_ring(self) -> tuple[int, dict]:
+        """The ring's bytes sent and its phase timings, once it has ended."""
+        if not self._ring:
+            return 0, {}
+        try:
+            ring_bytes = self._engine.wait(self._compression.share_timeout)
+        except TimeoutError as exc:
+            self._leaked.append(self._held)
+            raise RuntimeError(f"ScaleCom ring on rank {hvd.rank()}: {exc}") from exc
+        return ring_bytes, self._engine.last_timings()
+
+    def _copy_ring_out(self) -> None:
+        state = self._compression.state
         for name, p, grad, out in self._ring:
-            state = compression.state.tensors[name]
-            compression.state.watch.exchange(name, state.step - 1, out)
+            state.watch.exchange(name, state.tensors[name].step - 1, out)
             if out is not grad:
                 p.grad.copy_(out.view_as(p.grad))
-        copied = time.perf_counter()
+
+    def _wait_dense(self) -> None:
         for p, grad, handle in self._dense:
             result = hvd.synchronize(handle)
             if result is not p.grad:
@@ -250,45 +266,6 @@ class _RingOptimizer(torch.optim.Optimizer):
             # As Horovod: the optimizer gets the sparse kind of gradient it was
             # made for (SparseAdam refuses dense ones).
             p.grad = p.grad.to_sparse()
-        end = time.perf_counter()
-        self._last = self._figures(ring_bytes, timings, {
-            "start_s": started - begin, "ring_wait_s": ring_done - started,
-            "copy_out_s": copied - ring_done, "dense_wait_s": end - copied,
-            "synchronize_s": end - begin})
-        self._synchronized = True
-        self._begin_step()
-
-    def _figures(self, ring_bytes: int, timings: dict, waits: dict) -> dict[str, Any]:
-        ring = self._ring
-        size = hvd.size()
-        busy = timings.get("busy_s", 0.0)
-        return {
-            "ring_tensors": len(ring),
-            "ring_groups": timings.get("exchanges", 0),
-            "ring_bytes": ring_bytes,
-            "ring_dense_bytes": sum(bytes_model.dense_ring_allreduce(p.numel(), size)
-                                    for _, p, _, _ in ring),
-            "dense_tensors": len(self._dense),
-            "nonfinite_kept": self._engine.last_nonfinite() if ring else 0,
-            # Tensors whose gradient ScaleCom's relative clip scaled down this step.
-            "clipped": sum(1 for name, *_ in ring if self._clip_figures[name][1] < 1.0),
-            # Selection, reduction, dense output and memory update inside the ring
-            # (its work outside MPI).
-            "compress_s": self._engine.last_compute_s() if ring else 0.0,
-            # What MPI read and wrote: host tensors, or GPU tensors' messages.
-            "ring_transport": ("" if not ring else "host" if not self._on_gpu else
-                               "cuda-aware MPI" if self._engine.cuda_aware() else
-                               "pinned host staging"),
-            # Time inside synchronize(), what step() adds to backward.
-            "exchange_s": waits["synchronize_s"],
-            # Where the step's time went: the engine's phases (summed over the
-            # groups), Python starting groups from backward's hooks, and the
-            # parts of synchronize(). hidden_s: the ring's busy time that
-            # synchronize() did not wait for, i.e. overlapped with backward.
-            "breakdown": {**{k: v for k, v in timings.items() if k != "exchanges"},
-                          "python_start_s": self._python_s, **waits,
-                          "hidden_s": max(0.0, busy - waits["ring_wait_s"])},
-        }
 
     @contextlib.contextmanager
     def skip_synchronize(self):
@@ -305,95 +282,9 @@ class _RingOptimizer(torch.optim.Optimizer):
         finally:
             self._should_synchronize = True
 
-    def _start_host(self, ring, threads: int) -> tuple:
-        """CPU gradients: float32 contiguous ones receive the mean in place (the
-        engine reads each element before it writes it); others go through a
-        float32 copy and an output buffer kept between steps."""
-        cfg = self._compression.config
-        grads, outs = [], []
-        for name, p, state, t in ring:
-            grad = p.grad.detach()
-            if grad.dtype == torch.float32 and grad.is_contiguous():
-                flat = grad.view(-1)
-                out = flat
-            else:
-                flat = grad.reshape(-1).to(torch.float32).contiguous()
-                out = self._out_buffer(name, flat)
-            self._clip_(name, state, t, flat)
-            grads.append(flat)
-            outs.append(out)
-            self._ring.append((name, p, flat, out))
-        arrays = [g.numpy() for g in grads]   # an output that is its gradient: the same array
-        self._engine.start([s.memory.numpy() for _, _, s, _ in ring],
-                           arrays,
-                           [a if o is g else o.numpy() for a, g, o in zip(arrays, grads, outs)],
-                           [t for _, _, _, t in ring], float(cfg.ratio), float(cfg.beta),
-                           threads)
-        return grads, outs
-
-    def _out_buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        out = self._out_buffers.get(name)
-        if out is None or out.numel() != like.numel() or out.device != like.device:
-            out = self._out_buffers[name] = torch.empty(like.numel(), dtype=torch.float32,
-                                                        device=like.device)
-        return out
-
-    def _start_device(self, ring) -> tuple:
-        """GPU gradients: memory, gradient and output stay on the device; the
-        engine moves only the k-sized index and value sets through the host."""
-        compression = self._compression
-        cfg = compression.config
-        if not self._device_kernels_set:
-            name, p = ring[0][0], ring[0][1]
-            self._engine.use_device_kernels(
-                compression.state.kernels(p.grad, name).kernels.addresses(), device_transport())
-            self._device_kernels_set = True
-        grads, scratch, specs = [], [], []
-        for name, p, state, t in ring:
-            grad = p.grad.detach().reshape(-1).contiguous()
-            self._clip_(name, state, t, grad)
-            # Never in place: the device side scatters the mean before it reads the gradient.
-            out = self._out_buffer(name, grad)
-            if grad.numel() not in self._scratch_bytes:    # the same every step: ask once
-                with torch.cuda.device(grad.device) if grad.is_cuda else contextlib.nullcontext():
-                    # The workspace queries run on the current device: make it the gradient's.
-                    self._scratch_bytes[grad.numel()] = self._engine.device_scratch_bytes(
-                        grad.numel(), float(cfg.ratio))
-            work = torch.empty(self._scratch_bytes[grad.numel()], dtype=torch.uint8,
-                               device=grad.device)
-            specs.append((state.memory.data_ptr(), grad.data_ptr(),
-                          GRAD_TYPES[str(grad.dtype).removeprefix("torch.")], out.data_ptr(),
-                          grad.numel(), t, self._ring_device(grad, name), work.data_ptr(),
-                          work.numel()))
-            grads.append(grad)
-            scratch.append(work)
-            self._ring.append((name, p, grad, out))
-        # The engine works on its own thread and stream: the group's gradients
-        # must be complete (one wait per group, during backward).
-        if grads[0].is_cuda:
-            torch.cuda.current_stream(grads[0].device).synchronize()
-        self._engine.start_device(specs, float(cfg.ratio), float(cfg.beta))
-        return grads, scratch
-
-    def _clip_(self, name: str, state, step: int, grad: torch.Tensor) -> None:
-        """ScaleCom's relative clip, in place: the ring hands the mean back in
-        the gradient's storage anyway. A float16/bfloat16 GPU gradient is
-        scaled in its own dtype (the reference scales the float32 value)."""
-        g = grad if grad.dtype == torch.float32 else grad.float()
-        norm, scale = self._compression.state.watch.clip(state, step, g)
-        if scale != 1.0:
-            grad.mul_(scale)
-        self._clip_figures[name] = (norm, scale)
-
-    @staticmethod
-    def _ring_device(grad: torch.Tensor, name: str) -> int | None:
-        """The CUDA device a gradient goes through the ring on; None: the host."""
-        if grad.device.type == "cpu":
-            return None
-        if grad.device.type == "cuda":
-            return grad.device.index if grad.device.index is not None else 0
-        raise RuntimeError(f"ScaleCom ring: the gradient of {name} is on {grad.device}; the "
-                           "ring takes CPU and CUDA tensors")
+    # Looked up on the instance: a test routes host tensors through the
+    # device branch by replacing it (tests/workers/common.py).
+    _ring_device = staticmethod(ring_device)
 
     def stats(self) -> dict[str, Any]:
         """Figures of the last step: bytes this rank sent in the ring (counted
@@ -426,6 +317,41 @@ class _RingOptimizer(torch.optim.Optimizer):
         return super(self.__class__, self).zero_grad(set_to_none)
 
 
+def _check_arguments(compression: Any, op: Any, backward_passes_per_step: int) -> None:
+    if not isinstance(compression, ScaleCom):
+        raise TypeError("horovod_scalecom.torch.DistributedOptimizer needs compression="
+                        "ScaleCom(...); for other compressors use hvd.DistributedOptimizer")
+    if op != hvd.Average:
+        raise ValueError("the ScaleCom ring averages; op must be hvd.Average (for op=hvd.Sum "
+                         "use hvd.DistributedOptimizer with compression=ScaleCom(...))")
+    if compression.process_set.process_set_id != 0:
+        raise ValueError("horovod_scalecom.torch.DistributedOptimizer runs its ring over every "
+                         "rank, but ScaleCom was given a process_set; for a process set use "
+                         "hvd.DistributedOptimizer(..., process_set=ps) with "
+                         "compression=ScaleCom(..., process_set=ps)")
+    if backward_passes_per_step < 1:
+        raise ValueError("backward_passes_per_step must be >= 1")
+
+
+def _refuse_what_the_ring_cannot_do(compression, process_set, gradient_predivide_factor,
+                                    num_groups, groups) -> None:
+    if compression is None:
+        raise TypeError("compression=ScaleCom(...) is required")
+    if process_set is not None and process_set.process_set_id != 0:
+        raise ValueError("horovod_scalecom.torch.DistributedOptimizer: process_set is not "
+                         "supported (the ring runs over every rank); for a process set use "
+                         "hvd.DistributedOptimizer(..., process_set=ps) with "
+                         "compression=ScaleCom(..., process_set=ps)")
+    refuse_without_mpi("horovod_scalecom.torch.DistributedOptimizer", "hvd.DistributedOptimizer",
+                       hvd.size(), hvd.mpi_enabled())
+    if gradient_predivide_factor != 1.0:
+        raise ValueError("horovod_scalecom.torch.DistributedOptimizer: gradient_predivide_factor "
+                         f"={gradient_predivide_factor!r} is not supported (the ring averages); "
+                         "scale the loss instead")
+    if num_groups and groups is not None:
+        raise ValueError("pass num_groups or groups, not both")
+
+
 def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                          named_parameters: Iterable[tuple[str, torch.Tensor]] | None = None,
                          compression: ScaleCom | None = None,
@@ -455,21 +381,8 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
     global one, and Horovod must run on MPI (not Gloo, not Elastic); for
     those, hvd.DistributedOptimizer with compression=ScaleCom(...) does them.
     """
-    if compression is None:
-        raise TypeError("compression=ScaleCom(...) is required")
-    if process_set is not None and process_set.process_set_id != 0:
-        raise ValueError("horovod_scalecom.torch.DistributedOptimizer: process_set is not "
-                         "supported (the ring runs over every rank); for a process set use "
-                         "hvd.DistributedOptimizer(..., process_set=ps) with "
-                         "compression=ScaleCom(..., process_set=ps)")
-    refuse_without_mpi("horovod_scalecom.torch.DistributedOptimizer", "hvd.DistributedOptimizer",
-                       hvd.size(), hvd.mpi_enabled())
-    if gradient_predivide_factor != 1.0:
-        raise ValueError("horovod_scalecom.torch.DistributedOptimizer: gradient_predivide_factor "
-                         f"={gradient_predivide_factor!r} is not supported (the ring averages); "
-                         "scale the loss instead")
-    if num_groups and groups is not None:
-        raise ValueError("pass num_groups or groups, not both")
+    _refuse_what_the_ring_cannot_do(compression, process_set, gradient_predivide_factor,
+                                    num_groups, groups)
     # Horovod's module, as its own wrapper class has: hvd.broadcast_optimizer_state
     # recognises a distributed optimizer by it and then steps the inner
     # optimizer only (a step of this one on the ranks without optimizer state

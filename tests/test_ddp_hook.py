@@ -9,8 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from compressor_check import check
+from compressor_check import assert_exchange, check
 from horovod_scalecom.config import ScaleComConfig
+from horovod_scalecom.reference import PathASimulator
+from workers.common import gradient
 from mpi import ROOT, WORKERS, Job, requires, run_bounded, run_mpi
 
 requires("torch")
@@ -98,3 +100,35 @@ def test_hook_on_cuda_gradients(tmp_path):
     job = ddp_job(tmp_path, 2, "buckets", "cuda").check_ok()
     # On a GPU the clip's norm is torch's sum, whose last bits may differ.
     check(job, 2, STEPS, CFG, exact=False, memory_exact=False)
+
+
+def test_hundreds_of_buckets_at_once(tmp_path):
+    # static_graph launches every bucket at the end of backward: 300 buckets
+    # wait for their indices at once, and their allreduces go out in order.
+    job = ddp_job(tmp_path, 2, "buckets", "many", timeout=300).check_ok()
+    sim = PathASimulator(2, CFG)
+    results = [job.result(r) for r in range(2)]
+    for step in range(STEPS):
+        for i in range(300):
+            grads = [gradient(0, r, step, i, (1100,)) for r in range(2)]
+            ref = sim.step(f"p{i}", grads).outputs[0]
+            for r in range(2):
+                assert_exchange(results[r][f"out/{step}/p{i}"], ref, True, f"p{i} at {step}")
+    assert all(int(r["buckets"]) >= 300 for r in results)
+
+
+def test_one_ranks_failure_raises_on_every_rank(tmp_path):
+    job = ddp_job(tmp_path, 2, "buckets", "failrank")
+    assert job.returncode != 0
+    assert "injected failure in rank 1's memory update" in (job.error(1) or ""), job.output
+    assert "1 rank(s) failed in the exchange of bucket" in (job.error(0) or ""), job.output
+
+
+def test_states_of_different_steps_refused_on_every_rank(tmp_path):
+    job = ddp_job(tmp_path, 2, "buckets", "resume", "skew")
+    job.assert_error_on_every_rank("the ranks loaded states saved at different steps")
+
+
+def test_sparse_gradient_refused_on_every_rank(tmp_path):
+    job = ddp_job(tmp_path, 2, "sparse")
+    job.assert_error_on_every_rank("table.weight are sparse")

@@ -21,12 +21,21 @@ saves it with the memories, for the NumPy reference to judge. Cases:
   complex    the model has a complex parameter
   stranger   the state is built from another model than the one DDP wraps
   cuda       the model and its gradients on the GPU (gloo carries CUDA tensors)
-  subgroup   (3 ranks) DDP and ScaleCom over the process group of ranks 0 and 1
+  subgroup   (3 ranks) DDP over the process group of ranks 0 and 1 (the
+             state takes DDP's group)
+  many       300 parameters of 1,100 elements, one bucket each, static_graph:
+             every bucket launched at the end of backward
+  failrank   rank 1's memory update raises at step 2
+  skew       (with resume) rank 1 loads a state whose steps are one ahead
+  sparse     the model has an nn.Embedding(sparse=True)
 """
 
 import gc
 import os
 import sys
+import traceback
+from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +44,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from horovod_scalecom.torch.ddp import ScaleComHookState, scalecom_hook
 
-from common import SHAPES, gradient, run
+from common import SHAPES, gradient
 
 STEPS = 6
 RATIO, BETA, MIN_NUMEL = 0.05, 0.1, 1024
@@ -44,15 +53,19 @@ RATIO, BETA, MIN_NUMEL = 0.05, 0.1, 1024
 class Params(torch.nn.Module):
     """One parameter per entry of SHAPES; backward gives exactly the chosen gradients."""
 
-    def __init__(self, extra_complex=False):
+    def __init__(self, cases=()):
         super().__init__()
         for name, shape in SHAPES.items():
             self.register_parameter(name.replace(".", "_"), torch.nn.Parameter(torch.zeros(shape)))
-        if extra_complex:
+        if "complex" in cases:
             self.z = torch.nn.Parameter(torch.zeros(2048, dtype=torch.complex64))
+        self.table = torch.nn.Embedding(50, 8, sparse=True) if "sparse" in cases else None
 
     def forward(self, grads):
-        return sum((p * g).sum().real for p, g in zip(self.parameters(), grads) if g is not None)
+        loss = sum((p * g).sum().real for p, g in zip(self.parameters(), grads) if g is not None)
+        if self.table is not None:
+            loss = loss + self.table(torch.arange(4)).sum()
+        return loss
 
 
 class Recorder:
@@ -89,14 +102,16 @@ def build(cases, rank, group=None):
         # parameters regrouped) after DDP rebuilds them.
         kwargs["bucket_cap_mb_list"] = [0.004]
     device = torch.device("cuda" if "cuda" in cases else "cpu")
-    model = DDP(Params("complex" in cases).to(device), **kwargs)
+    if "many" in cases:
+        kwargs["static_graph"] = True
+    model = DDP(Params(cases).to(device), **kwargs)
     ratio = RATIO
     if "mismatch" in cases and rank == 1:
         ratio = 0.02
     if "badratio" in cases and rank == 1:
         ratio = 0.0
     source = Params() if "stranger" in cases else model
-    state = ScaleComHookState(source, process_group=group, ratio=ratio, beta=BETA, min_numel=MIN_NUMEL,
+    state = ScaleComHookState(source, ratio=ratio, beta=BETA, min_numel=MIN_NUMEL,
                               warmup_steps=2 if "warmup" in cases else 0,
                               share_timeout=float(os.environ.get("SHARE_TIMEOUT", "60")))
     return model, state
@@ -127,19 +142,55 @@ def train(model, state, recorder, cases, rank, steps):
         model.zero_grad()
 
 
+def fail_on_rank_1(state, recorder):
+    """Rank 1's memory update raises at step 2 (an error of this rank alone)."""
+    exchange = state._exchange
+    gather = exchange._gather
+
+    def failing(bucket):
+        if recorder.step == 2:
+            raise RuntimeError("injected failure in rank 1's memory update")
+        return gather(bucket)
+    exchange._gather = failing
+
+
 def main():
     outdir, cases = sys.argv[1], set(sys.argv[2:])
     rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("RANK", "0")))
     size = int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=size)
+    failed = False
+    try:
+        train_and_save(outdir, cases)
+    except BaseException as exc:  # noqa: BLE001 - reported to the test
+        failed = True
+        (Path(outdir) / f"rank{rank}.err").write_text(
+            f"{type(exc).__name__}: {exc}\n" + traceback.format_exc())
+        sys.stderr.write(f"[rank {rank}] {type(exc).__name__}: {exc}\n")
+    try:
+        # Every rank reports before any exits (mpirun ends the job at the first
+        # failed exit); bounded, in case a rank is gone.
+        dist.monitored_barrier(timeout=timedelta(seconds=30), wait_all_ranks=True)
+    except RuntimeError:
+        failed = True
+    dist.destroy_process_group()
+    sys.exit(1 if failed else 0)
+
+
+def train_and_save(outdir, cases):
+    global SHAPES
+    if "many" in cases:
+        SHAPES = {f"p{i}": (1100,) for i in range(300)}
+    rank = dist.get_rank()
     group = dist.new_group([0, 1]) if "subgroup" in cases else None
     if "subgroup" in cases and rank not in (0, 1):
         np.savez(os.path.join(outdir, f"rank{rank}.npz"))
-        dist.destroy_process_group()
         return
     model, state = build(cases, rank, group)
     recorder = Recorder(model)
+    if "failrank" in cases and rank == 1:
+        fail_on_rank_1(state, recorder)
     if "resume" in cases:
         train(model, state, recorder, cases, rank, range(3))
         path = os.path.join(outdir, f"state{rank}.pt")
@@ -147,7 +198,11 @@ def main():
         del model, state
         gc.collect()
         model, state = build(cases, rank, group)
-        state.load_state_dict(torch.load(path))
+        saved = torch.load(path)
+        if "skew" in cases and rank == 1:
+            for entry in saved["tensors"].values():
+                entry["step"] += 1
+        state.load_state_dict(saved)
         recorder.names = {p: n for n, p in model.module.named_parameters()}
         train(model, state, recorder, cases, rank, range(3, STEPS))
     else:
@@ -166,8 +221,7 @@ def main():
     # DDP's reducer outlives destroy_process_group(): drop it first.
     del model, state
     gc.collect()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    run(main, sys.argv[1])
+    main()

@@ -33,7 +33,7 @@ class PowerSGD:
     """torch DDP + powerSGD_hook over gloo; ``step(grads)`` runs one backward."""
 
     def __init__(self, shapes, rank: int, size: int, master: str, matrix_rank: int = 4,
-                 warmup: int = 2) -> None:
+                 warmup: int = 2, bucket_view: bool = True) -> None:
         from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
 
         init_gloo(rank, size, master)
@@ -43,7 +43,7 @@ class PowerSGD:
         # different buckets were issued in a different order on different ranks
         # and gloo failed with "Received data size doesn't match expected size".
         self.ddp = DistributedDataParallel(self.module, bucket_cap_mb=4096,
-                                           gradient_as_bucket_view=True)
+                                           gradient_as_bucket_view=bucket_view)
         state = psgd.PowerSGDState(process_group=None, matrix_approximation_rank=matrix_rank,
                                    start_powerSGD_iter=warmup, min_compression_rate=2,
                                    use_error_feedback=True, warm_start=True)

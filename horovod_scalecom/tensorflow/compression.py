@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 import re
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,66 +48,19 @@ from horovod_scalecom.config import (
 from horovod_scalecom.horovod_call import check_call, horovod_call, unheld_error
 from horovod_scalecom.tensorflow._ops import ops
 from horovod_scalecom.tensorflow.guard import Watch, divergence
+from horovod_scalecom.tensorflow.registry import Registry, TensorEntry
 
 COMPRESSIBLE_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 
 
 @dataclass
-class _Entry:
-    """Python-side facts of one gradient (its variables live in the module's dicts)."""
-
-    key: str
-    op_name: str        # names the tensor's Horovod ops, the same on every rank
-    offset: int
-    numel: int
-    k: int
-
-
-@dataclass
 class _Ctx:
-    entry: _Entry
+    entry: TensorEntry
     dense: tf.Tensor    # bool scalar: this step went dense (warm-up, callback)
     indices: tf.Tensor
     step: tf.Tensor     # the tensor's step counter at this exchange
     shape: tf.TensorShape
     dtype: tf.DType
-
-
-class _Registry:
-    """Plain holder, so that tf.Module does not try to track Python values."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, _Entry] = {}
-        self.offsets: dict[str, int] = {}
-        # Rank 0's step counters after an Elastic reset, for gradients not traced yet.
-        self.initial_steps: dict[str, int] = {}
-        # Each gradient's variables as they were made (restore() of a later snapshot).
-        self.initial: dict[Any, tf.Tensor] = {}
-        self._seen = weakref.WeakKeyDictionary()
-
-    def record(self, offset: int, shape: tf.TensorShape) -> str:
-        """The key of the gradient at `offset` of this shape, remembered. Another
-        shape at a position seen before means another variable list: its
-        gradient would inherit a memory (and leader) that is not its own."""
-        key = f"{offset}|{shape.as_list()}"
-        for other, seen in self.offsets.items():
-            if seen == offset and other != key:
-                raise ValueError(
-                    f"ScaleCom: gradient {offset} of this step has shape "
-                    f"{key.split('|', 1)[1]}, earlier steps had {other.split('|', 1)[1]} there; "
-                    "a ScaleCom serves one tape or optimizer with one list of variables "
-                    "(use one ScaleCom per tape, e.g. for a GAN's two models)")
-        self.offsets[key] = offset
-        return key
-
-    def next_index(self, graph) -> int:
-        """Position of this gradient among those compressed in the same graph:
-        the position in the tape's or optimizer's variable list, dense ones
-        included, as the torch frontend's named_parameters index. A retrace
-        starts a new graph and so finds the same positions again."""
-        index = self._seen.get(graph, 0)
-        self._seen[graph] = index + 1
-        return index
 
 
 class ScaleCom(tf.Module, Compressor):
@@ -166,7 +118,7 @@ class ScaleCom(tf.Module, Compressor):
         self.nonfinite: dict[str, tf.Variable] = {}
         # Per tensor, the clip level and the divergence guard's record.
         self.watch: dict[str, Watch] = {}
-        self._registry = _Registry()
+        self._registry = Registry()
         self._config_checked = False
         # Under Horovod Elastic, horovod_scalecom.tensorflow.elastic's State tells
         # ScaleCom when the world changed (world_changed) and must hold it.
@@ -192,11 +144,10 @@ class ScaleCom(tf.Module, Compressor):
         # ops made here (the clipping) land in Horovod's per-tensor cond branch.
         offset = self._registry.next_index(tensor.graph)
         tensor = self.clip(tensor)
-        key = self._registry.record(offset, tensor.shape)
-        if (numel is None or numel < self.config.min_numel
-                or tensor.dtype not in COMPRESSIBLE_DTYPES):
+        key = self.key_of(offset, tensor.shape)
+        if self.always_dense(tensor):
             return tensor, None
-        entry = self._entry(key, tensor.name, numel, offset)
+        entry = self.prepare(key, tensor.name, numel, offset)
         memory, step = self.memory[key], self.steps[key]
         size, rank = self._world()
 
@@ -348,15 +299,31 @@ class ScaleCom(tf.Module, Compressor):
                 self.steps[key].assign(step)
         self.check_config()
 
-    # -- internals --------------------------------------------------------------------
+    # -- the gradients, for compress and the ring (horovod_scalecom.tensorflow.ring) ----
 
-    def _entry(self, key: str, tensor_name: str, numel: int, offset: int) -> _Entry:
+    def always_dense(self, tensor: tf.Tensor) -> bool:
+        """Tensors of unknown size, below ``min_numel`` or of a dtype other than
+        float32, float16 and bfloat16 are never compressed (warm-up steps and
+        ``enabled`` decide the others' steps when the graph runs)."""
+        numel = tensor.shape.num_elements()
+        return (numel is None or numel < self.config.min_numel
+                or tensor.dtype not in COMPRESSIBLE_DTYPES)
+
+    def key_of(self, offset: int, shape: tf.TensorShape) -> str:
+        """The key of the gradient at position ``offset`` of the variable list,
+        of this shape, remembered; a position seen with another shape raises."""
+        return self._registry.record(offset, shape)
+
+    def prepare(self, key: str, tensor_name: str, numel: int, offset: int) -> TensorEntry:
+        """The gradient's entry; the first time, its numel is checked and its
+        variables (memory, step counter, guard) are made, outside any trace.
+        ``tensor_name`` names it in errors."""
         entries = self._registry.entries
         if key not in entries:
             check_numel(numel, tensor_name)
             op_name = f"scalecom_{offset}"
-            entries[key] = _Entry(key, op_name, offset if self.stagger_leaders else 0,
-                                  numel, self.config.k(numel))
+            entries[key] = TensorEntry(key, op_name, offset if self.stagger_leaders else 0,
+                                       numel, self.config.k(numel))
             with tf.init_scope():
                 var_name = re.sub(r"[^A-Za-z0-9_.\-]", "_", key)
                 self.memory[key] = tf.Variable(tf.zeros([numel], tf.float32), trainable=False,
@@ -380,6 +347,8 @@ class ScaleCom(tf.Module, Compressor):
                  "k": e.k} for e in sorted(self._registry.entries.values(),
                                            key=lambda e: self._registry.offsets[e.key])]
 
+    # -- internals --------------------------------------------------------------------
+
     def _world(self) -> tuple[tf.Tensor, tf.Tensor]:
         """The process set's size and this rank in it, as ops read when the graph
         runs. Horovod's rank op knows only the global set; a process set's
@@ -390,7 +359,7 @@ class ScaleCom(tf.Module, Compressor):
             return size, hvd.rank_op()
         return size, tf.constant(ps.rank(), tf.int32)
 
-    def _share(self, mine: tf.Tensor, entry: _Entry) -> tf.Tensor:
+    def _share(self, mine: tf.Tensor, entry: TensorEntry) -> tf.Tensor:
         """The leader's k indices on every rank: an allgather to which only the
         leader contributes. A broadcast would fix its root when the op is
         built (one op per possible root, a branch picked at run time, and a

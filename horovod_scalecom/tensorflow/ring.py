@@ -21,7 +21,7 @@ import tensorflow as tf
 import horovod.tensorflow as hvd
 
 from horovod_scalecom.ring import close_at_exit, load_ring, refuse_without_mpi
-from horovod_scalecom.tensorflow.compression import COMPRESSIBLE_DTYPES, ScaleCom
+from horovod_scalecom.tensorflow.compression import ScaleCom
 
 
 # The arguments of Horovod 0.28.1's DistributedGradientTape and Keras
@@ -104,13 +104,12 @@ class RingExchange:
             if isinstance(grad, tf.IndexedSlices):
                 grad = tf.convert_to_tensor(grad)
             grad = compression.clip(grad)
-            numel = grad.shape.num_elements()
-            if (hvd.size() == 1 or numel is None or numel < cfg.min_numel
-                    or grad.dtype not in COMPRESSIBLE_DTYPES):
+            if hvd.size() == 1 or compression.always_dense(grad):
                 out[i] = hvd.allreduce(grad, op=hvd.Average, name=f"scalecom_dense_{i}")
                 continue
-            key = compression._registry.record(i, grad.shape)
-            entry = compression._entry(key, grad.name if hasattr(grad, "name") else key, numel, i)
+            key = compression.key_of(i, grad.shape)
+            entry = compression.prepare(key, grad.name if hasattr(grad, "name") else key,
+                                        grad.shape.num_elements(), i)
             ring.append((i, grad, entry))
         if not ring:
             return out

@@ -176,26 +176,26 @@ class _RingOptimizer(torch.optim.Optimizer):
 
     def _start_group(self, group: _Group, threads: int) -> None:
         """Dense tensors to Horovod's allreduce, the others to the ring."""
-        state = self._compression.state
-        state.check_config()
+        scalecom = self._compression.state
+        scalecom.check_config()
         group.started = True
         ring = []
         for name, p in group.params:
-            self._dense_gradient(name, p)
-            tensor = state.tensors[name]
-            t = tensor.step
-            tensor.step += 1
-            if self._engine is None or state.goes_dense(t, p.grad):
+            self._densify(name, p)
+            state = scalecom.tensors[name]
+            t = state.step
+            state.step += 1
+            if self._engine is None or scalecom.goes_dense(t, p.grad):
                 grad = p.grad if p.grad.dtype != torch.bfloat16 else p.grad.float()
                 self._dense.append((p, grad, hvd.allreduce_async_(
                     grad, name=f"scalecom.dense.{name}", op=hvd.Average)))
             else:
-                state.prepare(tensor, p.grad)
-                ring.append((name, p, tensor, t))
+                scalecom.prepare(state, p.grad)
+                ring.append((name, p, state, t))
         if ring:
             self._start_ring(ring, threads)
 
-    def _dense_gradient(self, name: str, p: torch.Tensor) -> None:
+    def _densify(self, name: str, p: torch.Tensor) -> None:
         if p.grad is None:
             p.grad = torch.zeros_like(p)   # another rank may have a gradient for it
         if p.grad.is_sparse:

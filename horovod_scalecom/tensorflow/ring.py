@@ -92,10 +92,11 @@ class RingExchange:
         self.last_nonfinite = self._engine.last_nonfinite()
         return memories + outs
 
-    def allreduce(self, grads: Sequence[tf.Tensor | None],
-                  variables: Sequence[tf.Variable] | None = None) -> list[tf.Tensor | None]:
-        compression, cfg = self.compression, self.compression.config
-        compression.check_config()
+    def _dense_or_ring(self, grads: Sequence[tf.Tensor | None]) -> tuple[list, list]:
+        """The gradients never compressed, averaged by Horovod's allreduce in
+        place in the returned list; the others as (position, gradient,
+        entry), for the ring."""
+        compression = self.compression
         out: list[tf.Tensor | None] = list(grads)
         ring = []
         for i, grad in enumerate(grads):
@@ -111,6 +112,13 @@ class RingExchange:
             entry = compression.prepare(key, grad.name if hasattr(grad, "name") else key,
                                         grad.shape.num_elements(), i)
             ring.append((i, grad, entry))
+        return out, ring
+
+    def allreduce(self, grads: Sequence[tf.Tensor | None],
+                  variables: Sequence[tf.Variable] | None = None) -> list[tf.Tensor | None]:
+        compression, cfg = self.compression, self.compression.config
+        compression.check_config()
+        out, ring = self._dense_or_ring(grads)
         if not ring:
             return out
 

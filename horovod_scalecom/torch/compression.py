@@ -70,6 +70,7 @@ from horovod_scalecom.torch.broadcast_share import BroadcastShare
 from horovod_scalecom.torch.horovod_group import HorovodGroup
 from horovod_scalecom.torch.state import (
     NamedParameters, ScaleComState, TensorState)
+from horovod_scalecom.torch.stats import last_step
 from horovod_scalecom.torch.waits import timed_out, wait
 
 
@@ -239,31 +240,12 @@ class ScaleCom(Compressor):
         gradients ``select_s`` and ``update_s`` time the kernel launches, not
         the kernels (they run asynchronously on the current stream).
         """
-        # On a GPU the counts are device tensors until asked for (here).
-        tensors = {name: {**v, "nonfinite_kept": int(v["nonfinite_kept"])}
-                   for name, v in self._last.items()}
-        total = lambda key: sum(v[key] for v in tensors.values())  # noqa: E731
-        sent, dense = total("bytes_sent"), total("dense_bytes")
-        return {
-            "bytes_sent": sent,
-            "dense_bytes": dense,
-            "compression": dense / sent if sent else 1.0,
-            "select_s": total("select_s"),
-            "comm_s": total("share_s"),
-            "update_s": total("update_s"),
-            "clip_s": sum(v.get("clip_s", 0.0) for v in tensors.values()),
-            # Writing the dense mean back (the scatter), after Horovod's allreduce.
-            "decompress_s": total("decompress_s"),
-            # Memory entries that refused a NaN/Inf update (DESIGN's non-finite policy).
-            "nonfinite_kept": total("nonfinite_kept"),
-            # How the leaders' indices travel: ScaleCom's MPI messages or Horovod's broadcast.
-            "index_share": "mpi" if self._index_share is not None else "horovod",
-            # Tensors whose gradient the relative clip scaled down at their last step.
-            "clipped": sum(1 for v in tensors.values() if v.get("clip_scale", 1.0) < 1.0),
-            # The divergence guard's first event per tensor (horovod_scalecom.guard).
-            "divergence": self.state.watch.stats(),
-            "tensors": tensors,
-        }
+        figures = last_step(self._last, self.state.watch)
+        # The index share, including the wait for the leader's selection.
+        figures["comm_s"] = sum(v["share_s"] for v in figures["tensors"].values())
+        # How the leaders' indices travel: ScaleCom's MPI messages or Horovod's broadcast.
+        figures["index_share"] = "mpi" if self._index_share is not None else "horovod"
+        return figures
 
     # -- internals --------------------------------------------------------------------
 

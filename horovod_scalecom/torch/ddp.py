@@ -47,6 +47,7 @@ from horovod_scalecom.config import DEFAULT_CLIP_FACTOR, ScaleComConfig
 from horovod_scalecom.torch.ddp_exchange import BucketExchange, Part
 from horovod_scalecom.torch.dist_group import DistGroup
 from horovod_scalecom.torch.state import ScaleComState
+from horovod_scalecom.torch.stats import last_step
 
 __all__ = ["ScaleComHookState", "scalecom_hook"]
 
@@ -177,23 +178,7 @@ class ScaleComHookState:
         keys of ``ScaleCom.stats()``. Bytes follow DESIGN.md's byte model: the
         index broadcast plus a ring allreduce of k values (dense parameters:
         a ring allreduce of all their elements)."""
-        tensors = {name: {**v, "nonfinite_kept": int(v["nonfinite_kept"])}
-                   for name, v in list(self._last.items())}
-        total = lambda key: sum(v[key] for v in tensors.values())  # noqa: E731
-        sent, dense = total("bytes_sent"), total("dense_bytes")
-        return {
-            "bytes_sent": sent,
-            "dense_bytes": dense,
-            "compression": dense / sent if sent else 1.0,
-            "select_s": total("select_s"),
-            "update_s": total("update_s"),
-            "clip_s": total("clip_s"),
-            "decompress_s": total("decompress_s"),
-            "nonfinite_kept": total("nonfinite_kept"),
-            "clipped": sum(1 for v in tensors.values() if v["clip_scale"] < 1.0),
-            "divergence": self.state.watch.stats(),
-            "tensors": tensors,
-        }
+        return last_step(self._last, self.state.watch)
 
     def _record(self, part: Part, *lead: Optional[int], **figures: Any) -> None:
         """A part's figures: a new entry when its leader (None: dense) is given."""

@@ -51,7 +51,8 @@ class RingExchange:
 
     def __init__(self, compression: ScaleCom, timeout: float = 120.0) -> None:
         if not isinstance(compression, ScaleCom):
-            raise TypeError("path B needs compression=horovod_scalecom.tensorflow.ScaleCom(...)")
+            raise TypeError("the ScaleCom ring needs compression=horovod_scalecom.tensorflow."
+                            "ScaleCom(...)")
         if compression.process_set.process_set_id != 0:
             raise ValueError("horovod_scalecom.tensorflow.DistributedGradientTape runs its ring "
                              "over every rank; for a process set use "

@@ -77,6 +77,11 @@ def test_mismatched_config_raises_on_every_rank(tmp_path, n):
     job.assert_error_on_every_rank("ranks disagree on ratio")
 
 
+def test_bad_beta_refused_on_every_rank(tmp_path):
+    job = ddp_job(tmp_path, 2, "badbeta")
+    job.assert_error_on_every_rank("beta must lie in (0, 1]")
+
+
 def test_complex_parameter_refused_on_every_rank(tmp_path):
     job = ddp_job(tmp_path, 2, "complex")
     job.assert_error_on_every_rank("real floating-point gradients; these parameters are not: z")

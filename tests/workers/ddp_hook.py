@@ -18,6 +18,7 @@ saves it with the memories, for the NumPy reference to judge. Cases:
              loaded from it, 3 more steps
   mismatch   rank 1 builds the state with another ratio
   badratio   rank 1 builds the state with ratio=0
+  badbeta    every rank builds the state with beta=1.5
   complex    the model has a complex parameter
   stranger   the state is built from another model than the one DDP wraps
   cuda       the model and its gradients on the GPU (gloo carries CUDA tensors)
@@ -111,7 +112,8 @@ def build(cases, rank, group=None):
     if "badratio" in cases and rank == 1:
         ratio = 0.0
     source = Params() if "stranger" in cases else model
-    state = ScaleComHookState(source, ratio=ratio, beta=BETA, min_numel=MIN_NUMEL,
+    beta = 1.5 if "badbeta" in cases else BETA
+    state = ScaleComHookState(source, ratio=ratio, beta=beta, min_numel=MIN_NUMEL,
                               warmup_steps=2 if "warmup" in cases else 0,
                               share_timeout=float(os.environ.get("SHARE_TIMEOUT", "60")))
     return model, state

@@ -10,35 +10,17 @@
 #include <string>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "parallel.h"
+#include "topk_histogram.h"
 
 namespace scalecom {
 namespace {
 
-// Below this many elements per thread, threads cost more than they save.
-constexpr int64_t kMinPerThread = 1 << 16;
-
-int threads_for(int64_t numel, int num_threads) {
-  int64_t useful = std::max<int64_t>(1, numel / kMinPerThread);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, useful)));
-}
-
-int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
-// Contiguous block [begin, end) of thread `tid` out of `nt`.
-inline void block(int64_t numel, int nt, int tid, int64_t* begin, int64_t* end) {
-  int64_t base = numel / nt, extra = numel % nt;
-  *begin = tid * base + std::min<int64_t>(tid, extra);
-  *end = *begin + base + (tid < extra ? 1 : 0);
-}
+using detail::block;
+using detail::thread_id;
+using detail::threads_for;
+using detail::select_by_histogram;
+using detail::taken;
 
 inline uint32_t bits_of(float x) {
   uint32_t bits;
@@ -48,37 +30,6 @@ inline uint32_t bits_of(float x) {
 
 // The bits of |x| as uint32 order exactly like |x|, with NaN above +inf.
 inline uint32_t magnitude_key(float x) { return bits_of(x) & 0x7FFFFFFFu; }
-
-// Radix levels over the 31 key bits, most significant first.
-constexpr int kLevels = 3;
-constexpr int kShift[kLevels] = {20, 9, 0};
-constexpr uint32_t kMask[kLevels] = {0x7FFu, 0x7FFu, 0x1FFu};
-constexpr int kBins = 2048;
-
-// Finds the bin, scanning from the top, in which the `need`-th largest key
-// falls; returns it and the count of keys in higher bins via `above`.
-int find_bin(const int64_t* hist, int64_t need, int64_t* above) {
-  int64_t cum = 0;
-  for (int b = kBins - 1; b >= 0; --b) {
-    if (cum + hist[b] >= need) {
-      *above = cum;
-      return b;
-    }
-    cum += hist[b];
-  }
-  throw std::logic_error("scalecom::select_topk: histogram holds fewer keys than k");
-}
-
-// Whether a candidate of key `key` is taken, given the k-th largest key
-// (`threshold`) and how many keys equal to it are still to take: the rule of
-// both selection paths, ties to the lowest index (candidates are visited in
-// ascending order).
-inline bool taken(uint32_t key, uint32_t threshold, int64_t* ties_left) {
-  if (key > threshold) return true;
-  if (key != threshold || *ties_left == 0) return false;
-  --*ties_left;
-  return true;
-}
 
 // The sampled threshold: the common case of select_topk in one pass.
 //
@@ -93,8 +44,10 @@ inline bool taken(uint32_t key, uint32_t threshold, int64_t* ties_left) {
 // histogram path.
 constexpr int64_t kSampleRuns = 1024, kRun = 64;
 
+// tau, the sample's r-th largest key, or false where the tensor is too small
+// for a sample or k too large for one to pay.
 template <typename KeyAt>
-bool select_by_sample(KeyAt key_at, int64_t numel, int64_t k, int32_t* out_indices, int nt) {
+bool sample_tau(KeyAt key_at, int64_t numel, int64_t k, uint32_t* tau) {
   const int64_t runs = std::min<int64_t>(kSampleRuns, numel / (16 * kRun));
   if (runs < 64 || 8 * k > numel) return false;
   const int64_t stride = numel / runs;
@@ -107,27 +60,33 @@ bool select_by_sample(KeyAt key_at, int64_t numel, int64_t k, int32_t* out_indic
     for (int64_t j = start; j < start + kRun; ++j) sample.push_back(key_at(j));
   }
   const int64_t size = static_cast<int64_t>(sample.size());
-  // tau = the sample's r-th largest key. At least k keys reach it unless r or
-  // more sampled keys reach the k-th largest key: their count is about
-  // Binomial(size, k / numel), of mean mu; r = mu + 4 sqrt(mu) + 2 makes that
-  // rare while about k + 4 sqrt(mu) numel / size keys reach tau.
+  // At least k keys reach tau unless r or more sampled keys reach the k-th
+  // largest key: their count is about Binomial(size, k / numel), of mean mu;
+  // r = mu + 4 sqrt(mu) + 2 makes that rare while about
+  // k + 4 sqrt(mu) numel / size keys reach tau.
   const double mu = static_cast<double>(k) * size / numel;
   const int64_t r = static_cast<int64_t>(std::ceil(mu + 4.0 * std::sqrt(mu) + 2.0));
   if (r > size) return false;
   std::nth_element(sample.begin(), sample.begin() + (r - 1), sample.end(),
                    std::greater<uint32_t>());
-  const uint32_t tau = sample[r - 1];
+  *tau = sample[r - 1];
+  return true;
+}
 
-  const int64_t cap = 4 * k + 4096;
-  std::vector<std::unique_ptr<int32_t[]>> cand(nt);
-  std::vector<int64_t> count(nt, 0);
+// Each thread's indices whose key reaches tau, in index order: count[t] of
+// them, of which at most `cap` are written to cand[t] (count[t] > cap means
+// the thread ran out of room).
+template <typename KeyAt>
+void collect_reaching(KeyAt key_at, int64_t numel, int nt, uint32_t tau, int64_t cap,
+                      std::vector<std::unique_ptr<int32_t[]>>* cand,
+                      std::vector<int64_t>* count) {
 #pragma omp parallel num_threads(nt)
   {
     const int tid = thread_id();
     int64_t lo, hi;
     block(numel, nt, tid, &lo, &hi);
-    cand[tid].reset(new int32_t[cap + 1]);
-    int32_t* c = cand[tid].get();
+    (*cand)[tid].reset(new int32_t[cap + 1]);
+    int32_t* c = (*cand)[tid].get();
     int64_t total = 0, at = 0;
     auto visit = [&](int64_t j) {
       c[at] = static_cast<int32_t>(j);   // kept only if it reaches tau; c[cap] is a sink
@@ -147,8 +106,18 @@ bool select_by_sample(KeyAt key_at, int64_t numel, int64_t k, int32_t* out_indic
         for (int q = 0; q < kLanes; ++q) visit(j + q);
     }
     for (; j < hi; ++j) visit(j);
-    count[tid] = total;
+    (*count)[tid] = total;
   }
+}
+
+template <typename KeyAt>
+bool select_by_sample(KeyAt key_at, int64_t numel, int64_t k, int32_t* out_indices, int nt) {
+  uint32_t tau;
+  if (!sample_tau(key_at, numel, k, &tau)) return false;
+  const int64_t cap = 4 * k + 4096;
+  std::vector<std::unique_ptr<int32_t[]>> cand(nt);
+  std::vector<int64_t> count(nt, 0);
+  collect_reaching(key_at, numel, nt, tau, cap, &cand, &count);
   int64_t found = 0;
   for (int t = 0; t < nt; ++t) {
     if (count[t] > cap) return false;
@@ -179,6 +148,7 @@ bool select_by_sample(KeyAt key_at, int64_t numel, int64_t k, int32_t* out_indic
   return true;
 }
 
+
 }  // namespace
 
 int64_t num_selected(int64_t numel, double ratio) {
@@ -201,106 +171,7 @@ void select_topk(const float* memory, const float* grad, int64_t numel, int64_t 
   const int nt = threads_for(numel, num_threads);
   auto key_at = [&](int64_t j) { return magnitude_key(memory[j] + grad[j]); };
   if (select_by_sample(key_at, numel, k, out_indices, nt)) return;
-
-  // Pass 1: histogram of the keys' top bits. Four interleaved sub-histograms
-  // break the store-to-load chains on the few bins that gradients crowd into.
-  std::vector<std::array<uint32_t, 4 * kBins>> hists(nt);
-#pragma omp parallel num_threads(nt)
-  {
-    const int tid = thread_id();
-    int64_t lo, hi;
-    block(numel, nt, tid, &lo, &hi);
-    auto& h = hists[tid];
-    h.fill(0);
-    int64_t j = lo;
-    for (; j + 4 <= hi; j += 4) {
-      ++h[0 * kBins + (key_at(j) >> kShift[0])];
-      ++h[1 * kBins + (key_at(j + 1) >> kShift[0])];
-      ++h[2 * kBins + (key_at(j + 2) >> kShift[0])];
-      ++h[3 * kBins + (key_at(j + 3) >> kShift[0])];
-    }
-    for (; j < hi; ++j) ++h[key_at(j) >> kShift[0]];
-  }
-  std::array<int64_t, kBins> hist{};
-  for (const auto& h : hists)
-    for (int b = 0; b < 4 * kBins; ++b) hist[b % kBins] += h[b];
-
-  int64_t need = k, above = 0;
-  const uint32_t top_bin = static_cast<uint32_t>(find_bin(hist.data(), need, &above));
-  need -= above;
-
-  // Pass 2: indices certainly selected (higher top bits) and the candidates
-  // (equal top bits), in ascending order within each thread's block. The
-  // per-thread histograms give exact sizes, so the loop writes unconditionally
-  // and advances by the comparison: no branch to mispredict.
-  std::vector<std::vector<int32_t>> sure(nt), cand(nt);
-  for (int t = 0; t < nt; ++t) {
-    int64_t n_sure = 0, n_cand = 0;
-    for (int b = 0; b < 4 * kBins; ++b) {
-      const uint32_t bin = static_cast<uint32_t>(b % kBins);
-      n_sure += bin > top_bin ? hists[t][b] : 0;
-      n_cand += bin == top_bin ? hists[t][b] : 0;
-    }
-    sure[t].resize(n_sure + 1);  // +1: the slot written by a rejected index
-    cand[t].resize(n_cand + 1);
-  }
-  hists.clear();
-#pragma omp parallel num_threads(nt)
-  {
-    const int tid = thread_id();
-    int64_t lo, hi;
-    block(numel, nt, tid, &lo, &hi);
-    int32_t* s = sure[tid].data();
-    int32_t* c = cand[tid].data();
-    int64_t ns = 0, nc = 0;
-    for (int64_t j = lo; j < hi; ++j) {
-      const uint32_t bin = key_at(j) >> kShift[0];
-      s[ns] = static_cast<int32_t>(j);
-      ns += bin > top_bin;
-      c[nc] = static_cast<int32_t>(j);
-      nc += bin == top_bin;
-    }
-    sure[tid].resize(ns);
-    cand[tid].resize(nc);
-  }
-
-  // Refine the threshold on the candidates alone (lower radix digits).
-  std::vector<uint32_t> cand_keys;
-  for (const auto& c : cand)
-    for (int32_t j : c) cand_keys.push_back(key_at(j));
-  uint32_t prefix = top_bin;
-  for (int level = 1; level < kLevels; ++level) {
-    hist.fill(0);
-    for (uint32_t key : cand_keys)
-      if ((key >> kShift[level - 1]) == prefix) ++hist[(key >> kShift[level]) & kMask[level]];
-    const uint32_t bin = static_cast<uint32_t>(find_bin(hist.data(), need, &above));
-    need -= above;
-    prefix = (prefix << (kShift[level - 1] - kShift[level])) | bin;
-  }
-  // prefix is now the k-th largest key; `need` of the keys equal to it are
-  // taken, lowest index first.
-  const uint32_t threshold = prefix;
-  int64_t ties_left = need;
-
-  // Which candidates are taken, and where each thread's output starts.
-  std::vector<int64_t> offset(nt + 1, 0);
-  std::vector<std::vector<int32_t>> chosen(nt);
-  size_t pos = 0;
-  for (int t = 0; t < nt; ++t) {
-    for (int32_t j : cand[t]) {
-      if (taken(cand_keys[pos++], threshold, &ties_left)) chosen[t].push_back(j);
-    }
-    offset[t + 1] = offset[t] + static_cast<int64_t>(sure[t].size() + chosen[t].size());
-  }
-  if (offset[nt] != k)
-    throw std::logic_error("scalecom::select_topk: selected " + std::to_string(offset[nt]) +
-                           " indices instead of " + std::to_string(k));
-#pragma omp parallel num_threads(nt)
-  {
-    const int tid = thread_id();
-    std::merge(sure[tid].begin(), sure[tid].end(), chosen[tid].begin(), chosen[tid].end(),
-               out_indices + offset[tid]);
-  }
+  select_by_histogram(key_at, numel, k, out_indices, nt);
 }
 
 int64_t first_bad_index(const int32_t* indices, int64_t k, int64_t lo, int64_t hi) {

@@ -88,8 +88,9 @@ def ring_extension():
     show = lambda what: subprocess.check_output([mpicxx, f"--showme:{what}"], text=True).split()  # noqa: E731
     return [Extension(
         name="horovod_scalecom._ring",
-        sources=CORE_SOURCES + ["csrc/ring/ring.cc", "csrc/ring/buffers.cc",
-                                "csrc/ring/share.cc", "csrc/ring/module.cc"],
+        sources=CORE_SOURCES + ["csrc/ring/ring.cc", "csrc/ring/exchange.cc",
+                                "csrc/ring/buffers.cc", "csrc/ring/share.cc",
+                                "csrc/ring/module.cc"],
         depends=CORE_HEADERS + ["csrc/ring/ring.h", "csrc/ring/buffers.h",
                                 "csrc/cuda/scalecom_cuda.h"],
         language="c++",

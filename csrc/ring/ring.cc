@@ -1,3 +1,6 @@
+// The ring engine around the exchanges: MPI checks, the queue and its
+// thread, waiting and closing, and the messages' MPI calls. One exchange's
+// algorithm is in exchange.cc, the index share in share.cc.
 #include "ring.h"
 
 #include <algorithm>
@@ -27,20 +30,7 @@ void check_mpi(int code, const char* what, const char* who) {
 
 namespace {
 
-inline int64_t mod(int64_t a, int64_t n) { return ((a % n) + n) % n; }
-
 std::string where(int device) { return device < 0 ? "the host" : "GPU " + std::to_string(device); }
-
-// One tensor's plan for a step: chunk bounds, k per chunk, and the chunk
-// whose partial (then complete) sum this rank holds.
-struct Plan {
-  RingTensor t;
-  std::unique_ptr<Buffers> buffers;
-  std::vector<int64_t> bounds;
-  std::vector<int64_t> k;
-  std::vector<int64_t> first;   // chunk j's place in the union of index sets (prefix sums of k)
-  int64_t held = 0;
-};
 
 }  // namespace
 
@@ -224,14 +214,6 @@ void RingEngine::serve() {
   }
 }
 
-void RingEngine::hop_exchange(Side& side, size_t send_words, size_t recv_words) {
-  const int64_t send_bytes = 4 * static_cast<int64_t>(send_words);
-  const int64_t recv_bytes = 4 * static_cast<int64_t>(recv_words);
-  const void* out = side.outgoing(send_bytes);
-  sendrecv(out, send_bytes, side.incoming(), recv_bytes);
-  side.arrived(recv_bytes);
-}
-
 void RingEngine::sendrecv(const void* send, int64_t send_bytes, void* recv,
                           int64_t recv_bytes) {
   if (send_bytes > INT_MAX || recv_bytes > INT_MAX)
@@ -285,125 +267,6 @@ Side& RingEngine::side_for(const std::vector<RingTensor>& tensors, int num_threa
   }
   device_side_->prepare(static_cast<int>(tensors.size()));
   return *device_side_;
-}
-
-namespace {
-
-// Adds the time since the last lap to one phase of the breakdown.
-class Laps {
- public:
-  void lap(double* phase) {
-    const auto now = std::chrono::steady_clock::now();
-    *phase += std::chrono::duration<double>(now - last_).count();
-    last_ = now;
-  }
-
- private:
-  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
-};
-
-}  // namespace
-
-// Fused messages: each tensor's segment holds the chunk this rank forwards,
-// its k indices then its k values in the reduce-scatter, its k values in the
-// allgather. A received message, worked on in place, is the next one sent.
-void RingEngine::exchange(std::vector<RingTensor>& tensors, double ratio, float beta,
-                          int num_threads) {
-  Timings& time = timings_;
-  Laps laps;
-  check_agreement(tensors, ratio);
-  laps.lap(&time.agree);
-  const int64_t n = size_, r = rank_;
-
-  Side& side = side_for(tensors, num_threads);
-  std::vector<Plan> plans(tensors.size());
-  size_t words = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    Plan& p = plans[i];
-    p.t = tensors[i];
-    p.buffers = side.buffers(p.t, n, ratio, static_cast<int>(i));
-    chunk_plan(p.t.numel, n, ratio, &p.bounds, &p.k);
-    p.first.assign(n + 1, 0);
-    for (int64_t c = 0; c < n; ++c) p.first[c + 1] = p.first[c] + p.k[c];
-    words += 2 * *std::max_element(p.k.begin(), p.k.end());
-  }
-  side.reserve(words);
-  // The chunk this rank owns at each tensor's step: select, and start its sum.
-  size_t send_words = 0;
-  for (Plan& p : plans) {
-    const int64_t j = mod(r - p.t.step, n), k = p.k[j];
-    auto* idx = reinterpret_cast<int32_t*>(side.send() + send_words);
-    auto* values = reinterpret_cast<float*>(side.send() + send_words + k);
-    p.buffers->select(p.bounds[j], p.bounds[j + 1], k, idx, values);
-    p.buffers->keep_indices(p.first[j], idx, k);
-    p.held = j;
-    send_words += 2 * k;
-  }
-  side.wait();
-  laps.lap(&time.select);
-
-  // Reduce-scatter: hop h receives the chunk owned by rank r - h.
-  for (int64_t hop = 1; hop < n; ++hop) {
-    size_t recv_words = 0;
-    for (const Plan& p : plans) recv_words += 2 * p.k[mod(r - hop - p.t.step, n)];
-    hop_exchange(side, send_words, recv_words);
-    laps.lap(&time.mpi_rs);
-    size_t at = 0;
-    for (Plan& p : plans) {
-      const int64_t j = mod(r - hop - p.t.step, n), k = p.k[j];
-      auto* idx = reinterpret_cast<const int32_t*>(side.recv() + at);
-      auto* values = reinterpret_cast<float*>(side.recv() + at + k);
-      p.buffers->accumulate(p.bounds[j], p.bounds[j + 1], idx, k, values);
-      p.buffers->keep_indices(p.first[j], idx, k);
-      p.held = j;
-      at += 2 * k;
-    }
-    side.swap();
-    send_words = recv_words;
-    laps.lap(&time.reduce);
-  }
-
-  // This rank now holds the complete sum of the chunk owned by rank r + 1:
-  // its mean, and the values alone start the allgather.
-  const float n_f = static_cast<float>(n);
-  size_t at = 0;
-  send_words = 0;
-  for (Plan& p : plans) {
-    const int64_t k = p.k[p.held];
-    const uint32_t* sums = side.send() + at + k;
-    p.buffers->keep_means(p.first[p.held], reinterpret_cast<const float*>(sums), k, n_f);
-    side.copy(side.recv() + send_words, sums, k);
-    at += 2 * k;
-    send_words += k;
-  }
-  side.swap();
-  laps.lap(&time.pack);
-  // Allgather: hop h receives the sum of the chunk owned by r + 1 - h.
-  for (int64_t hop = 1; hop < n; ++hop) {
-    size_t recv_words = 0;
-    for (const Plan& p : plans) recv_words += p.k[mod(r + 1 - hop - p.t.step, n)];
-    hop_exchange(side, send_words, recv_words);
-    laps.lap(&time.mpi_ag);
-    at = 0;
-    for (Plan& p : plans) {
-      const int64_t j = mod(r + 1 - hop - p.t.step, n), k = p.k[j];
-      p.buffers->keep_means(p.first[j], reinterpret_cast<const float*>(side.recv() + at), k,
-                            n_f);
-      p.held = j;
-      at += k;
-    }
-    side.swap();
-    send_words = recv_words;
-    laps.lap(&time.unpack);
-  }
-
-  // No barrier here: the next exchange's agreement check orders the ranks,
-  // and close() keeps any rank from finalizing MPI while a peer still
-  // receives from it.
-  for (Plan& p : plans) p.buffers->finish(beta);
-  side.wait();
-  for (Plan& p : plans) nonfinite_ += p.buffers->nonfinite();
-  laps.lap(&time.update);
 }
 
 }  // namespace scalecom

@@ -4,28 +4,26 @@
 // has seen every queued exchange end; after a timeout they are never
 // released, since the engine's thread may still write to them. GPU tensors come as device addresses
 // (start_device); their owner keeps them alive, by the same rule.
-// One file for the one Python type: its methods share the buffer-view
-// bookkeeping (what a queued or timed-out exchange keeps alive), which a
-// split would spread over files.
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+// The methods that take host buffers stay in this file with the type: they
+// share the buffer-view bookkeeping (what a queued or timed-out exchange
+// keeps alive). The GPU methods, which hold no views, are in
+// module_device.cc.
+#include "module.h"
 
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 #include <vector>
 
-#include "buffers.h"
 #include "ring.h"
 
 namespace {
 
-struct EngineObject {
-  PyObject_HEAD
-  scalecom::RingEngine* engine;
-  std::vector<Py_buffer>* views;
-  bool leaked;
-};
+using scalecom_ring::check_knobs;
+using scalecom_ring::Engine_cuda_aware;
+using scalecom_ring::Engine_device_scratch_bytes;
+using scalecom_ring::Engine_start_device;
+using scalecom_ring::Engine_use_device_kernels;
+using scalecom_ring::EngineObject;
 
 // Releases the views taken since `mark` (0: all of them).
 void release_views(EngineObject* self, size_t mark = 0) {
@@ -83,12 +81,29 @@ bool get_f32(EngineObject* self, PyObject* obj, bool writable, const char* what,
   return true;
 }
 
-// ratio and beta, as both start functions take them.
-bool check_knobs(double ratio, double beta) {
-  if ((ratio > 0.0 && ratio <= 1.0) && (beta > 0.0 && beta <= 1.0)) return true;
-  PyErr_Format(PyExc_ValueError, "ring allreduce: ratio and beta must lie in (0, 1], got "
-                                 "%g and %g", ratio, beta);
-  return false;
+// Tensor i of a start() call: its views (taken into self->views, which the
+// caller releases on failure) and its step. False with a Python error set.
+bool host_tensor(EngineObject* self, PyObject* memories, PyObject* grads, PyObject* outs,
+                 PyObject* steps, Py_ssize_t i, scalecom::RingTensor* t) {
+  float* grad = nullptr;
+  int64_t n_mem = 0, n_grad = 0, n_out = 0;
+  // The output may be the gradient itself (then both views are writable).
+  PyObject* out = PyList_GET_ITEM(outs, i);
+  const bool in_place = out == PyList_GET_ITEM(grads, i);
+  if (!get_f32(self, PyList_GET_ITEM(memories, i), true, "memory", &t->memory, &n_mem) ||
+      !get_f32(self, PyList_GET_ITEM(grads, i), in_place, "grad", &grad, &n_grad) ||
+      !get_f32(self, out, true, "out", &t->out, &n_out))
+    return false;
+  if (n_mem != n_grad || n_mem != n_out) {
+    PyErr_Format(PyExc_ValueError, "ring allreduce: tensor %zd has %lld memory, %lld grad and "
+                 "%lld out elements", i, (long long)n_mem, (long long)n_grad,
+                 (long long)n_out);
+    return false;
+  }
+  t->grad = grad;
+  t->numel = n_mem;
+  t->step = PyLong_AsLongLong(PyList_GET_ITEM(steps, i));
+  return !PyErr_Occurred();
 }
 
 PyObject* Engine_start(EngineObject* self, PyObject* args) {
@@ -111,28 +126,7 @@ PyObject* Engine_start(EngineObject* self, PyObject* args) {
   std::vector<scalecom::RingTensor> tensors;
   for (Py_ssize_t i = 0; i < count; ++i) {
     scalecom::RingTensor t{};
-    float* grad = nullptr;
-    int64_t n_mem = 0, n_grad = 0, n_out = 0;
-    // The output may be the gradient itself (then both views are writable).
-    PyObject* out = PyList_GET_ITEM(outs, i);
-    const bool in_place = out == PyList_GET_ITEM(grads, i);
-    if (!get_f32(self, PyList_GET_ITEM(memories, i), true, "memory", &t.memory, &n_mem) ||
-        !get_f32(self, PyList_GET_ITEM(grads, i), in_place, "grad", &grad, &n_grad) ||
-        !get_f32(self, out, true, "out", &t.out, &n_out)) {
-      release_views(self, mark);
-      return nullptr;
-    }
-    if (n_mem != n_grad || n_mem != n_out) {
-      release_views(self, mark);
-      PyErr_Format(PyExc_ValueError, "ring allreduce: tensor %zd has %lld memory, %lld grad and "
-                   "%lld out elements", i, (long long)n_mem, (long long)n_grad,
-                   (long long)n_out);
-      return nullptr;
-    }
-    t.grad = grad;
-    t.numel = n_mem;
-    t.step = PyLong_AsLongLong(PyList_GET_ITEM(steps, i));
-    if (PyErr_Occurred()) {
+    if (!host_tensor(self, memories, grads, outs, steps, i, &t)) {
       release_views(self, mark);
       return nullptr;
     }
@@ -142,116 +136,6 @@ PyObject* Engine_start(EngineObject* self, PyObject* args) {
     self->engine->start(std::move(tensors), ratio, static_cast<float>(beta), threads);
   } catch (const std::exception& e) {
     release_views(self, mark);
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
-  }
-  Py_RETURN_NONE;
-}
-
-// use_device_kernels((addr, ...), transport): the C ABI of csrc/cuda as
-// function addresses, in DeviceKernels' order (horovod_scalecom.cuda passes
-// them), and "auto", "staged" or "cuda-aware" (horovod_scalecom.ring).
-PyObject* Engine_use_device_kernels(EngineObject* self, PyObject* args) {
-  PyObject* table;
-  const char* transport;
-  if (!PyArg_ParseTuple(args, "O!s", &PyTuple_Type, &table, &transport)) return nullptr;
-  constexpr Py_ssize_t kCount = scalecom::DeviceKernels::kCount;
-  if (PyTuple_GET_SIZE(table) != kCount) {
-    PyErr_Format(PyExc_ValueError, "ring allreduce: %zd kernel addresses, expected %zd",
-                 PyTuple_GET_SIZE(table), kCount);
-    return nullptr;
-  }
-  const std::string mode(transport);
-  scalecom::DeviceTransport how;
-  if (mode == "auto") how = scalecom::DeviceTransport::kAuto;
-  else if (mode == "staged") how = scalecom::DeviceTransport::kStaged;
-  else if (mode == "cuda-aware") how = scalecom::DeviceTransport::kCudaAware;
-  else {
-    PyErr_Format(PyExc_ValueError, "ring allreduce: transport %R: expected 'auto', 'staged' or "
-                 "'cuda-aware'", PyTuple_GET_ITEM(args, 1));
-    return nullptr;
-  }
-  void* a[kCount];
-  for (Py_ssize_t i = 0; i < kCount; ++i) {
-    a[i] = PyLong_AsVoidPtr(PyTuple_GET_ITEM(table, i));
-    if (PyErr_Occurred()) return nullptr;
-  }
-  scalecom::DeviceKernels k;
-  int at = 0;
-  scalecom::DeviceKernels::each(k, [&a, &at](auto& fn) {
-    if (at < kCount) fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(a[at]);
-    ++at;
-  });
-  try {
-    self->engine->set_device_kernels(k, how);
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_ValueError, e.what());
-    return nullptr;
-  }
-  Py_RETURN_NONE;
-}
-
-PyObject* Engine_cuda_aware(EngineObject* self, PyObject*) {
-  return PyBool_FromLong(self->engine->cuda_aware());
-}
-
-PyObject* Engine_device_scratch_bytes(EngineObject* self, PyObject* args) {
-  long long numel;
-  double ratio;
-  if (!PyArg_ParseTuple(args, "Ld", &numel, &ratio)) return nullptr;
-  if (numel < 0 || !(ratio > 0.0 && ratio <= 1.0)) {
-    PyErr_SetString(PyExc_ValueError, "ring allreduce: numel >= 0 and ratio in (0, 1]");
-    return nullptr;
-  }
-  try {
-    return PyLong_FromSize_t(self->engine->device_scratch_bytes(numel, ratio));
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
-  }
-}
-
-// start_device([(memory, grad, grad_type, out, numel, step, device, scratch,
-// scratch_bytes), ...], ratio, beta): addresses of device memory.
-PyObject* Engine_start_device(EngineObject* self, PyObject* args) {
-  PyObject* specs;
-  double ratio, beta;
-  if (!PyArg_ParseTuple(args, "O!dd", &PyList_Type, &specs, &ratio, &beta)) return nullptr;
-  if (!check_knobs(ratio, beta)) return nullptr;
-  std::vector<scalecom::RingTensor> tensors;
-  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(specs); ++i) {
-    PyObject* spec = PyList_GET_ITEM(specs, i);
-    PyObject *memory, *grad, *out, *scratch;
-    int grad_type, device;
-    long long numel, step;
-    unsigned long long scratch_bytes;
-    if (!PyTuple_Check(spec) ||
-        !PyArg_ParseTuple(spec, "OOiOLLiOK", &memory, &grad, &grad_type, &out, &numel, &step,
-                          &device, &scratch, &scratch_bytes)) {
-      if (!PyErr_Occurred())
-        PyErr_SetString(PyExc_TypeError, "ring allreduce: start_device takes tuples");
-      return nullptr;
-    }
-    scalecom::RingTensor t;
-    t.memory = static_cast<float*>(PyLong_AsVoidPtr(memory));
-    t.grad = PyLong_AsVoidPtr(grad);
-    t.out = static_cast<float*>(PyLong_AsVoidPtr(out));
-    t.scratch = PyLong_AsVoidPtr(scratch);
-    if (PyErr_Occurred()) return nullptr;
-    if (device < 0 || numel < 0) {
-      PyErr_SetString(PyExc_ValueError, "ring allreduce: device and numel must be >= 0");
-      return nullptr;
-    }
-    t.grad_type = grad_type;
-    t.numel = numel;
-    t.step = step;
-    t.device = device;
-    t.scratch_bytes = scratch_bytes;
-    tensors.push_back(t);
-  }
-  try {
-    self->engine->start(std::move(tensors), ratio, static_cast<float>(beta), 1);
-  } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
     return nullptr;
   }

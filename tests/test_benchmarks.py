@@ -1,6 +1,7 @@
 """The benchmark and study harnesses: shapes, the top-k baseline, the
 convergence study's simulated workers, and the network cluster's teardown."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from horovod_scalecom.benchmarks.shapes import MODELS
 from horovod_scalecom.config import ScaleComConfig
 from horovod_scalecom.reference import TopkAllgatherSimulator
 
-from mpi import ROOT
+from mpi import ROOT, mpirun_command, requires, run_bounded
 
 
 @pytest.mark.parametrize("model,tensors,params", [("resnet50", 161, 25_557_032),
@@ -74,3 +75,23 @@ def test_network_cluster_is_removed_when_the_run_fails(tmp_path):
     assert "building the namespaces" in proc.stdout
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "hsc-" not in left, left
+
+
+def test_exchange_benchmark_runs_every_method(tmp_path):
+    # Every method of the exchange benchmark, DDP hooks included, on a small
+    # model: each reports a step time and fewer bytes than dense where it compresses.
+    requires("horovod")
+    out = tmp_path / "exchange.json"
+    cmd = mpirun_command(2) + [sys.executable, "-m", "horovod_scalecom.benchmarks.exchange",
+                               "--model", "mlp", "--rounds", "1", "--steps", "1",
+                               "--json", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "SCALECOM_BENCH_MASTER": "127.0.0.1:29541"}
+    code, output, killed = run_bounded(cmd, env, 240)
+    assert code == 0 and not killed, output
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"powersgd", "ddp hook", "dense", "fp16", "topk", "path A", "path B"}
+    for name, row in rows.items():
+        assert row["step_s"] > 0, name
+        if name not in ("dense", "fp16"):
+            assert row["bytes_per_rank"] < rows["dense"]["bytes_per_rank"] / 10, name

@@ -52,100 +52,119 @@ from horovod_scalecom.torch import DistributedOptimizer, ScaleCom
 METHODS = ("powersgd", "ddp hook", "dense", "fp16", "topk", "path A", "path B")
 
 
+def master() -> str:
+    """Where the DDP methods' gloo group meets (rank 0's address under benchmarks.network)."""
+    return os.environ.get("SCALECOM_BENCH_MASTER", "127.0.0.1:29517")
+
+
 def barrier(tag: str) -> None:
     hvd.allreduce(torch.zeros(1), name=f"barrier.{tag}")
 
 
 class Method:
-    """One method's model, optimizer and per-step figures."""
+    """One method's model, optimizer and per-step figures: ``step()`` runs
+    one backward and exchange, ``sent()`` is this rank's bytes of a step."""
 
     def __init__(self, method: str, shapes, grads, args) -> None:
-        size = hvd.size()
         self.name = method
+        self.shapes, self.grads, self.args = shapes, grads, args
         self.numel = [int(np.prod(s)) for s in shapes]
-        self.dense_bytes = sum(bytes_model.dense_ring_allreduce(x, size) for x in self.numel)
+        self.dense_bytes = sum(bytes_model.dense_ring_allreduce(x, hvd.size())
+                               for x in self.numel)
         self.times: list[list[float]] = []      # per round, per step
         self.compress: list[float] = []         # per step, where the method exposes it
-        self.breakdowns: list[dict] = []        # per step: path A and path B
-        model = Params(shapes)
-        base = torch.optim.SGD(model.parameters(), lr=0.0)
-        if method == "backward":
-            def step():
-                model(grads).backward()
-                model.zero_grad()
-            self.sent = lambda: None  # noqa: E731
-        elif method in ("dense", "fp16", "path A", "path B"):
-            compression = None
-            if method == "fp16":
-                opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(),
-                                               compression=hvd.Compression.fp16)
-            elif method == "dense":
-                opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters())
-            else:
-                compression = ScaleCom(model, ratio=args.ratio, beta=0.1)
-                if method == "path A":
-                    opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(),
-                                                   compression=compression)
-                else:
-                    opt = DistributedOptimizer(base, named_parameters=model.named_parameters(),
-                                               compression=compression,
-                                               bucket_cap_mb=args.bucket_cap_mb)
-
-            def step():
-                model(grads).backward()
-                opt.synchronize()
-                if method == "path A":
-                    stats = compression.stats()
-                    self.compress.append(stats["select_s"] + stats["update_s"])
-                    self.breakdowns.append({k: stats[k] for k in ("select_s", "comm_s",
-                                                                  "update_s", "decompress_s")})
-                elif method == "path B":
-                    stats = opt.stats()
-                    self.compress.append(stats["compress_s"])
-                    self.breakdowns.append(stats["breakdown"])
-                model.zero_grad()
-            if method == "path B":
-                def sent():
-                    small = [x for x in self.numel if x < compression.config.min_numel]
-                    return opt.stats()["ring_bytes"] + sum(
-                        bytes_model.dense_ring_allreduce(x, size) for x in small)
-                self.sent = sent
-            elif method == "path A":
-                self.sent = lambda: compression.stats()["bytes_sent"]  # noqa: E731
-            else:
-                self.sent = lambda: self.dense_bytes / (2 if method == "fp16" else 1)  # noqa: E731
-        elif method == "topk":
-            topk = TopkAllgather(shapes, args.ratio)
-
-            def step():
-                model(grads).backward()
-                topk.exchange([p.grad for p in model.parameters()])
-                self.compress.append(topk.compress_s)
-                model.zero_grad()
-            self.sent = lambda: topk.bytes_per_rank(size)  # noqa: E731
-        elif method == "powersgd":
-            if args.warmup < 2:
-                raise ValueError("PowerSGD's first 2 steps are plain allreduce: use --warmup >= 2")
-            master = os.environ.get("SCALECOM_BENCH_MASTER", "127.0.0.1:29517")
-            psgd = PowerSGD(shapes, hvd.rank(), size, master, warmup=2)
-            step = lambda: psgd.step(grads)  # noqa: E731
-            self.sent = lambda: psgd.bytes_per_rank(size)  # noqa: E731
-        elif method == "ddp hook":
-            master = os.environ.get("SCALECOM_BENCH_MASTER", "127.0.0.1:29517")
-            hook = ScaleComHook(shapes, hvd.rank(), size, master, args.hook_ratio or args.ratio)
-
-            def step():
-                hook.step(grads)
-                self.breakdowns.append(hook.breakdown())
-                self.compress.append(self.breakdowns[-1]["select_s"]
-                                     + self.breakdowns[-1]["update_s"])
-            self.sent = hook.bytes_per_rank
-        else:
+        self.breakdowns: list[dict] = []        # per step: path A, path B, the DDP hook
+        build = {"backward": self._backward, "dense": self._horovod, "fp16": self._horovod,
+                 "path A": self._scalecom, "path B": self._scalecom, "topk": self._topk,
+                 "powersgd": self._powersgd, "ddp hook": self._ddp_hook}.get(method)
+        if build is None:
             raise ValueError(f"unknown method {method!r}")
-        self.step = step
+        self.step, self.sent = build()
         self.timed(args.warmup, "warmup")
         self.compress.clear()
         self.breakdowns.clear()
+
+    def _backward(self):
+        model = Params(self.shapes)
+
+        def step():
+            model(self.grads).backward()
+            model.zero_grad()
+        return step, lambda: None
+
+    def _horovod(self):
+        model = Params(self.shapes)
+        extra = {"compression": hvd.Compression.fp16} if self.name == "fp16" else {}
+        opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0),
+                                       named_parameters=model.named_parameters(), **extra)
+
+        def step():
+            model(self.grads).backward()
+            opt.synchronize()
+            model.zero_grad()
+        return step, lambda: self.dense_bytes / (2 if self.name == "fp16" else 1)
+
+    def _scalecom(self):
+        """Path A (hvd.DistributedOptimizer + ScaleCom) or path B (the ring)."""
+        model = Params(self.shapes)
+        base = torch.optim.SGD(model.parameters(), lr=0.0)
+        compression = ScaleCom(model, ratio=self.args.ratio, beta=0.1)
+        named = model.named_parameters()
+        if self.name == "path A":
+            opt = hvd.DistributedOptimizer(base, named_parameters=named, compression=compression)
+        else:
+            opt = DistributedOptimizer(base, named_parameters=named, compression=compression,
+                                       bucket_cap_mb=self.args.bucket_cap_mb)
+
+        def step():
+            model(self.grads).backward()
+            opt.synchronize()
+            if self.name == "path A":
+                stats = compression.stats()
+                self.compress.append(stats["select_s"] + stats["update_s"])
+                self.breakdowns.append({k: stats[k] for k in ("select_s", "comm_s",
+                                                              "update_s", "decompress_s")})
+            else:
+                stats = opt.stats()
+                self.compress.append(stats["compress_s"])
+                self.breakdowns.append(stats["breakdown"])
+            model.zero_grad()
+
+        def sent():
+            if self.name == "path A":
+                return compression.stats()["bytes_sent"]
+            small = [x for x in self.numel if x < compression.config.min_numel]
+            return opt.stats()["ring_bytes"] + sum(
+                bytes_model.dense_ring_allreduce(x, hvd.size()) for x in small)
+        return step, sent
+
+    def _topk(self):
+        model = Params(self.shapes)
+        topk = TopkAllgather(self.shapes, self.args.ratio)
+
+        def step():
+            model(self.grads).backward()
+            topk.exchange([p.grad for p in model.parameters()])
+            self.compress.append(topk.compress_s)
+            model.zero_grad()
+        return step, lambda: topk.bytes_per_rank(hvd.size())
+
+    def _powersgd(self):
+        if self.args.warmup < 2:
+            raise ValueError("PowerSGD's first 2 steps are plain allreduce: use --warmup >= 2")
+        psgd = PowerSGD(self.shapes, hvd.rank(), hvd.size(), master(), warmup=2)
+        return lambda: psgd.step(self.grads), lambda: psgd.bytes_per_rank(hvd.size())
+
+    def _ddp_hook(self):
+        hook = ScaleComHook(self.shapes, hvd.rank(), hvd.size(), master(),
+                            self.args.hook_ratio or self.args.ratio)
+
+        def step():
+            hook.step(self.grads)
+            self.breakdowns.append(hook.breakdown())
+            self.compress.append(self.breakdowns[-1]["select_s"]
+                                 + self.breakdowns[-1]["update_s"])
+        return step, hook.bytes_per_rank
 
     def timed(self, steps: int, tag: str) -> list[float]:
         times = []

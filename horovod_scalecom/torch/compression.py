@@ -60,7 +60,6 @@ import torch
 import horovod.torch as hvd
 from horovod.torch.compression import Compressor
 
-from horovod_scalecom import bytes_model
 from horovod_scalecom.config import DEFAULT_CLIP_FACTOR, ScaleComConfig
 from horovod_scalecom.horovod_call import HorovodCall, check_call, horovod_call
 from horovod_scalecom.ring import open_index_share
@@ -70,7 +69,7 @@ from horovod_scalecom.torch.broadcast_share import BroadcastShare
 from horovod_scalecom.torch.horovod_group import HorovodGroup
 from horovod_scalecom.torch.state import (
     NamedParameters, ScaleComState, TensorState)
-from horovod_scalecom.torch.stats import last_step
+from horovod_scalecom.torch.stats import last_step, new_record
 from horovod_scalecom.torch.waits import timed_out, wait
 
 
@@ -359,18 +358,5 @@ class ScaleCom(Compressor):
         return found
 
     def _record(self, state, numel, k, lead, select_s, share_s, update_s) -> dict[str, Any]:
-        size = self.process_set.size()
-        dense = bytes_model.dense_ring_allreduce(numel, size)
-        return {
-            "numel": numel,
-            "k": k,
-            "leader": lead,
-            "step": state.step - 1,
-            "bytes_sent": dense if k is None else bytes_model.path_a(k, size),
-            "dense_bytes": dense,
-            "nonfinite_kept": 0,
-            "select_s": select_s,
-            "share_s": share_s,
-            "update_s": update_s,
-            "decompress_s": 0.0,
-        }
+        return new_record(numel, k, lead, state.step - 1, self.process_set.size(),
+                          select_s=select_s, share_s=share_s, update_s=update_s)

@@ -42,12 +42,11 @@ from typing import Any, Mapping, Optional
 import torch
 import torch.distributed as dist
 
-from horovod_scalecom import bytes_model
 from horovod_scalecom.config import DEFAULT_CLIP_FACTOR, ScaleComConfig
 from horovod_scalecom.torch.ddp_exchange import BucketExchange, Part
 from horovod_scalecom.torch.dist_group import DistGroup
-from horovod_scalecom.torch.state import ScaleComState
-from horovod_scalecom.torch.stats import last_step
+from horovod_scalecom.torch.state import ScaleComState, checked_timeout
+from horovod_scalecom.torch.stats import last_step, new_record
 
 __all__ = ["ScaleComHookState", "scalecom_hook"]
 
@@ -86,8 +85,7 @@ class ScaleComHookState:
                             f"wrapper), got {type(model).__name__}")
         config = ScaleComConfig(ratio=ratio, beta=beta, warmup_steps=warmup_steps,
                                 min_numel=min_numel, clip_factor=clip_factor)
-        if not share_timeout > 0:
-            raise ValueError(f"share_timeout must be positive, got {share_timeout!r}")
+        share_timeout = checked_timeout(share_timeout)    # DistGroup waits with it first
         ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
         module = model.module if ddp else model
         if ddp:
@@ -183,15 +181,9 @@ class ScaleComHookState:
     def _record(self, part: Part, *lead: Optional[int], **figures: Any) -> None:
         """A part's figures: a new entry when its leader (None: dense) is given."""
         if lead:
-            size = self.group.size()
-            dense = bytes_model.dense_ring_allreduce(part.numel, size)
-            self._last[part.state.name] = {
-                "numel": part.numel, "k": part.k or None, "leader": lead[0], "step": part.step,
-                "bytes_sent": bytes_model.path_a(part.k, size) if part.k else dense,
-                "dense_bytes": dense, "nonfinite_kept": 0, "grad_norm": 0.0,
-                "clip_scale": 1.0, "clip_s": 0.0, "select_s": 0.0, "update_s": 0.0,
-                "decompress_s": 0.0,
-            }
+            self._last[part.state.name] = new_record(
+                part.numel, part.k or None, lead[0], part.step, self.group.size(),
+                grad_norm=0.0, clip_scale=1.0, clip_s=0.0)
         self._last[part.state.name].update(figures)
 
 

@@ -51,7 +51,6 @@ class Part:
 class Share:
     """The indices of the bucket's parameters that one leader selected."""
 
-    leader: int
     parts: list
     indices: torch.Tensor
     future: Any
@@ -133,7 +132,7 @@ class BucketExchange:
                                       device=buffer.device)
             work = dist.broadcast(indices, src=self.group.global_rank(lead),
                                   group=self.group.index_group, async_op=True)
-            shares.append(Share(lead, led, indices, work.get_future()))
+            shares.append(Share(led, indices, work.get_future()))
         return shares
 
     # -- the queue: allreduces in bucket order ---------------------------------------

@@ -58,6 +58,13 @@ class Group(Protocol):
     def broadcast_steps(self, steps: dict[str, int]) -> dict[str, int]: ...
 
 
+def checked_timeout(share_timeout: float) -> float:
+    """``share_timeout`` as seconds; ValueError unless positive."""
+    if not share_timeout > 0:
+        raise ValueError(f"share_timeout must be positive, got {share_timeout!r}")
+    return float(share_timeout)
+
+
 def named_list(named_parameters: NamedParameters) -> list[tuple[str, torch.Tensor]]:
     if isinstance(named_parameters, torch.nn.Module):
         return list(named_parameters.named_parameters())
@@ -89,10 +96,8 @@ class ScaleComState:
     def __init__(self, named_parameters: NamedParameters, config: ScaleComConfig,
                  group: Group, stagger_leaders: bool = False,
                  share_timeout: float = 120.0) -> None:
-        if not share_timeout > 0:
-            raise ValueError(f"share_timeout must be positive, got {share_timeout!r}")
         self.config = config
-        self.share_timeout = float(share_timeout)
+        self.share_timeout = checked_timeout(share_timeout)
         self.stagger_leaders = bool(stagger_leaders)
         self.group = group
         pairs = named_list(named_parameters)

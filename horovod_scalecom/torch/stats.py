@@ -3,9 +3,23 @@ torch exchange that runs tensor by tensor (the Horovod compressor, the DDP hook)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
+from horovod_scalecom import bytes_model
 from horovod_scalecom.torch.watch import Watch
+
+
+def new_record(numel: int, k: Optional[int], lead: Optional[int], step: int, size: int,
+               **figures: Any) -> dict[str, Any]:
+    """One tensor's record of one exchange: ``k`` None for a dense one; bytes
+    by DESIGN.md's byte model (the index share and a ring allreduce of k
+    values, or a dense ring allreduce); timings zero until ``figures`` or
+    the caller fill them in."""
+    dense = bytes_model.dense_ring_allreduce(numel, size)
+    return {"numel": numel, "k": k, "leader": lead, "step": step,
+            "bytes_sent": dense if k is None else bytes_model.path_a(k, size),
+            "dense_bytes": dense, "nonfinite_kept": 0, "select_s": 0.0, "update_s": 0.0,
+            "decompress_s": 0.0, **figures}
 
 
 def last_step(last: dict[str, dict[str, Any]], watch: Watch) -> dict[str, Any]:

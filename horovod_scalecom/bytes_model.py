@@ -16,14 +16,16 @@ def dense_ring_allreduce(numel: int, size: int) -> float:
 
 
 def path_a(k: int, size: int) -> float:
-    """Index share from the leader (~4k) plus a ring allreduce of k values."""
+    """ScaleCom through Horovod's allreduce (and the DDP hook): the index share
+    from the leader (~4k) plus a ring allreduce of k values."""
     if size == 1:
         return 0.0
     return INDEX_BYTES * k + dense_ring_allreduce(k, size)
 
 
 def path_b(k: int, size: int) -> float:
-    """Compressed ring: (index, value) pairs in the reduce-scatter, values in the allgather."""
+    """The ScaleCom ring: (index, value) pairs in the reduce-scatter, values in
+    the allgather."""
     return (INDEX_BYTES + VALUE_BYTES) * k * (size - 1) / size + VALUE_BYTES * k * (size - 1) / size
 
 

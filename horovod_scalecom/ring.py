@@ -1,5 +1,5 @@
 """Loads the compressed ring allreduce engine (horovod_scalecom._ring), shared
-by the PyTorch and TensorFlow frontends of path B; framework-free."""
+by the PyTorch and TensorFlow frontends of the ScaleCom ring; framework-free."""
 
 from __future__ import annotations
 
@@ -70,11 +70,12 @@ def close_at_exit(engine: Any, then: Callable[[float], None] | None = None) -> N
 
 def open_index_share(tensors: int,
                      then: Callable[[float], None] | None = None) -> Any | None:
-    """Path A's index share over MPI (the engine's share(): tagged point-to-point
-    messages on its own communicator, no Horovod negotiation cycle), or None
-    where it cannot run and Horovod's broadcast carries the indices: no MPI
-    (Gloo, Elastic), MPI below MPI_THREAD_MULTIPLE, more tensors than MPI
-    tags, or $HOROVOD_SCALECOM_INDEX_SHARE=horovod.
+    """The index share of ScaleCom through Horovod's allreduce, over MPI (the
+    engine's share(): tagged point-to-point messages on its own communicator,
+    no Horovod negotiation cycle), or None where it cannot run and Horovod's
+    broadcast carries the indices: no MPI (Gloo, Elastic), MPI below
+    MPI_THREAD_MULTIPLE, more tensors than MPI tags, or
+    $HOROVOD_SCALECOM_INDEX_SHARE=horovod.
 
     Collective (MPI_Comm_dup): every rank calls it at the same point, once.
     The same conditions hold on every rank, so all take the same transport."""

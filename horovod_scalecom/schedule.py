@@ -1,4 +1,5 @@
-"""Who does what at step t: the cyclic leader (path A) and chunk owners (path B)."""
+"""Who does what at step t: the cyclic leader (ScaleCom through Horovod's
+allreduce) and the chunk owners (the ScaleCom ring)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def chunk_bounds(numel: int, size: int) -> np.ndarray:
 
 
 def chunk_owner(chunk: int, step: int, size: int) -> int:
-    """Rank that selects the indices of ``chunk`` at ``step`` (path B)."""
+    """Rank that selects the indices of ``chunk`` at ``step`` (the ring)."""
     return (chunk + step) % size
 
 

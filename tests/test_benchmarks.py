@@ -1,6 +1,7 @@
 """The benchmark and study harnesses: shapes, the top-k baseline, the
 convergence study's simulated workers, and the network cluster's teardown."""
 
+import argparse
 import json
 import os
 import shutil
@@ -10,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+from horovod_scalecom.benchmarks.methods import RING, SCALECOM, add_methods_option
+from horovod_scalecom.benchmarks.plot_network import NAMES, load, tables
 from horovod_scalecom.benchmarks.shapes import MODELS
 from horovod_scalecom.config import ScaleComConfig
 from horovod_scalecom.reference import TopkAllgatherSimulator
@@ -90,8 +93,40 @@ def test_exchange_benchmark_runs_every_method(tmp_path):
     code, output, killed = run_bounded(cmd, env, 240)
     assert code == 0 and not killed, output
     rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"powersgd", "ddp hook", "dense", "fp16", "topk", "path A", "path B"}
+    assert set(rows) == {"powersgd", "ddp hook", "dense", "fp16", "topk", "scalecom",
+                         "scalecom ring"}
     for name, row in rows.items():
         assert row["step_s"] > 0, name
         if name not in ("dense", "fp16"):
             assert row["bytes_per_rank"] < rows["dense"]["bytes_per_rank"] / 10, name
+
+
+def test_older_method_names_are_read_under_the_new_ones(tmp_path):
+    # "path A" and "path B" on the command line and in saved JSON (docs/data)
+    # are "scalecom" and "scalecom ring"; other names pass through unchanged.
+    parser = argparse.ArgumentParser()
+    add_methods_option(parser, ("dense", SCALECOM, RING))
+    assert parser.parse_args([]).methods == ["dense", "scalecom", "scalecom ring"]
+    assert parser.parse_args(["--methods", "dense", "path A", "path B"]).methods == [
+        "dense", "scalecom", "scalecom ring"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--methods", "path C"])
+
+    row = {"step_s": 0.5, "comm_s": 0.25, "compress_s": 0.125, "bytes_per_rank": 2e6,
+           "compression": 50.0}
+    saved = tmp_path / "old.json"
+    saved.write_text(json.dumps({"label": "1gbit", "ranks": 2, "rows": [
+        {**row, "method": "dense", "step_s": 1.0, "compress_s": None},
+        {**row, "method": "path A"}, {**row, "method": "path B", "step_s": 0.25}]}))
+    rows = load([saved])["1gbit"][2]
+    assert set(rows) == {"dense", "scalecom", "scalecom ring"}
+    assert rows["scalecom"]["method"] == "scalecom" and rows["scalecom"]["step_s"] == 0.5
+    assert rows["scalecom ring"]["step_s"] == 0.25
+    table = tables(load([saved]))
+    assert f"| 2 | {NAMES['scalecom']} | 500.0 | 250.0 | 125.0 | 2.000 | 50.0x | 2.00x |" in table
+    assert f"| 2 | {NAMES['scalecom ring']} | 250.0 |" in table
+    assert "path A" not in table and "path B" not in table
+
+    # The published figures, saved under the older names, load under the new ones.
+    published = load([ROOT / "docs" / "data" / "overlap" / "network_resnet50_1gbit_n2.json"])
+    assert {"dense", "scalecom", "scalecom ring"} <= set(published["1gbit"][2])

@@ -10,13 +10,15 @@ real data that ships inside scikit-learn, its 8x8 handwritten digits (1,797
 images; the first 1,200 of a fixed shuffle train, the other 597 test).
 Every step draws one global batch, splits it into n equal per-worker batches, takes each worker's gradient
 (torch.func.vmap) and hands the n gradients of every tensor to a simulator of
-``horovod_scalecom.reference``: PathASimulator for ScaleCom (beta 0.1) and
-classic error feedback (the same CLT-k with beta 1), TopkAllgatherSimulator
-for local top-k + allgather. The averaged gradient then goes to an ordinary
-torch SGD with momentum, as after hvd.DistributedOptimizer. The real path A
-is bitwise equal to PathASimulator for n = 2 and equal up to MPI's summation
-order above (tests/test_torch_compressor.py), so the n workers here train as
-n real ranks would, at a cost that lets n reach 256 on a laptop.
+``horovod_scalecom.reference``: PathASimulator (ScaleCom through Horovod's
+allreduce) for ScaleCom (beta 0.1) and classic error feedback (the same CLT-k
+with beta 1), TopkAllgatherSimulator for local top-k + allgather. The
+averaged gradient then goes to an ordinary torch SGD with momentum, as after
+hvd.DistributedOptimizer. The real ScaleCom compressor under
+hvd.DistributedOptimizer is bitwise equal to PathASimulator for n = 2 and
+equal up to MPI's summation order above (tests/test_torch_compressor.py), so
+the n workers here train as n real ranks would, at a cost that lets n reach
+256 on a laptop.
 
 Per run it records the test accuracy and loss after every epoch, the train
 loss every 16 steps, the bytes per worker by the byte model, and for the

@@ -5,8 +5,10 @@
 
 Methods: PowerSGD (torch DDP hook over gloo, rank 4), ScaleCom's DDP hook
 (over gloo, at --hook-ratio), Horovod dense allreduce, Horovod fp16, local
-top-k + allgather with error feedback (GRACE/DGC), ScaleCom path A
-(hvd.DistributedOptimizer + ScaleCom) and path B (the ring). The DDP methods
+top-k + allgather with error feedback (GRACE/DGC), "scalecom" (ScaleCom
+through Horovod's allreduce: hvd.DistributedOptimizer + ScaleCom) and
+"scalecom ring" (the ScaleCom ring, this package's DistributedOptimizer);
+the older names "path A" and "path B" are read as these two. The DDP methods
 are set up first: after Horovod's fp16 allreduce PowerSGD's gloo group was
 seen to hang inside the network namespaces.
 Each exchanges fixed random gradients of the model's shapes (no downloads)
@@ -21,13 +23,13 @@ alone, compression time where the method exposes it (selection, reduction
 and memory update; top-k: torch.topk and index ops), communication time =
 step - backward - compression, bytes sent per rank and the compression
 against dense, and a bound: backward + this rank's compression + the wire
-time of its bytes at --line-rate (Gbit/s; 0: no wire time, loopback). Path
-B's ``breakdown`` (the engine's phases, Python, waits, the part hidden
-behind backward) and path A's (selection, share, update) go to the JSON.
-Bytes: the engine's own count for path B, the byte model of DESIGN.md for
-the others (ring collectives). Rank 0 prints a table; --json writes every
-rank's figures. Under benchmarks.network the same command runs on a
-bandwidth-limited network.
+time of its bytes at --line-rate (Gbit/s; 0: no wire time, loopback). The
+ring's ``breakdown`` (the engine's phases, Python, waits, the part hidden
+behind backward) and the Horovod path's (selection, index share, update)
+go to the JSON. Bytes: the engine's own count for the ring, the byte model
+of DESIGN.md for the others (ring collectives). Rank 0 prints a table;
+--json writes every rank's figures. Under benchmarks.network the same
+command runs on a bandwidth-limited network.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ from horovod_scalecom import bytes_model
 from horovod_scalecom.buckets import DEFAULT_BUCKET_CAP_MB
 from horovod_scalecom.benchmarks.baselines import Params, TopkAllgather
 from horovod_scalecom.benchmarks.ddp_hooks import PowerSGD, ScaleComHook
+from horovod_scalecom.benchmarks.methods import RING, SCALECOM, add_methods_option
 from horovod_scalecom.benchmarks.shapes import MODELS
 from horovod_scalecom.torch import DistributedOptimizer, ScaleCom
 
-METHODS = ("powersgd", "ddp hook", "dense", "fp16", "topk", "path A", "path B")
+METHODS = ("powersgd", "ddp hook", "dense", "fp16", "topk", SCALECOM, RING)
 
 
 def master() -> str:
@@ -73,9 +76,9 @@ class Method:
                                for x in self.numel)
         self.times: list[list[float]] = []      # per round, per step
         self.compress: list[float] = []         # per step, where the method exposes it
-        self.breakdowns: list[dict] = []        # per step: path A, path B, the DDP hook
+        self.breakdowns: list[dict] = []        # per step: ScaleCom's exchanges, the DDP hook
         build = {"backward": self._backward, "dense": self._horovod, "fp16": self._horovod,
-                 "path A": self._scalecom, "path B": self._scalecom, "topk": self._topk,
+                 SCALECOM: self._scalecom, RING: self._scalecom, "topk": self._topk,
                  "powersgd": self._powersgd, "ddp hook": self._ddp_hook}.get(method)
         if build is None:
             raise ValueError(f"unknown method {method!r}")
@@ -105,12 +108,13 @@ class Method:
         return step, lambda: self.dense_bytes / (2 if self.name == "fp16" else 1)
 
     def _scalecom(self):
-        """Path A (hvd.DistributedOptimizer + ScaleCom) or path B (the ring)."""
+        """ScaleCom through Horovod's allreduce (hvd.DistributedOptimizer +
+        ScaleCom) or the ScaleCom ring (this package's DistributedOptimizer)."""
         model = Params(self.shapes)
         base = torch.optim.SGD(model.parameters(), lr=0.0)
         compression = ScaleCom(model, ratio=self.args.ratio, beta=0.1)
         named = model.named_parameters()
-        if self.name == "path A":
+        if self.name == SCALECOM:
             opt = hvd.DistributedOptimizer(base, named_parameters=named, compression=compression)
         else:
             opt = DistributedOptimizer(base, named_parameters=named, compression=compression,
@@ -119,10 +123,10 @@ class Method:
         def step():
             model(self.grads).backward()
             opt.synchronize()
-            if self.name == "path A":
+            if self.name == SCALECOM:
                 stats = compression.stats()
                 self.compress.append(stats["select_s"] + stats["update_s"])
-                self.breakdowns.append({k: stats[k] for k in ("select_s", "comm_s",
+                self.breakdowns.append({k: stats[k] for k in ("select_s", "share_s",
                                                               "update_s", "decompress_s")})
             else:
                 stats = opt.stats()
@@ -131,7 +135,7 @@ class Method:
             model.zero_grad()
 
         def sent():
-            if self.name == "path A":
+            if self.name == SCALECOM:
                 return compression.stats()["bytes_sent"]
             small = [x for x in self.numel if x < compression.config.min_numel]
             return opt.stats()["ring_bytes"] + sum(
@@ -209,7 +213,7 @@ def summary(m: Method, backward: Method, dense: Method | None, line_rate_gbit: f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="transformer-small")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    add_methods_option(parser, METHODS)
     parser.add_argument("--ratio", type=float, default=0.01)
     parser.add_argument("--hook-ratio", type=float,
                         help="the DDP hook's ratio (default: --ratio)")
@@ -219,7 +223,7 @@ def main() -> None:
     parser.add_argument("--line-rate", type=float, default=0.0,
                         help="Gbit/s of each rank's link, for the bound's wire time (0: none)")
     parser.add_argument("--bucket-cap-mb", type=float, default=DEFAULT_BUCKET_CAP_MB,
-                        help="path B's group size")
+                        help="the ring's group size")
     parser.add_argument("--json")
     parser.add_argument("--label", default="", help="a tag stored with the figures (network)")
     args = parser.parse_args()
@@ -247,7 +251,7 @@ def main() -> None:
         per_rank = hvd.allgather_object(row)
         rows.append({**row, "per_rank": per_rank})
         c, vs = row["compress_s"], row.get("step_over_dense")
-        say(f"  {m.name:>8}: step {1e3 * row['step_s']:8.1f} ms  backward "
+        say(f"  {m.name:>13}: step {1e3 * row['step_s']:8.1f} ms  backward "
             f"{1e3 * row['backward_s']:6.1f}  comm {1e3 * row['comm_s']:7.1f}  compress "
             f"{'   -  ' if c is None else f'{1e3 * c:6.1f}'}  bound {1e3 * row['bound_s']:7.1f}"
             f"  step/bound {row['step_over_bound']:4.2f}  "

@@ -6,7 +6,8 @@
 Prints one Markdown table per rate (rank 0's figures: medians over the
 measured steps) and writes OUT.png: communication time, bytes per rank and
 speedup over dense against n, and the CPU compression cost, one row of
-panels per rate.
+panels per rate. Files saved under the older method names ("path A",
+"path B") are read under the current ones (benchmarks.methods).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import argparse
 import json
 from collections import defaultdict
 
+from horovod_scalecom.benchmarks.methods import RING, SCALECOM, renamed_row
 from horovod_scalecom.benchmarks.plot_convergence import label, save
 from horovod_scalecom.benchmarks._pyplot import pyplot
 
-ORDER = ("dense", "fp16", "topk", "powersgd", "ddp hook", "path A", "path B")
+ORDER = ("dense", "fp16", "topk", "powersgd", "ddp hook", SCALECOM, RING)
 NAMES = {"dense": "Horovod dense", "fp16": "Horovod fp16", "topk": "top-k + allgather",
          "powersgd": "PowerSGD (rank 4)", "ddp hook": "ScaleCom DDP hook",
-         "path A": "ScaleCom path A", "path B": "ScaleCom path B"}
+         SCALECOM: "ScaleCom (Horovod path)", RING: "ScaleCom ring"}
 
 
 def load(paths):
@@ -29,7 +31,8 @@ def load(paths):
     for path in paths:
         with open(path) as f:
             run = json.load(f)
-        by_rate[run["label"] or "loopback"][run["ranks"]] = {r["method"]: r for r in run["rows"]}
+        rows = [renamed_row(r) for r in run["rows"]]
+        by_rate[run["label"] or "loopback"][run["ranks"]] = {r["method"]: r for r in rows}
     return by_rate
 
 
@@ -80,8 +83,8 @@ def main() -> None:
             if all("dense" in by_n[n] for n in have):
                 speed_ax.plot(have, [by_n[n]["dense"]["step_s"] / by_n[n][method]["step_s"]
                                      for n in have], **style)
-            if all(r["compress_s"] is not None for r in rows) and method in ("topk", "path A",
-                                                                             "path B"):
+            if all(r["compress_s"] is not None for r in rows) and method in ("topk", SCALECOM,
+                                                                             RING):
                 cpu_ax.plot(have, [1e3 * r["compress_s"] for r in rows], **style)
         bytes_ax.set_yscale("log")
         for ax in row_axes:

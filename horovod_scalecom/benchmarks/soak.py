@@ -1,15 +1,17 @@
 """Soak run: many steps of a small model, watching resident memory and buffers.
 
-    mpirun -np 2 python -m horovod_scalecom.benchmarks.soak --path a --steps 20000 \\
-        --json soak_a.json
+    mpirun -np 2 python -m horovod_scalecom.benchmarks.soak --method scalecom --steps 20000 \\
+        --json soak_scalecom.json
 
-Trains the examples' MLP on the synthetic task with ScaleCom (path A:
-hvd.DistributedOptimizer; path B: the ring's DistributedOptimizer). Every
---every steps each rank samples its resident set size (/proc/self/statm),
-the number of live torch tensors (a gc scan), ScaleCom's memory buffers and
-their bytes, and the step time; rank 0 prints the samples and writes them,
-with every rank's RSS, as JSON. After warm-up (the first sample) these should
-stay flat: a leak shows as a steady climb.
+Trains the examples' MLP on the synthetic task with ScaleCom through
+Horovod's allreduce (``--method scalecom``: hvd.DistributedOptimizer) or on
+the ScaleCom ring (``--method "scalecom ring"``: this package's
+DistributedOptimizer); the older ``--path a`` and ``--path b`` still select
+them. Every --every steps each rank samples its resident set size
+(/proc/self/statm), the number of live torch tensors (a gc scan), ScaleCom's
+memory buffers and their bytes, and the step time; rank 0 prints the samples
+and writes them, with every rank's RSS, as JSON. After warm-up (the first
+sample) these should stay flat: a leak shows as a steady climb.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 import horovod.torch as hvd
+from horovod_scalecom.benchmarks.methods import RING, SCALECOM, method_name
 from horovod_scalecom.benchmarks.synthetic import make_data
 from horovod_scalecom.torch import DistributedOptimizer, ScaleCom
 
@@ -40,12 +43,17 @@ def live_tensors() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--path", choices=["a", "b"], default="a")
+    parser.add_argument("--method", type=method_name, choices=(SCALECOM, RING),
+                        default=SCALECOM)
+    parser.add_argument("--path", choices=["a", "b"],
+                        help=f'older spelling of --method: a = "{SCALECOM}", b = "{RING}"')
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--every", type=int, default=1000)
     parser.add_argument("--ratio", type=float, default=0.01)
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.path:
+        args.method = method_name(f"path {args.path}")
     torch.set_num_threads(1)
     hvd.init()
     torch.manual_seed(0)
@@ -54,7 +62,7 @@ def main() -> None:
                                 torch.nn.Linear(256, 256), torch.nn.ReLU(),
                                 torch.nn.Linear(256, 10))
     compression = ScaleCom(model, ratio=args.ratio, beta=0.1, warmup_steps=10)
-    wrap = hvd.DistributedOptimizer if args.path == "a" else DistributedOptimizer
+    wrap = hvd.DistributedOptimizer if args.method == SCALECOM else DistributedOptimizer
     opt = wrap(torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9),
                named_parameters=model.named_parameters(), compression=compression)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
@@ -78,7 +86,7 @@ def main() -> None:
             samples.append(sample)
             last = time.perf_counter()
             if hvd.rank() == 0:
-                print(f"path {args.path} step {step:6d}  loss {sample['loss']:.3f}  "
+                print(f"{args.method} step {step:6d}  loss {sample['loss']:.3f}  "
                       f"RSS {sample['rss_mb']:.1f} MB  tensors {sample['live_tensors']}  "
                       f"buffers {sample['memory_buffers']} ({sample['memory_bytes']} B)  "
                       f"{sample['ms_per_step']:.2f} ms/step", flush=True)
@@ -86,11 +94,11 @@ def main() -> None:
         first, final = samples[0], samples[-1]
         growth = {k: final[k] - first[k] for k in ("rss_mb", "live_tensors", "memory_buffers",
                                                    "memory_bytes")}
-        print(f"path {args.path}: from step {first['step']} to {final['step']}: "
+        print(f"{args.method}: from step {first['step']} to {final['step']}: "
               + ", ".join(f"{k} {v:+g}" for k, v in growth.items()), flush=True)
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"path": args.path, "ranks": hvd.size(), "steps": args.steps,
+                json.dump({"method": args.method, "ranks": hvd.size(), "steps": args.steps,
                            "ratio": args.ratio, "samples": samples, "growth": growth}, f,
                           indent=1)
     hvd.join()

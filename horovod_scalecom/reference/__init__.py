@@ -3,9 +3,10 @@
 * :mod:`.core`: one worker's arithmetic (top-k with its tie rule, the fused
   gather and low-pass memory update, the dense output).
 * :mod:`.path_a`: n workers in one process, CLT-k with a cyclic leader and an
-  allreduce of the k values (the drop-in Horovod compressor).
-* :mod:`.path_b`: n workers in one process, the compressed ring allreduce with
-  chunk-wise cyclic owners.
+  allreduce of the k values: ScaleCom through Horovod's allreduce (the
+  drop-in Horovod compressor).
+* :mod:`.path_b`: n workers in one process, the ScaleCom ring: the compressed
+  ring allreduce with chunk-wise cyclic owners.
 * :mod:`.topk_allgather`: the baseline, local top-k + allgather + classic
   error feedback (GRACE / DGC), for the convergence study.
 

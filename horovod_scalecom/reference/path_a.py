@@ -1,4 +1,5 @@
-"""n-worker simulator of path A: CLT-k with a cyclic leader + allreduce of k values."""
+"""n-worker simulator of ScaleCom through Horovod's allreduce: CLT-k with a
+cyclic leader + allreduce of k values."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ class _TensorState:
 
 
 class PathASimulator:
-    """All n workers of path A in one process, tensor by tensor.
+    """All n workers of ScaleCom through Horovod's allreduce (the Horovod
+    compressor) in one process, tensor by tensor.
 
     ``step(name, grads)`` takes the n workers' gradients of one tensor and
     returns what each worker's ``decompress`` would hand back. Tensors are

@@ -1,4 +1,4 @@
-"""n-worker simulator of path B: the compressed ring allreduce.
+"""n-worker simulator of the ScaleCom ring: the compressed ring allreduce.
 
 Each tensor is cut into n contiguous chunks (``schedule.chunk_bounds``);
 at step t chunk j is owned by rank (j + t) mod n.
@@ -42,7 +42,7 @@ class RingResult:
 def ring_exchange(memories: Sequence[np.ndarray], grads: Sequence[np.ndarray],
                   step: int, ratio: float, beta: float
                   ) -> tuple[RingResult, list[np.ndarray], np.ndarray]:
-    """One tensor through path B on n ranks.
+    """One tensor through the ring on n ranks.
 
     Returns (result, new memories, bytes sent per rank for this tensor).
     """
@@ -84,7 +84,7 @@ def ring_exchange(memories: Sequence[np.ndarray], grads: Sequence[np.ndarray],
 
 
 class PathBSimulator(Workers):
-    """All n workers of path B in one process; one call per training step.
+    """All n workers of the ScaleCom ring in one process; one call per training step.
 
     ``step({name: [grad_rank0, ..., grad_rank{n-1}]})`` exchanges every
     tensor of the step (fused: one message per hop, so the byte counts add).

@@ -79,7 +79,7 @@ def tensorflow_extension():
 
 
 def ring_extension():
-    """The compressed ring allreduce (path B): plain CPython + MPI, no framework."""
+    """The compressed ring allreduce (the ScaleCom ring): plain CPython + MPI, no framework."""
     mpicxx = shutil.which("mpicxx")
     if mpicxx is None:
         print("setup.py: mpicxx not found (install libopenmpi-dev); skipping horovod_scalecom._ring")

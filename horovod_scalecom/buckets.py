@@ -1,6 +1,6 @@
 """Groups of gradients that the ring exchanges together (framework-free).
 
-The ring (path B) starts a group's exchange as soon as backward has produced
+The ScaleCom ring starts a group's exchange as soon as backward has produced
 every gradient in it, and runs the groups one after the other, in the same
 order on every rank. Groups are therefore formed from what every rank knows
 alike (the parameters' registration order and sizes, never the order in which

@@ -1,4 +1,8 @@
-"""The knobs of ScaleCom, validated once, shared by every frontend."""
+"""ScaleCom's policy, one for every frontend (torch and TensorFlow; the
+Horovod compressor, the ring and the DDP hook): the knobs with their names,
+defaults and checks, which gradients go dense, what every rank must agree
+on, and the L2 clip's rule. The frameworks apply it with their own ops;
+the names, defaults and error messages are these."""
 
 from __future__ import annotations
 
@@ -17,6 +21,16 @@ MAX_NUMEL = 2**31 - 1
 # of docs/convergence.md (section "Defaults").
 DEFAULT_CLIP_FACTOR = 2.0
 CLIP_RHO = 0.98
+
+# clip_norm's rule: g * min(1, clip_norm / (||g|| + CLIP_NORM_EPS)).
+CLIP_NORM_EPS = 1e-6
+
+# Gradients of other dtypes (float64, integers, complex) always go dense.
+COMPRESSIBLE_DTYPES = ("float32", "float16", "bfloat16")
+
+# The knobs every rank must share, in the order of agreement_row().
+AGREED = ("ratio", "beta", "warmup_steps", "min_numel", "stagger_leaders", "clip_norm",
+          "clip_factor")
 
 
 def num_selected(numel: int, ratio: float) -> int:
@@ -47,6 +61,16 @@ def disagreement(names: Sequence[str], every) -> str | None:
     return f"{', '.join(names[j] for j in differ)} ({rows})"
 
 
+def dtype_name(dtype) -> str:
+    """"float32" for torch.float32, tf.float32 and numpy's float32 alike."""
+    name = getattr(dtype, "name", None)        # TensorFlow's and numpy's dtypes
+    if isinstance(name, str):
+        return name
+    if isinstance(dtype, type):                # numpy's scalar types
+        return np.dtype(dtype).name
+    return str(dtype).rsplit(".", 1)[-1]       # torch.float32
+
+
 def check_numel(numel: int, name: str = "tensor") -> None:
     if numel > MAX_NUMEL:
         raise ValueError(
@@ -57,20 +81,29 @@ def check_numel(numel: int, name: str = "tensor") -> None:
 
 @dataclass(frozen=True)
 class ScaleComConfig:
-    """ScaleCom's hyper-parameters.
+    """ScaleCom's knobs, the same names and defaults in every frontend.
 
     Args:
         ratio: fraction rho of each tensor's elements that is sent, 0 < rho <= 1
             ("100x" compression is ratio=0.01).
         beta: low-pass filter coefficient in (0, 1]; 1 is classic error
             feedback, the paper uses ~0.1.
-        warmup_steps: the first ``warmup_steps`` calls for each tensor are dense
-            and leave the memory untouched.
+        warmup_steps: the first ``warmup_steps`` exchanges of each tensor are
+            dense and leave the memory untouched.
         min_numel: tensors with fewer elements are sent dense.
         clip_factor: each worker clips its gradient of each compressed tensor
             to ``clip_factor`` times the running level of that gradient's
             norm before it reaches the memory (csrc/core/clip.h); None turns
             the clip off.
+        clip_norm: if set, each worker first scales every floating gradient
+            it hands to ScaleCom to L2 norm at most ``clip_norm``
+            (``g * min(1, clip_norm / (||g|| + 1e-6))``), before the memory
+            and the exchange: an absolute threshold, off by default.
+        stagger_leaders: offset each tensor's leader by its registration
+            index (False: the paper's schedule, one leader per step).
+        share_timeout: seconds any wait for another rank (an index share, a
+            ring message, the configuration check) may take before ScaleCom
+            raises instead of hanging.
     """
 
     ratio: float = 0.01
@@ -78,6 +111,9 @@ class ScaleComConfig:
     warmup_steps: int = 0
     min_numel: int = 1024
     clip_factor: float | None = DEFAULT_CLIP_FACTOR
+    clip_norm: float | None = None
+    stagger_leaders: bool = False
+    share_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         if self.clip_factor is not None and (
@@ -100,6 +136,11 @@ class ScaleComConfig:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"{field} must be a non-negative integer, got {value!r}")
+        if self.clip_norm is not None:
+            positive_number(self.clip_norm, "clip_norm")
+        if not isinstance(self.stagger_leaders, (bool, np.bool_)):
+            raise TypeError(f"stagger_leaders must be True or False, got {self.stagger_leaders!r}")
+        positive_number(self.share_timeout, "share_timeout")
 
     @property
     def beta32(self) -> np.float32:
@@ -119,5 +160,30 @@ class ScaleComConfig:
     def k(self, numel: int) -> int:
         return num_selected(numel, self.ratio)
 
+    def always_dense(self, numel: int | None, dtype) -> bool:
+        """Tensors of unknown size, below ``min_numel`` or of a dtype outside
+        COMPRESSIBLE_DTYPES are never compressed."""
+        return (numel is None or numel < self.min_numel
+                or dtype_name(dtype) not in COMPRESSIBLE_DTYPES)
+
+    def goes_dense(self, step: int, numel: int | None, dtype) -> bool:
+        """This exchange of the tensor is dense: warm-up, or always_dense."""
+        return step < self.warmup_steps or self.always_dense(numel, dtype)
+
+    def agreement_row(self) -> tuple[float, ...]:
+        """The AGREED knobs as numbers, for the cross-rank check (None: 0)."""
+        return (self.ratio, self.beta, self.warmup_steps, self.min_numel,
+                float(self.stagger_leaders), self.clip_norm or 0.0, self.clip_factor_or_zero)
+
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def disagreement_error(names: Sequence[str], every, what: str = "") -> ValueError | None:
+    """The error every frontend raises when ranks' knobs differ (None when
+    they agree); ``what`` says what else they must share."""
+    differ = disagreement(names, every)
+    if differ is None:
+        return None
+    return ValueError(f"ScaleCom: ranks disagree on {differ}; every rank must build "
+                      f"ScaleCom with the same arguments{what}")

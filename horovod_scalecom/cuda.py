@@ -44,13 +44,6 @@ _SIGNATURES = {
     "scalecom_cuda_host_alloc": [ctypes.POINTER(_p), _size],
     "scalecom_cuda_host_free": [_p],
 }
-# The order of csrc/ring/buffers.h's DeviceKernels, for the ring engine.
-_RING_TABLE = ("select_workspace_bytes", "ring_select", "gather_update_workspace_bytes",
-               "gather_update", "scatter", "ring_accumulate", "ring_divide", "copy_async",
-               "synchronize", "set_device", "device_alloc", "device_free", "host_alloc",
-               "host_free", "error_string")
-
-
 class CudaKernels:
     """One loaded build of the kernels; methods mirror the C functions."""
 
@@ -69,10 +62,13 @@ class CudaKernels:
                               f"kernels: {exc}. Rebuild with `bash scripts/setup.sh`.") from exc
         self._lib = lib
 
-    def addresses(self) -> tuple[int, ...]:
-        """The functions' addresses in the ring engine's order (use_device_kernels)."""
-        return tuple(ctypes.cast(getattr(self._lib, f"scalecom_cuda_{name}"), ctypes.c_void_p).value
-                     for name in _RING_TABLE)
+    def addresses(self) -> dict[str, int]:
+        """Every function's address by name, without the ``scalecom_cuda_``
+        prefix: the ring engine (use_device_kernels) takes the ones its
+        table lists (csrc/ring/buffers.h), by name."""
+        return {name.removeprefix("scalecom_cuda_"):
+                ctypes.cast(getattr(self._lib, name), ctypes.c_void_p).value
+                for name in (*_SIGNATURES, "scalecom_cuda_error_string")}
 
     def _check(self, code: int, what: str) -> None:
         if code != 0:

@@ -19,7 +19,7 @@ The first event of each tensor is a RuntimeWarning on the rank that sees it,
 naming the tensor, the step and the figures; the ``stats()["divergence"]``
 of each frontend lists those first events and counts the rest. Costs: the
 gradient's norm is the relative clip's own; the exchange's norm reads the
-averaged values once (k of them in path A, the dense mean in path B).
+averaged values once (k of them through Horovod's allreduce, the dense mean in the ring).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.config import ScaleComConfig, disagreement, num_selected
+from horovod_scalecom.config import AGREED, ScaleComConfig, disagreement, num_selected
 from horovod_scalecom.reference import (
     PathASimulator, PathBSimulator, accumulate, gather_and_update, scatter, topk_indices)
 from horovod_scalecom.reference.path_a import allreduce_mean
@@ -37,10 +37,31 @@ def test_num_selected(numel, ratio, k):
 @pytest.mark.parametrize("kwargs,match", [
     ({"ratio": 0.0}, "ratio"), ({"ratio": -0.1}, "ratio"), ({"ratio": 1.5}, "ratio"),
     ({"ratio": float("nan")}, "ratio"), ({"beta": 0.0}, "beta"), ({"beta": 1.01}, "beta"),
-    ({"warmup_steps": -1}, "warmup_steps"), ({"min_numel": 2.5}, "min_numel")])
+    ({"warmup_steps": -1}, "warmup_steps"), ({"min_numel": 2.5}, "min_numel"),
+    ({"clip_norm": 0}, "clip_norm must be a positive number"),
+    ({"clip_norm": True}, "clip_norm must be a positive number"),
+    ({"share_timeout": 0}, "share_timeout must be a positive number"),
+    ({"share_timeout": -5.0}, "share_timeout must be a positive number")])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ScaleComConfig(**kwargs)
+
+
+def test_config_stagger_leaders_is_a_bool():
+    with pytest.raises(TypeError, match="stagger_leaders must be True or False"):
+        ScaleComConfig(stagger_leaders="yes")
+
+
+def test_policy_dense_rule_and_agreement_row():
+    # One rule for every frontend: the dtype by name, warm-up per step.
+    cfg = ScaleComConfig(warmup_steps=2, min_numel=10, clip_norm=5.0, clip_factor=None)
+    assert not cfg.always_dense(10, np.float32) and not cfg.always_dense(10, "bfloat16")
+    assert cfg.always_dense(9, np.float32) and cfg.always_dense(None, np.float32)
+    assert cfg.always_dense(100, np.float64) and cfg.always_dense(100, np.int32)
+    assert cfg.goes_dense(1, 100, np.float16) and not cfg.goes_dense(2, 100, np.float16)
+    assert dict(zip(AGREED, cfg.agreement_row())) == {
+        "ratio": 0.01, "beta": 0.1, "warmup_steps": 2, "min_numel": 10,
+        "stagger_leaders": 0.0, "clip_norm": 5.0, "clip_factor": 0.0}
 
 
 def test_disagreement_names_only_the_knobs_that_differ():

@@ -1,8 +1,10 @@
 """Path B under real `mpirun -np N`: horovod_scalecom.torch.DistributedOptimizer and the
 C++ ring engine against the NumPy ring simulator, bytes included."""
 
+import os
 import shutil
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -13,7 +15,7 @@ from horovod_scalecom.config import ScaleComConfig, num_selected  # noqa: E402
 from horovod_scalecom.reference import PathBSimulator  # noqa: E402
 from horovod_scalecom.reference.path_a import allreduce_mean  # noqa: E402
 
-from mpi import run_mpi, requires  # noqa: E402
+from mpi import run_bounded, run_mpi, requires  # noqa: E402
 
 from workers.common import gradient  # noqa: E402
 
@@ -184,6 +186,26 @@ def test_ring_device_side_through_the_c_abi(cuda_aware, tmp_path):
             assert transports == {"pinned host staging"}
     else:
         assert transports == {{"0": "pinned host staging", "1": "cuda-aware MPI"}[cuda_aware]}
+
+
+def test_ring_takes_the_kernel_table_by_name():
+    # The engine looks each CUDA function up by its name in the table the
+    # loaded library hands over (csrc/ring/buffers.h's one list): a missing
+    # entry is named, not a crash at the first GPU step. The host double
+    # is not needed: the check comes before any call.
+    script = ("from mpi4py import MPI\n"
+              "from horovod_scalecom.ring import load_ring\n"
+              "engine = load_ring().Engine()\n"
+              "try:\n"
+              "    engine.use_device_kernels({'ring_select': 1}, 'auto')\n"
+              "except ValueError as exc:\n"
+              "    print('refused:', exc)\n"
+              "engine.close(10)\n")
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    code, output, killed = run_bounded([sys.executable, "-c", script], env, 120)
+    assert not killed and code == 0, output
+    assert "refused: ring allreduce: the CUDA kernel table has no 'select_workspace_bytes'" \
+        in output
 
 
 def test_ring_device_side_refuses_indices_outside_their_chunk(tmp_path):

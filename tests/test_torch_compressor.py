@@ -1,9 +1,12 @@
 """horovod_scalecom.torch.ScaleCom under real `mpirun -np N` against the NumPy reference."""
 
+import json
+
 import numpy as np
 import pytest
 
 from horovod_scalecom.config import ScaleComConfig  # noqa: E402
+from horovod_scalecom.stats import last_step, new_record  # noqa: E402
 
 from compressor_check import NAMES, check, reference  # noqa: E402
 from mpi import run_mpi, requires  # noqa: E402
@@ -23,6 +26,10 @@ def test_outputs_and_memory_match_reference(n, tmp_path):
     sent = float(results[0]["stats/bytes_sent"])
     dense = float(results[0]["stats/dense_bytes"])
     assert dense / sent > 5
+    # stats() has the keys every frontend shares (horovod_scalecom.stats).
+    expected = last_step({"t": new_record(10, 1, 0, 0, n)}, {}, "mpi")
+    assert json.loads(str(results[0]["stats_keys"])) == [sorted(expected),
+                                                         sorted(expected["tensors"]["t"])]
 
 
 @pytest.mark.parametrize("share", ["mpi", "horovod"])
@@ -142,14 +149,15 @@ def test_documented_edge_inputs(path, tmp_path):
             assert set(np.flatnonzero(np.abs(emb).sum(1))) == {step, 7, 8}
 
 
-def test_clip_before_exchange_acts_before_the_compressor(tmp_path):
-    # Gradients of norm ~50 clipped to 5 on every rank before Horovod's hook
-    # hands them to ScaleCom: outputs and memories follow the reference fed
-    # with clipped gradients (up to the rounding of the norm), and differ
-    # from the unclipped run.
+@pytest.mark.parametrize("how", ["--clip", "--clip-norm"])
+def test_clip_to_norm_acts_before_the_compressor(tmp_path, how):
+    # Gradients of norm ~50 clipped to 5 on every rank, by clip_before_exchange
+    # before Horovod's hook or by ScaleCom(clip_norm=5) as it takes them:
+    # outputs and memories follow the reference fed with clipped gradients
+    # (up to the rounding of the norm), and differ from the unclipped run.
     cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
     job = run_mpi(2, "torch_compressor.py", tmp_path, "sequence", "--steps", "6",
-                  "--clip", "5", timeout=240).check_ok()
+                  how, "5", timeout=240).check_ok()
     check(job, 2, 6, cfg, exact=False, memory_exact=False, clip=5.0)
     unclipped, _ = reference(2, 6, cfg)
     out = job.result(0)[f"out/5/{NAMES[0]}"].reshape(-1)

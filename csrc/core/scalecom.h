@@ -42,7 +42,7 @@ int64_t gather_and_update(float* memory, const float* grad, int64_t numel,
                           const int32_t* indices, int64_t k, float beta,
                           float* values, int num_threads);
 
-// The compressed ring's last pass over a tensor (path B), in one sweep: the
+// The compressed ring's last pass over a tensor (the ScaleCom ring), in one sweep: the
 // low-pass update of gather_and_update for the ascending index set I (the
 // ring already has the values), and out = the dense mean: means[i] at I[i],
 // zero elsewhere. `out` may be `grad` itself: each element is read before it

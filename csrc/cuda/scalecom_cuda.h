@@ -51,7 +51,7 @@ int scalecom_cuda_gather_update(float* memory, const void* grad, int grad_type, 
 int scalecom_cuda_scatter(const int32_t* indices, const float* values, int64_t k, int64_t numel,
                           float* out, void* stream);
 
-// --- What the ring engine (csrc/ring, path B) needs besides the above ---
+// --- What the ring engine (csrc/ring, the ScaleCom ring) needs besides the above ---
 
 // The chunk owner's step on [lo, hi) of a tensor: indices[0..k) = the top-k
 // |memory + grad| of the chunk as tensor indices (lo added), ascending, and

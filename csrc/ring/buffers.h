@@ -26,44 +26,38 @@ namespace scalecom {
 
 // The C ABI of csrc/cuda/scalecom_cuda.h as function pointers, handed over
 // by the frontend that loaded the library (the ring extension does not link
-// CUDA, so it loads on machines without it). Order: horovod_scalecom.cuda.
-struct DeviceKernels {
-  decltype(&scalecom_cuda_select_workspace_bytes) select_workspace_bytes = nullptr;
-  decltype(&scalecom_cuda_ring_select) ring_select = nullptr;
-  decltype(&scalecom_cuda_gather_update_workspace_bytes) gather_update_workspace_bytes = nullptr;
-  decltype(&scalecom_cuda_gather_update) gather_update = nullptr;
-  decltype(&scalecom_cuda_scatter) scatter = nullptr;
-  decltype(&scalecom_cuda_ring_accumulate) ring_accumulate = nullptr;
-  decltype(&scalecom_cuda_ring_divide) ring_divide = nullptr;
-  decltype(&scalecom_cuda_copy_async) copy_async = nullptr;
-  decltype(&scalecom_cuda_synchronize) synchronize = nullptr;
-  decltype(&scalecom_cuda_set_device) set_device = nullptr;
-  decltype(&scalecom_cuda_device_alloc) device_alloc = nullptr;
-  decltype(&scalecom_cuda_device_free) device_free = nullptr;
-  decltype(&scalecom_cuda_host_alloc) host_alloc = nullptr;
-  decltype(&scalecom_cuda_host_free) host_free = nullptr;
-  decltype(&scalecom_cuda_error_string) error_string = nullptr;
+// CUDA, so it loads on machines without it). The functions it needs, without
+// the "scalecom_cuda_" prefix, are this one list; horovod_scalecom.cuda hands
+// over every function of the library by name, so no order is kept twice.
+#define SCALECOM_RING_KERNELS(X) \
+  X(select_workspace_bytes) \
+  X(ring_select) \
+  X(gather_update_workspace_bytes) \
+  X(gather_update) \
+  X(scatter) \
+  X(ring_accumulate) \
+  X(ring_divide) \
+  X(copy_async) \
+  X(synchronize) \
+  X(set_device) \
+  X(device_alloc) \
+  X(device_free) \
+  X(host_alloc) \
+  X(host_free) \
+  X(error_string)
 
-  // Calls f on every entry, in the table's order: the one list of it here.
+struct DeviceKernels {
+#define SCALECOM_KERNEL_FIELD(name) decltype(&scalecom_cuda_##name) name = nullptr;
+  SCALECOM_RING_KERNELS(SCALECOM_KERNEL_FIELD)
+#undef SCALECOM_KERNEL_FIELD
+
+  // Calls f(name, entry) on every entry.
   template <typename Table, typename F>
   static void each(Table& table, F&& f) {
-    f(table.select_workspace_bytes);
-    f(table.ring_select);
-    f(table.gather_update_workspace_bytes);
-    f(table.gather_update);
-    f(table.scatter);
-    f(table.ring_accumulate);
-    f(table.ring_divide);
-    f(table.copy_async);
-    f(table.synchronize);
-    f(table.set_device);
-    f(table.device_alloc);
-    f(table.device_free);
-    f(table.host_alloc);
-    f(table.host_free);
-    f(table.error_string);
+#define SCALECOM_KERNEL_VISIT(name) f(#name, table.name);
+    SCALECOM_RING_KERNELS(SCALECOM_KERNEL_VISIT)
+#undef SCALECOM_KERNEL_VISIT
   }
-  static constexpr int kCount = 15;
   bool complete() const;
 };
 

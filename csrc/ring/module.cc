@@ -191,7 +191,7 @@ PyObject* Engine_timings(EngineObject* self, PyObject*) {
                        t.exchanges);
 }
 
-// share(indices, leader, tag, timeout_s) -> bool: path A's index share (share.cc).
+// share(indices, leader, tag, timeout_s) -> bool: the Horovod path's index share (share.cc).
 PyObject* Engine_share(EngineObject* self, PyObject* args) {
   PyObject* obj;
   int leader, tag;
@@ -303,7 +303,7 @@ PyMethodDef module_methods[] = {
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_ring",
-                          "ScaleCom's compressed ring allreduce over MPI (path B).", -1,
+                          "ScaleCom's compressed ring allreduce over MPI (the ScaleCom ring).", -1,
                           module_methods, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace

@@ -14,19 +14,13 @@
 
 namespace scalecom_ring {
 
-// use_device_kernels((addr, ...), transport): the C ABI of csrc/cuda as
-// function addresses, in DeviceKernels' order (horovod_scalecom.cuda passes
-// them), and "auto", "staged" or "cuda-aware" (horovod_scalecom.ring).
+// use_device_kernels({name: address}, transport): the C ABI of csrc/cuda as
+// function addresses by name (horovod_scalecom.cuda passes every function of
+// the library), and "auto", "staged" or "cuda-aware" (horovod_scalecom.ring).
 PyObject* Engine_use_device_kernels(EngineObject* self, PyObject* args) {
   PyObject* table;
   const char* transport;
-  if (!PyArg_ParseTuple(args, "O!s", &PyTuple_Type, &table, &transport)) return nullptr;
-  constexpr Py_ssize_t kCount = scalecom::DeviceKernels::kCount;
-  if (PyTuple_GET_SIZE(table) != kCount) {
-    PyErr_Format(PyExc_ValueError, "ring allreduce: %zd kernel addresses, expected %zd",
-                 PyTuple_GET_SIZE(table), kCount);
-    return nullptr;
-  }
+  if (!PyArg_ParseTuple(args, "O!s", &PyDict_Type, &table, &transport)) return nullptr;
   const std::string mode(transport);
   scalecom::DeviceTransport how;
   if (mode == "auto") how = scalecom::DeviceTransport::kAuto;
@@ -37,17 +31,28 @@ PyObject* Engine_use_device_kernels(EngineObject* self, PyObject* args) {
                  "'cuda-aware'", PyTuple_GET_ITEM(args, 1));
     return nullptr;
   }
-  void* a[kCount];
-  for (Py_ssize_t i = 0; i < kCount; ++i) {
-    a[i] = PyLong_AsVoidPtr(PyTuple_GET_ITEM(table, i));
-    if (PyErr_Occurred()) return nullptr;
-  }
   scalecom::DeviceKernels k;
-  int at = 0;
-  scalecom::DeviceKernels::each(k, [&a, &at](auto& fn) {
-    if (at < kCount) fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(a[at]);
-    ++at;
+  const char* missing = nullptr;
+  bool failed = false;
+  scalecom::DeviceKernels::each(k, [&](const char* name, auto& fn) {
+    if (missing != nullptr || failed) return;
+    PyObject* address = PyDict_GetItemString(table, name);   // borrowed
+    if (address == nullptr) {
+      missing = name;
+      return;
+    }
+    void* a = PyLong_AsVoidPtr(address);
+    if (PyErr_Occurred()) {
+      failed = true;
+      return;
+    }
+    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(a);
   });
+  if (failed) return nullptr;
+  if (missing != nullptr) {
+    PyErr_Format(PyExc_ValueError, "ring allreduce: the CUDA kernel table has no '%s'", missing);
+    return nullptr;
+  }
   try {
     self->engine->set_device_kernels(k, how);
   } catch (const std::exception& e) {

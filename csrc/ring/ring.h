@@ -1,4 +1,4 @@
-// Path B of ScaleCom: a compressed ring allreduce over MPI with chunk-wise
+// The ScaleCom ring: a compressed ring allreduce over MPI with chunk-wise
 // cyclic owners (DESIGN.md section 2B), framework-free.
 //
 // Each tensor is cut into n contiguous chunks (numpy.array_split); at the
@@ -105,7 +105,7 @@ class RingEngine {
   // about one exit in 40).
   bool close(double timeout_s);
 
-  // Path A's index share (share.cc): the leader sends indices[0..k) to every
+  // The Horovod path's index share (share.cc): the leader sends indices[0..k) to every
   // other rank with `tag` (the tensor's registration index) and returns at
   // once; the others receive them into `indices`. False when nothing came
   // within timeout_s (the receive stays posted: never free `indices` then).

@@ -1,4 +1,4 @@
-// Path A's index share over the engine's communicator: the leader sends its
+// The Horovod path's index share over the engine's communicator: the leader sends its
 // k indices to every other rank, tagged with the tensor's registration index,
 // so a rank receives the indices of the tensor it is at, whatever order the
 // others reach their tensors in (Horovod, too, matches tensors by name).

@@ -15,6 +15,9 @@ gradient, after each worker's memory has already absorbed the spike.
                                          compression=ScaleCom(model, ratio=0.01))
 
 Off unless called: the right ``max_norm`` depends on the model.
+``ScaleCom(clip_norm=...)`` applies the same rule to the gradient each
+exchange hands to ScaleCom, in every frontend (torch and TensorFlow); this
+function clips each backward pass instead (``backward_passes_per_step > 1``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Iterable, Union
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from horovod_scalecom.config import positive_number
+from horovod_scalecom.config import CLIP_NORM_EPS, positive_number
 
 
 def clip_before_exchange(parameters: Union[torch.nn.Module, Iterable[torch.Tensor]],
@@ -33,17 +36,20 @@ def clip_before_exchange(parameters: Union[torch.nn.Module, Iterable[torch.Tenso
 
     Registers a tensor hook per parameter: it runs on this worker's gradient
     as backward produces it, before the gradient is accumulated into
-    ``.grad`` and so before Horovod's hook hands it to ScaleCom (path A) and
-    before the ring's ``step()`` (path B). With ``backward_passes_per_step > 1``
+    ``.grad`` and so before Horovod's hook hands it to ScaleCom and
+    before the ring's ``step()``. With ``backward_passes_per_step > 1``
     each backward pass is clipped on its own. Returns the hook handles
     (``handle.remove()`` undoes it).
     """
     limit = positive_number(max_norm, "max_norm")
     params = parameters.parameters() if isinstance(parameters, torch.nn.Module) else parameters
 
-    def clip(grad: torch.Tensor) -> torch.Tensor:
-        norm = torch.linalg.vector_norm(grad.detach().float())
-        scale = torch.clamp(limit / (norm + 1e-6), max=1.0)
-        return grad * scale.to(grad.dtype)
+    return [p.register_hook(lambda grad: grad * norm_scale(grad, limit))
+            for p in params if p.requires_grad]
 
-    return [p.register_hook(clip) for p in params if p.requires_grad]
+
+def norm_scale(grad: torch.Tensor, clip_norm: float) -> torch.Tensor:
+    """min(1, clip_norm / (||grad|| + eps)) as a 0-d tensor of grad's dtype
+    (horovod_scalecom.config's rule for clip_norm)."""
+    norm = torch.linalg.vector_norm(grad.detach().float())
+    return torch.clamp(clip_norm / (norm + CLIP_NORM_EPS), max=1.0).to(grad.dtype)

@@ -1,4 +1,4 @@
-"""ScaleCom as a Horovod Compressor for PyTorch (path A of DESIGN.md).
+"""ScaleCom as a Horovod Compressor for PyTorch: ScaleCom through Horovod's allreduce.
 
 For each gradient tensor, at its t-th allreduce:
 
@@ -69,7 +69,7 @@ from horovod_scalecom.torch.broadcast_share import BroadcastShare
 from horovod_scalecom.torch.horovod_group import HorovodGroup
 from horovod_scalecom.torch.state import (
     NamedParameters, ScaleComState, TensorState)
-from horovod_scalecom.torch.stats import last_step, new_record
+from horovod_scalecom.stats import last_step, new_record
 from horovod_scalecom.torch.waits import timed_out, wait
 
 
@@ -97,30 +97,36 @@ class ScaleCom(Compressor):
             reaches the memory: the default remedy that keeps the Horovod
             recipe (lr x hvd.size(), momentum 0.9) stable (docs/convergence.md).
             Scale-free: no threshold to tune per model. None turns it off.
+        clip_norm: if set, this rank first scales every floating gradient
+            Horovod hands over to L2 norm at most ``clip_norm``, before the
+            memory and the exchange (an absolute threshold; off by default).
         stagger_leaders: offset each tensor's leader by its registration
             index. False (the paper's schedule): every tensor of a step has the
             same leader, which never waits, so ranks may hand their gradients
             over in any order. True spreads the selections over the ranks but
             needs the same hand-over order on every rank.
-        share_timeout: seconds to wait for the leader's index share before
+        share_timeout: seconds to wait for another rank (the leader's index
+            share, the configuration check, the ring's messages) before
             raising instead of hanging.
         process_set: the Horovod process set the optimizer reduces over (the
             same object given to hvd.DistributedOptimizer); None: every rank.
 
-    Dense (memory untouched): warm-up steps, tensors below ``min_numel``,
-    non-floating gradients and float64 gradients. Compressed gradients may be
-    float32, float16 or bfloat16; the memory is float32 either way.
+    The knobs, their defaults and checks are horovod_scalecom.config's, the
+    same in every frontend. Dense (memory untouched): warm-up steps, tensors
+    below ``min_numel``, non-floating gradients and float64 gradients.
+    Compressed gradients may be float32, float16 or bfloat16; the memory is
+    float32 either way.
     """
 
     def __init__(self, named_parameters: NamedParameters, ratio: float = 0.01,
                  beta: float = 0.1, warmup_steps: int = 0, min_numel: int = 1024,
                  clip_factor: float | None = DEFAULT_CLIP_FACTOR,
-                 stagger_leaders: bool = False, share_timeout: float = 120.0,
-                 process_set: Any = None) -> None:
+                 clip_norm: float | None = None, stagger_leaders: bool = False,
+                 share_timeout: float = 120.0, process_set: Any = None) -> None:
         config = ScaleComConfig(ratio=ratio, beta=beta, warmup_steps=warmup_steps,
-                                min_numel=min_numel, clip_factor=clip_factor)
-        self.state = ScaleComState(named_parameters, config, HorovodGroup(process_set),
-                                   stagger_leaders=stagger_leaders, share_timeout=share_timeout)
+                                min_numel=min_numel, clip_factor=clip_factor, clip_norm=clip_norm,
+                                stagger_leaders=stagger_leaders, share_timeout=share_timeout)
+        self.state = ScaleComState(named_parameters, config, HorovodGroup(process_set))
         self._last: dict[str, dict[str, Any]] = {}
         self._index_share = None     # the MPI index share, opened at the first exchange
         self._broadcast = BroadcastShare(self.process_set, self.share_timeout)   # or Horovod's
@@ -145,6 +151,7 @@ class ScaleCom(Compressor):
         if state is None or not state.checked:
             state = self._first_sight(tensor, state, horovod_call())
         self._agree()
+        self.state.clip_norm_(tensor)
         ctx = _Ctx(state, None, tensor.shape, tensor.dtype)
         t = state.step
         state.step += 1
@@ -239,12 +246,9 @@ class ScaleCom(Compressor):
         gradients ``select_s`` and ``update_s`` time the kernel launches, not
         the kernels (they run asynchronously on the current stream).
         """
-        figures = last_step(self._last, self.state.watch)
-        # The index share, including the wait for the leader's selection.
-        figures["comm_s"] = sum(v["share_s"] for v in figures["tensors"].values())
         # How the leaders' indices travel: ScaleCom's MPI messages or Horovod's broadcast.
-        figures["index_share"] = "mpi" if self._index_share is not None else "horovod"
-        return figures
+        return last_step(self._last, self.state.watch.stats(),
+                         "mpi" if self._index_share is not None else "horovod")
 
     # -- internals --------------------------------------------------------------------
 

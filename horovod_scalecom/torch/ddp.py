@@ -45,8 +45,8 @@ import torch.distributed as dist
 from horovod_scalecom.config import DEFAULT_CLIP_FACTOR, ScaleComConfig
 from horovod_scalecom.torch.ddp_exchange import BucketExchange, Part
 from horovod_scalecom.torch.dist_group import DistGroup
-from horovod_scalecom.torch.state import ScaleComState, checked_timeout
-from horovod_scalecom.torch.stats import last_step, new_record
+from horovod_scalecom.torch.state import ScaleComState
+from horovod_scalecom.stats import last_step, new_record
 
 __all__ = ["ScaleComHookState", "scalecom_hook"]
 
@@ -65,6 +65,8 @@ class ScaleComHookState:
         min_numel: parameters with fewer elements are sent dense.
         clip_factor: each rank's gradient of a compressed parameter is clipped
             to ``clip_factor`` times the running level of its norm (None: off).
+        clip_norm: if set, each rank first scales every parameter's gradient
+            to L2 norm at most ``clip_norm`` (None: off).
         share_timeout: seconds any of ScaleCom's collectives may take before
             it raises instead of hanging.
 
@@ -79,13 +81,13 @@ class ScaleComHookState:
     def __init__(self, model: torch.nn.Module, process_group: Any = None,
                  ratio: float = 0.01, beta: float = 0.1, warmup_steps: int = 0,
                  min_numel: int = 1024, clip_factor: Optional[float] = DEFAULT_CLIP_FACTOR,
-                 share_timeout: float = 120.0) -> None:
+                 clip_norm: Optional[float] = None, share_timeout: float = 120.0) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be the torch.nn.Module DDP wraps (or the DDP "
                             f"wrapper), got {type(model).__name__}")
         config = ScaleComConfig(ratio=ratio, beta=beta, warmup_steps=warmup_steps,
-                                min_numel=min_numel, clip_factor=clip_factor)
-        share_timeout = checked_timeout(share_timeout)    # DistGroup waits with it first
+                                min_numel=min_numel, clip_factor=clip_factor, clip_norm=clip_norm,
+                                share_timeout=share_timeout)
         ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
         module = model.module if ddp else model
         if ddp:
@@ -101,8 +103,8 @@ class ScaleComHookState:
         if odd:
             raise TypeError(f"ScaleCom's DDP hook averages real floating-point gradients; "
                             f"these parameters are not: {', '.join(odd)}")
-        self.group = DistGroup(process_group, share_timeout)
-        self.state = ScaleComState(named, config, self.group, share_timeout=share_timeout)
+        self.group = DistGroup(process_group, config.share_timeout)
+        self.state = ScaleComState(named, config, self.group)
         self._by_param = {s.param: s for s in self.state.tensors.values()}
         self._last: dict[str, dict[str, Any]] = {}
         self._exchange = BucketExchange(self.state, self.group, self._record)
@@ -176,7 +178,7 @@ class ScaleComHookState:
         keys of ``ScaleCom.stats()``. Bytes follow DESIGN.md's byte model: the
         index broadcast plus a ring allreduce of k values (dense parameters:
         a ring allreduce of all their elements)."""
-        return last_step(self._last, self.state.watch)
+        return last_step(self._last, self.state.watch.stats(), "torch.distributed broadcast")
 
     def _record(self, part: Part, *lead: Optional[int], **figures: Any) -> None:
         """A part's figures: a new entry when its leader (None: dense) is given."""

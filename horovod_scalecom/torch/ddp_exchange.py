@@ -103,6 +103,7 @@ class BucketExchange:
         by_leader: dict = {}
         for part in parts:
             view = buffer[part.start:part.start + part.numel]
+            self.state.clip_norm_(view)
             if self.state.goes_dense(part.step, view):
                 self.record(part, None)
                 continue

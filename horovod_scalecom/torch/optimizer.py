@@ -1,4 +1,4 @@
-"""Path B for PyTorch: a Horovod-style DistributedOptimizer whose compressed
+"""The ScaleCom ring for PyTorch: a Horovod-style DistributedOptimizer whose compressed
 gradients go through ScaleCom's ring allreduce over MPI.
 
     optimizer = horovod_scalecom.torch.DistributedOptimizer(
@@ -18,7 +18,7 @@ incomplete and waits. The other gradients (warm-up steps, tensors below
 hooks. Grouping changes when bytes travel, never the numbers.
 
 ScaleCom's memory and step counters are the ones of the ``compression``
-object, so its state_dict()/load_state_dict() checkpoint path B too. CUDA
+object, so its state_dict()/load_state_dict() checkpoint the ring too. CUDA
 gradients keep their memory on the GPU (the engine's CUDA kernels; messages
 through CUDA-aware MPI or pinned host staging).
 """
@@ -182,6 +182,7 @@ class _RingOptimizer(torch.optim.Optimizer):
         ring = []
         for name, p in group.params:
             self._densify(name, p)
+            scalecom.clip_norm_(p.grad)
             state = scalecom.tensors[name]
             t = state.step
             state.step += 1
@@ -362,7 +363,7 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                          sparse_as_dense: bool = False,
                          process_set: Any = None,
                          bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB) -> torch.optim.Optimizer:
-    """Wraps ``optimizer`` like ``hvd.DistributedOptimizer``, with path B.
+    """Wraps ``optimizer`` like ``hvd.DistributedOptimizer``, with the ScaleCom ring.
 
     ``compression`` must be a ScaleCom built from the same parameters. The
     gradients travel in groups: a group's exchange starts from backward's

@@ -1,4 +1,4 @@
-"""The ring engine's side of a step (path B for PyTorch): each group's
+"""The ring engine's side of a step (the ScaleCom ring, PyTorch): each group's
 gradients clipped in place and handed to the engine as host arrays or as
 device pointers, with the output buffers and device scratch kept between
 steps, and the step's figures. The optimizer

@@ -19,12 +19,15 @@ from typing import Any, Iterable, Mapping, Protocol, Union
 
 import torch
 
-from horovod_scalecom.config import ScaleComConfig, check_numel, disagreement
+from horovod_scalecom.config import (
+    AGREED, COMPRESSIBLE_DTYPES as COMPRESSIBLE_NAMES, ScaleComConfig, check_numel,
+    disagreement_error)
 from horovod_scalecom.torch._cuda import CudaOps
 from horovod_scalecom.torch._ops import ops
+from horovod_scalecom.torch.clipping import norm_scale
 from horovod_scalecom.torch.watch import Watch
 
-COMPRESSIBLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+COMPRESSIBLE_DTYPES = tuple(getattr(torch, name) for name in COMPRESSIBLE_NAMES)
 STATE_VERSION = 2     # 2: the clip levels
 
 NamedParameters = Union[torch.nn.Module, Iterable[tuple[str, torch.Tensor]]]
@@ -58,13 +61,6 @@ class Group(Protocol):
     def broadcast_steps(self, steps: dict[str, int]) -> dict[str, int]: ...
 
 
-def checked_timeout(share_timeout: float) -> float:
-    """``share_timeout`` as seconds; ValueError unless positive."""
-    if not share_timeout > 0:
-        raise ValueError(f"share_timeout must be positive, got {share_timeout!r}")
-    return float(share_timeout)
-
-
 def named_list(named_parameters: NamedParameters) -> list[tuple[str, torch.Tensor]]:
     if isinstance(named_parameters, torch.nn.Module):
         return list(named_parameters.named_parameters())
@@ -87,19 +83,15 @@ class ScaleComState:
 
     Args:
         named_parameters: the model, or its (name, parameter) pairs.
-        config: the knobs (ratio, beta, warm-up, min_numel, clip_factor).
+        config: the knobs (horovod_scalecom.config, the same in every frontend).
         group: the ranks (a Group).
-        stagger_leaders: offset each tensor's leader by its registration index.
-        share_timeout: seconds any wait for another rank may take.
     """
 
     def __init__(self, named_parameters: NamedParameters, config: ScaleComConfig,
-                 group: Group, stagger_leaders: bool = False,
-                 share_timeout: float = 120.0) -> None:
+                 group: Group) -> None:
         self.config = config
-        self.share_timeout = checked_timeout(share_timeout)
-        self.stagger_leaders = bool(stagger_leaders)
         self.group = group
+        stagger_leaders = config.stagger_leaders
         pairs = named_list(named_parameters)
         names = [n for n, _ in pairs]
         dups = sorted({n for n in names if names.count(n) > 1})
@@ -116,13 +108,28 @@ class ScaleComState:
         self._cuda_ops: CudaOps | None = None     # loaded at the first CUDA gradient
         self._config_checked = False
 
+    @property
+    def share_timeout(self) -> float:
+        return self.config.share_timeout
+
+    @property
+    def stagger_leaders(self) -> bool:
+        return self.config.stagger_leaders
+
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
         return [(name, s.param) for name, s in self.tensors.items()]
 
     def goes_dense(self, step: int, tensor: torch.Tensor) -> bool:
         """Warm-up steps, small tensors and unsupported dtypes skip compression."""
-        return (step < self.config.warmup_steps or tensor.numel() < self.config.min_numel
-                or tensor.dtype not in COMPRESSIBLE_DTYPES)
+        return self.config.goes_dense(step, tensor.numel(), tensor.dtype)
+
+    def clip_norm_(self, grad: torch.Tensor) -> None:
+        """clip_norm, in place on this rank's floating gradient (a dense one
+        too: the rule is per gradient, whatever its exchange). In place is
+        safe: the exchange's mean replaces the gradient."""
+        if self.config.clip_norm is not None and grad.is_floating_point() and not grad.is_sparse:
+            with torch.no_grad():
+                grad.mul_(norm_scale(grad, self.config.clip_norm))
 
     def by_grad(self, tensor: torch.Tensor) -> TensorState | None:
         """The state of the parameter whose .grad the tensor is, if any."""
@@ -174,20 +181,16 @@ class ScaleComState:
         if self._config_checked or self.group.size() == 1:
             return False
         self._config_checked = True
-        cfg = self.config
         params = "|".join(f"{n}:{s.param.numel()}" for n, s in self.tensors.items())
-        values = (cfg.ratio, cfg.beta, cfg.warmup_steps, cfg.min_numel, self.stagger_leaders,
-                  cfg.clip_factor_or_zero, len(self.tensors), zlib.crc32(params.encode()))
+        values = (*self.config.agreement_row(), len(self.tensors), zlib.crc32(params.encode()))
         every = self.group.allgather_row(
             torch.tensor(values, dtype=torch.float64),
             f"ScaleCom's configuration from every rank of {self.group.describe()}",
             self.share_timeout)
-        names = ("ratio", "beta", "warmup_steps", "min_numel", "stagger_leaders",
-                 "clip_factor", "number of parameters", "parameter names/sizes checksum")
-        differ = disagreement(names, every.numpy())
-        if differ:
-            raise ValueError(f"ScaleCom: ranks disagree on {differ}; every rank must build "
-                             "ScaleCom with the same arguments from the same model")
+        names = (*AGREED, "number of parameters", "parameter names/sizes checksum")
+        error = disagreement_error(names, every.numpy(), " from the same model")
+        if error:
+            raise error
         return True
 
     # -- checkpoints and Elastic ----------------------------------------------------

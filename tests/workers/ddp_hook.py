@@ -14,6 +14,7 @@ saves it with the memories, for the NumPy reference to judge. Cases:
   static     static_graph=True
   view       gradient_as_bucket_view=True
   warmup     warmup_steps=2
+  clipnorm   clip_norm=5 (every parameter's gradient scaled to norm <= 5)
   resume     3 steps, state_dict through a file, a new DDP model and state
              loaded from it, 3 more steps
   mismatch   rank 1 builds the state with another ratio
@@ -115,6 +116,7 @@ def build(cases, rank, group=None):
     beta = 1.5 if "badbeta" in cases else BETA
     state = ScaleComHookState(source, ratio=ratio, beta=beta, min_numel=MIN_NUMEL,
                               warmup_steps=2 if "warmup" in cases else 0,
+                              clip_norm=5.0 if "clipnorm" in cases else None,
                               share_timeout=float(os.environ.get("SHARE_TIMEOUT", "60")))
     return model, state
 

@@ -46,7 +46,8 @@ def sequence(args, out):
     model = Params(SHAPES, dtype, args.noncontig).to(device)
     names = [n for n, _ in model.named_parameters()]
     compression = ScaleCom(model, ratio=args.ratio, beta=args.beta,
-                           warmup_steps=args.warmup, min_numel=args.min_numel)
+                           warmup_steps=args.warmup, min_numel=args.min_numel,
+                           clip_norm=args.clip_norm or None)
     if args.kernels_lib:
         route_through_kernels_library(compression, args.kernels_lib)
     if args.clip:
@@ -68,7 +69,10 @@ def sequence(args, out):
         opt.synchronize()
         for name, p in zip(names, model.parameters()):
             result[f"out/{step}/{name}"] = p.grad.float().cpu().numpy().copy()
-        result[f"nonfinite/{step}"] = np.array(compression.stats()["nonfinite_kept"])
+        stats = compression.stats()
+        result[f"nonfinite/{step}"] = np.array(stats["nonfinite_kept"])
+        result["stats_keys"] = np.array(json.dumps(
+            [sorted(stats), sorted(next(iter(stats["tensors"].values())))]))
         # Horovod's zero_grad() takes no arguments; the module's does. Horovod
         # set_()s .grad to the (contiguous) decompressed tensor, so only a fresh
         # .grad keeps the transposed parameter's layout in the next step.
@@ -237,6 +241,7 @@ def main():
     parser.add_argument("--noncontig", action="store_true")
     parser.add_argument("--inject", action="store_true", help="NaN/Inf in one gradient")
     parser.add_argument("--clip", type=float, default=0.0, help="clip_before_exchange max_norm")
+    parser.add_argument("--clip-norm", type=float, default=0.0, help="ScaleCom(clip_norm=...)")
     parser.add_argument("--device", default="cpu", help="sequence mode: cpu or cuda")
     parser.add_argument("--kernels-lib", default="",
                         help="sequence mode: CudaOps over this build of the C ABI for every tensor")

@@ -347,3 +347,15 @@ def test_nonfinite_updates_leave_the_memory_alone():
     c, m_new = gather_and_update(m, g, np.array([3], np.int32), 0.5)
     np.testing.assert_array_equal(m_new, [1.0, 2.0, 3.5, F32(0.5) * 4.0])
     assert np.isnan(c[0])
+
+
+@pytest.mark.parametrize("simulator", [PathASimulator, PathBSimulator])
+def test_simulators_refuse_clip_norm_they_would_ignore(simulator):
+    with pytest.raises(ValueError, match="do not apply clip_norm"):
+        simulator(2, ScaleComConfig(clip_norm=1.0))
+
+
+def test_path_a_simulator_staggers_as_the_config_says():
+    staggered = PathASimulator(3, ScaleComConfig(stagger_leaders=True, min_numel=0))
+    for i, name in enumerate("abc"):
+        assert staggered.register(name, 10).offset == i

@@ -76,6 +76,16 @@ def relative_clip(grad: np.ndarray, level: float, factor: float,
     return (g * step.scale if step.scale != 1 else g), step
 
 
+def refuse_clip_norm(config) -> None:
+    """The simulators take each worker's gradient as it reaches ScaleCom:
+    ``clip_norm`` (a norm taken by each framework in its own order) is the
+    caller's to apply first, so a config that sets it is refused rather than
+    silently ignored."""
+    if config.clip_norm is not None:
+        raise ValueError("the reference simulators do not apply clip_norm: give them each "
+                         "worker's gradients already scaled to it, and clip_norm=None")
+
+
 class Levels:
     """Each worker's clip level per tensor, for the n-worker simulators."""
 

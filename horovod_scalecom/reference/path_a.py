@@ -10,7 +10,7 @@ import numpy as np
 
 from horovod_scalecom import bytes_model
 from horovod_scalecom.config import CLIP_RHO, ScaleComConfig, check_numel
-from horovod_scalecom.reference.clip import Levels
+from horovod_scalecom.reference.clip import Levels, refuse_clip_norm
 from horovod_scalecom.reference.core import (
     F32, accumulate, gather_and_update, scatter, topk_indices)
 from horovod_scalecom.schedule import leader
@@ -57,7 +57,8 @@ class PathASimulator:
             raise ValueError(f"size must be >= 1, got {size}")
         self.size = size
         self.config = config or ScaleComConfig()
-        self.stagger = stagger
+        refuse_clip_norm(self.config)
+        self.stagger = stagger or self.config.stagger_leaders
         self.tensors: dict[str, _TensorState] = {}
         self.levels = Levels(size, self.config.clip_factor, CLIP_RHO)
 

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from horovod_scalecom.config import ScaleComConfig
+from horovod_scalecom.reference.clip import refuse_clip_norm
 from horovod_scalecom.reference.core import F32
 
 
@@ -17,6 +18,7 @@ class Workers:
             raise ValueError(f"size must be >= 1, got {size}")
         self.size = size
         self.config = config or ScaleComConfig()
+        refuse_clip_norm(self.config)
         self.memory: dict[str, list[np.ndarray]] = {}
         self.steps: dict[str, int] = {}
 

@@ -33,6 +33,7 @@ import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -120,77 +121,118 @@ def own_topk_overlap(sim: PathASimulator, name: str, grads: np.ndarray, k: int) 
             for r in range(sim.size)]
 
 
-def train(spec: RunSpec, overlap_every: int = 8) -> dict:
-    if spec.global_batch % spec.ranks:
-        raise ValueError(f"global batch {spec.global_batch} is not divisible by n={spec.ranks}")
-    x, y, x_test, y_test = load_task(spec)
-    model = make_model(spec.seed)
-    names = [n for n, _ in model.named_parameters()]
-    largest = max(names, key=lambda n: dict(model.named_parameters())[n].numel())
-    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
-    # Cosine decay to zero over the run, the same for every method.
-    total = spec.epochs * (len(x) // spec.global_batch)
+def cosine_schedule(opt: torch.optim.Optimizer, spec: RunSpec,
+                    train_len: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A linear ramp over spec.lr_warmup_steps, then cosine decay to zero at the run's end."""
+    # The same schedule for every method, so that only the exchange differs.
+    total = spec.epochs * (train_len // spec.global_batch)
     ramp = max(spec.lr_warmup_steps, 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
+    return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / ramp) * 0.5 * (1.0 + np.cos(np.pi * min(s, total) / total)))
-    sim = make_simulator(spec)
-    n, b = spec.ranks, spec.global_batch // spec.ranks
 
+
+def worker_gradients(model: torch.nn.Module):
+    """(params, per-worker inputs, per-worker labels) -> every worker's gradients and losses."""
     def loss_fn(params, xb, yb):
         return torch.nn.functional.cross_entropy(functional_call(model, params, (xb,)), yb)
 
-    worker_grads = vmap(grad_and_value(loss_fn), in_dims=(None, 0, 0))
-    record = {"test_acc": [], "test_loss": [], "train_loss": [], "overlap": []}
-    sent = 0.0
-    window = []
-    step = 0
+    return vmap(grad_and_value(loss_fn), in_dims=(None, 0, 0))
+
+
+def clip_per_worker(grads: dict, clip: float, n: int) -> dict:
+    """Each worker's gradient tensors scaled down to norm ``clip`` where above it."""
+    return {k: g * torch.clamp(clip / (g.reshape(n, -1).norm(dim=1) + 1e-6),
+                               max=1.0).view(-1, *[1] * (g.dim() - 1))
+            for k, g in grads.items()}
+
+
+class Training:
+    """One run's model, optimizer, simulator and records, a global batch at a time."""
+
+    def __init__(self, spec: RunSpec, overlap_every: int, train_len: int) -> None:
+        self.spec, self.overlap_every = spec, overlap_every
+        self.model = make_model(spec.seed)
+        params = dict(self.model.named_parameters())
+        self.largest = max(params, key=lambda n: params[n].numel())
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=spec.lr, momentum=spec.momentum)
+        self.schedule = cosine_schedule(self.opt, spec, train_len)
+        self.sim = make_simulator(spec)
+        self.n, self.b = spec.ranks, spec.global_batch // spec.ranks
+        self.worker_grads = worker_gradients(self.model)
+        self.record = {"test_acc": [], "test_loss": [], "train_loss": [], "overlap": []}
+        self.sent = 0.0
+        self.window = []        # train losses since the last recorded mean
+        self.steps = 0
+
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        """Every worker's gradient of its share of the batch, the exchange, one SGD step."""
+        n, b = self.n, self.b
+        params = {k: v.detach() for k, v in self.model.named_parameters()}
+        grads, losses = self.worker_grads(params, xb.view(n, b, -1), yb.view(n, b))
+        self.window.append(losses.mean().item())
+        if self.spec.clip > 0:
+            grads = clip_per_worker(grads, self.spec.clip, n)
+        # Each overlap costs an extra top-k per worker: the largest tensor, every few steps.
+        track = self.spec.method != "topk" and self.steps % self.overlap_every == 0
+        for name, p in self.model.named_parameters():
+            out = self.exchange(name, grads[name].reshape(n, -1).numpy(),
+                                track and name == self.largest)
+            p.grad = torch.from_numpy(out.reshape(p.shape))
+        self.opt.step()
+        self.schedule.step()
+        self.steps += 1
+        if len(self.window) == 16:
+            self.record["train_loss"].append(float(np.mean(self.window)))
+            self.window = []
+
+    def exchange(self, name: str, g: np.ndarray, track: bool) -> np.ndarray:
+        """The averaged gradient of one tensor from the n workers' rows of ``g``."""
+        if self.sim is None:
+            return allreduce_mean(list(g))
+        own = own_topk_overlap(self.sim, name, g, self.sim.config.k(g.shape[1])) if track else []
+        result = self.sim.step(name, list(g))
+        self.sent += result.bytes_sent[0]
+        if own and result.indices is not None:
+            lead = set(result.indices.tolist())
+            self.record["overlap"].append(float(np.mean(
+                [len(lead.intersection(s.tolist())) / len(lead) for s in own])))
+        return result.outputs[0]
+
+    def evaluate(self, x_test: torch.Tensor, y_test: torch.Tensor) -> None:
+        with torch.no_grad():
+            logits = self.model(x_test)
+            self.record["test_loss"].append(
+                torch.nn.functional.cross_entropy(logits, y_test).item())
+            self.record["test_acc"].append((logits.argmax(1) == y_test).float().mean().item())
+
+    def result(self) -> dict:
+        """The spec, the run's final figures and its records."""
+        record, sent = self.record, self.sent
+        if self.sim is None:    # no simulator counts dense's bytes: the byte model's ring
+            sent = self.steps * sum(bytes_model.dense_ring_allreduce(p.numel(), self.n)
+                                    for p in self.model.parameters())
+        return {**asdict(self.spec), "steps": self.steps, "bytes_per_worker": sent,
+                "final_acc": record["test_acc"][-1], "final_test_loss": record["test_loss"][-1],
+                "mean_overlap": float(np.mean(record["overlap"])) if record["overlap"] else None,
+                **record}
+
+
+def train(spec: RunSpec, overlap_every: int = 8) -> dict:
+    """One run of the study (see the module's docstring for what it records)."""
+    if spec.global_batch % spec.ranks:
+        raise ValueError(f"global batch {spec.global_batch} is not divisible by n={spec.ranks}")
+    x, y, x_test, y_test = load_task(spec)
+    run = Training(spec, overlap_every, len(x))
     for epoch in range(spec.epochs):
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1000 * spec.seed + epoch))
         for i in range(0, len(x) - spec.global_batch + 1, spec.global_batch):
             batch = perm[i:i + spec.global_batch]
-            params = {k: v.detach() for k, v in model.named_parameters()}
-            grads, losses = worker_grads(params, x[batch].view(n, b, -1), y[batch].view(n, b))
-            window.append(losses.mean().item())
-            if spec.clip > 0:     # each worker clips each of its gradient tensors
-                grads = {k: g * torch.clamp(spec.clip / (g.reshape(n, -1).norm(dim=1) + 1e-6),
-                                            max=1.0).view(-1, *[1] * (g.dim() - 1))
-                         for k, g in grads.items()}
-            for name, p in model.named_parameters():
-                g = grads[name].reshape(n, -1).numpy()
-                if sim is None:
-                    out = allreduce_mean(list(g))
-                else:
-                    track = (spec.method != "topk" and name == largest
-                             and step % overlap_every == 0)
-                    own = own_topk_overlap(sim, name, g, sim.config.k(g.shape[1])) if track else []
-                    result = sim.step(name, list(g))
-                    out = result.outputs[0]
-                    sent += result.bytes_sent[0]
-                    if own and result.indices is not None:
-                        lead = set(result.indices.tolist())
-                        record["overlap"].append(float(np.mean(
-                            [len(lead.intersection(s.tolist())) / len(lead) for s in own])))
-                p.grad = torch.from_numpy(out.reshape(p.shape))
-            opt.step()
-            schedule.step()
-            step += 1
-            if len(window) == 16:
-                record["train_loss"].append(float(np.mean(window)))
-                window = []
-        with torch.no_grad():
-            logits = model(x_test)
-            record["test_loss"].append(torch.nn.functional.cross_entropy(logits, y_test).item())
-            record["test_acc"].append((logits.argmax(1) == y_test).float().mean().item())
-    if sim is None:
-        sent = step * sum(bytes_model.dense_ring_allreduce(p.numel(), n)
-                          for p in model.parameters())
-    return {**asdict(spec), "steps": step, "bytes_per_worker": sent,
-            "final_acc": record["test_acc"][-1], "final_test_loss": record["test_loss"][-1],
-            "mean_overlap": float(np.mean(record["overlap"])) if record["overlap"] else None,
-            **record}
+            run.train_step(x[batch], y[batch])
+        run.evaluate(x_test, y_test)
+    return run.result()
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.04, 0.01, 0.0025])
@@ -210,42 +252,60 @@ def main() -> None:
     parser.add_argument("--batch-per-rank", type=int, default=0,
                         help="per-worker batch (global batch = n x this); default: 256 / n")
     parser.add_argument("--json", help="write the runs here (appends to an existing file)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    return parser.parse_args()
+
+
+def run_specs(args: argparse.Namespace) -> Iterator[RunSpec]:
+    """Every run the command line asks for, in the order they run."""
     regime = dict(REGIMES[args.regime], **({"lr": args.lr} if args.lr else {}))
-    runs = []
-    if args.json:           # append: the study is run in several invocations
-        try:
-            with open(args.json) as f:
-                runs = json.load(f)
-        except FileNotFoundError:
-            pass
     for ranks in args.ranks:
         for seed in args.seeds:
             for method in args.methods:
                 betas = args.betas if method == "scalecom" and args.betas else [None]
                 for ratio, beta in [(r, b) for r in ([1.0] if method == "dense" else args.ratios)
                                     for b in betas]:
-                    spec = RunSpec(method, ranks, ratio, seed, epochs=args.epochs,
-                                   warmup_steps=args.warmup_steps,
-                                   lr_warmup_steps=args.lr_warmup_steps, clip=args.clip,
-                                   task=args.task, beta=beta,
-                                   clip_factor=args.clip_factor or None,
-                                   **({"global_batch": args.batch_per_rank * ranks}
-                                      if args.batch_per_rank else {}), **regime)
-                    start = time.perf_counter()
-                    run = dict(train(spec), regime=args.regime)
-                    overlap = run["mean_overlap"]
-                    print(f"n={ranks:<3} seed={seed} {method:>8} ratio={ratio:<7g} "
-                          f"beta={spec.beta:<5g} clip_factor={spec.clip_factor} "
-                          f"acc {run['final_acc']:.3f}  loss {run['final_test_loss']:.3f}  "
-                          f"{run['bytes_per_worker'] / 1e6:8.2f} MB/worker  "
-                          f"overlap {'-' if overlap is None else f'{overlap:.2f}'}  "
-                          f"({time.perf_counter() - start:.0f} s)", flush=True)
-                    if args.json:   # after every run, so an interrupted study keeps its runs
-                        runs.append(run)
-                        with open(args.json, "w") as f:
-                            json.dump(runs, f)
+                    yield RunSpec(method, ranks, ratio, seed, epochs=args.epochs,
+                                  warmup_steps=args.warmup_steps,
+                                  lr_warmup_steps=args.lr_warmup_steps, clip=args.clip,
+                                  task=args.task, beta=beta,
+                                  clip_factor=args.clip_factor or None,
+                                  **({"global_batch": args.batch_per_rank * ranks}
+                                     if args.batch_per_rank else {}), **regime)
+
+
+def saved_runs(path: str | None) -> list:
+    """The runs already in ``path``, to append to: the study is run in several invocations."""
+    if path:
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            pass
+    return []
+
+
+def summary_line(spec: RunSpec, run: dict, seconds: float) -> str:
+    overlap = run["mean_overlap"]
+    return (f"n={spec.ranks:<3} seed={spec.seed} {spec.method:>8} ratio={spec.ratio:<7g} "
+            f"beta={spec.beta:<5g} clip_factor={spec.clip_factor} "
+            f"acc {run['final_acc']:.3f}  loss {run['final_test_loss']:.3f}  "
+            f"{run['bytes_per_worker'] / 1e6:8.2f} MB/worker  "
+            f"overlap {'-' if overlap is None else f'{overlap:.2f}'}  "
+            f"({seconds:.0f} s)")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(1)
+    runs = saved_runs(args.json)
+    for spec in run_specs(args):
+        start = time.perf_counter()
+        run = dict(train(spec), regime=args.regime)
+        print(summary_line(spec, run, time.perf_counter() - start), flush=True)
+        if args.json:   # after every run, so an interrupted study keeps its runs
+            runs.append(run)
+            with open(args.json, "w") as f:
+                json.dump(runs, f)
 
 
 if __name__ == "__main__":

@@ -210,7 +210,7 @@ def summary(m: Method, backward: Method, dense: Method | None, line_rate_gbit: f
     return row
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="transformer-small")
     add_methods_option(parser, METHODS)
@@ -226,16 +226,23 @@ def main() -> None:
                         help="the ring's group size")
     parser.add_argument("--json")
     parser.add_argument("--label", default="", help="a tag stored with the figures (network)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    hvd.init()
-    shapes = MODELS[args.model]()
-    grads = [torch.from_numpy(np.random.default_rng([hvd.rank(), i]).standard_normal(s)
-                              .astype(np.float32)) for i, s in enumerate(shapes)]
-    say = (lambda *a: print(*a, flush=True)) if hvd.rank() == 0 else (lambda *a: None)
-    say(f"# {args.model}: {len(shapes)} tensors, {sum(g.numel() for g in grads):,} parameters, "
-        f"n={hvd.size()}, ratio {args.ratio}, {args.rounds} rounds x {args.steps} steps "
-        f"{args.label}")
+    return parser.parse_args()
+
+
+def say(*args) -> None:
+    """Print on rank 0 only."""
+    if hvd.rank() == 0:
+        print(*args, flush=True)
+
+
+def fixed_gradients(shapes) -> list[torch.Tensor]:
+    """This rank's gradient of every shape: fixed random values, seeded by rank and tensor."""
+    return [torch.from_numpy(np.random.default_rng([hvd.rank(), i]).standard_normal(s)
+                             .astype(np.float32)) for i, s in enumerate(shapes)]
+
+
+def timed_methods(args: argparse.Namespace, shapes, grads) -> list[Method]:
+    """Backward alone, then every method, set up and timed over the rounds."""
     methods = [Method("backward", shapes, grads, args)]
     for name in args.methods:
         say(f"  setting up {name} ...")
@@ -244,27 +251,53 @@ def main() -> None:
         say(f"  round {r + 1}/{args.rounds}")
         for m in methods:
             m.round(args.steps, r)
-    dense = next((m for m in methods if m.name == "dense"), None)
-    rows = []
-    for m in methods[1:]:
-        row = summary(m, methods[0], dense, args.line_rate)
-        per_rank = hvd.allgather_object(row)
-        rows.append({**row, "per_rank": per_rank})
-        c, vs = row["compress_s"], row.get("step_over_dense")
-        say(f"  {m.name:>13}: step {1e3 * row['step_s']:8.1f} ms  backward "
+    return methods
+
+
+def table_line(row: dict) -> str:
+    c, vs = row["compress_s"], row.get("step_over_dense")
+    return (f"  {row['method']:>13}: step {1e3 * row['step_s']:8.1f} ms  backward "
             f"{1e3 * row['backward_s']:6.1f}  comm {1e3 * row['comm_s']:7.1f}  compress "
             f"{'   -  ' if c is None else f'{1e3 * c:6.1f}'}  bound {1e3 * row['bound_s']:7.1f}"
             f"  step/bound {row['step_over_bound']:4.2f}  "
             f"{'' if vs is None else f'step/dense {vs:4.2f}  '}"
             f"{row['bytes_per_rank'] / 1e6:8.3f} MB/rank {row['compression']:6.1f}x")
+
+
+def gathered_rows(methods: list[Method], line_rate_gbit: float) -> list[dict]:
+    """Each method's figures (rank 0's, with every rank's under "per_rank"), printed by rank 0."""
+    dense = next((m for m in methods if m.name == "dense"), None)
+    rows = []
+    for m in methods[1:]:
+        row = summary(m, methods[0], dense, line_rate_gbit)
+        rows.append({**row, "per_rank": hvd.allgather_object(row)})
+        say(table_line(row))
+    return rows
+
+
+def write_json(path: str, args: argparse.Namespace, numel: int, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        json.dump({"model": args.model, "ratio": args.ratio,
+                   "hook_ratio": args.hook_ratio or args.ratio, "ranks": hvd.size(),
+                   "bucket_cap_mb": args.bucket_cap_mb,
+                   "label": args.label, "line_rate_gbit": args.line_rate,
+                   "rounds": args.rounds, "steps": args.steps,
+                   "numel": numel, "rows": rows}, f, indent=1)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(1)
+    hvd.init()
+    shapes = MODELS[args.model]()
+    grads = fixed_gradients(shapes)
+    numel = int(sum(g.numel() for g in grads))
+    say(f"# {args.model}: {len(shapes)} tensors, {numel:,} parameters, "
+        f"n={hvd.size()}, ratio {args.ratio}, {args.rounds} rounds x {args.steps} steps "
+        f"{args.label}")
+    rows = gathered_rows(timed_methods(args, shapes, grads), args.line_rate)
     if hvd.rank() == 0 and args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": args.model, "ratio": args.ratio,
-                       "hook_ratio": args.hook_ratio or args.ratio, "ranks": hvd.size(),
-                       "bucket_cap_mb": args.bucket_cap_mb,
-                       "label": args.label, "line_rate_gbit": args.line_rate,
-                       "rounds": args.rounds, "steps": args.steps,
-                       "numel": int(sum(g.numel() for g in grads)), "rows": rows}, f, indent=1)
+        write_json(args.json, args, numel, rows)
 
 
 if __name__ == "__main__":

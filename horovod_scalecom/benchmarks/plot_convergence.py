@@ -62,79 +62,101 @@ def save(fig, legend_ax, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", nargs="+", help="one or more files of the study's runs")
     parser.add_argument("--out", required=True)
     parser.add_argument("--by-n", action="store_true", help="also plot against n")
-    args = parser.parse_args()
-    plt = pyplot()
+    return parser.parse_args()
 
+
+def load(paths) -> list:
     runs = []
-    for path in args.json:
+    for path in paths:
         with open(path) as f:
             runs += json.load(f)
-    print(table(runs))
-    sizes = sorted({r["ranks"] for r in runs})
+    return runs
 
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
-    for ax, n in zip(axes[0], sizes):
-        for method in LABELS:
-            for clip in sorted({r["clip"] for r in runs}):
-                cells = group([r for r in runs if r["ranks"] == n and r["method"] == method
-                               and r["clip"] == clip], ("ratio",))
-                if not cells:
-                    continue
-                ratios = sorted(cells)
-                x = [1 / r[0] for r in ratios]
-                acc = [np.mean([c["final_acc"] for c in cells[r]]) for r in ratios]
-                style = ":" if clip else "-"
-                if method == "dense":
-                    ax.axhline(acc[0], color="black", ls="--" if not clip else ":",
-                               label=name(method, clip))
-                else:
-                    ax.plot(x, acc, marker="o", ls=style, label=name(method, clip))
-        ax.set_xscale("log")
-        ticks = sorted({round(1 / r["ratio"]) for r in runs if r["method"] != "dense"})
-        ax.set_xticks(ticks, [f"{t}x" for t in ticks])
-        ax.minorticks_off()
-        label(ax, "compression (1 / ratio)", "final test accuracy", f"n = {n}")
-    save(fig, axes[0][0], f"{args.out}_acc.png")
 
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
-    for ax, n in zip(axes[0], sizes):
-        for method in LABELS:
-            for clip in sorted({r["clip"] for r in runs}):
-                cell = [r for r in runs if r["ranks"] == n and r["method"] == method
-                        and r["clip"] == clip
-                        and (method == "dense" or abs(r["ratio"] - 0.01) < 1e-12)]
-                if cell:
-                    curves = np.mean([r["test_acc"] for r in cell], axis=0)
-                    ax.plot(np.arange(1, len(curves) + 1), curves, marker=".",
-                            ls=":" if clip else "-", label=name(method, clip))
-        label(ax, "epoch", "test accuracy", f"n = {n}, ratio 1/100")
-    save(fig, axes[0][0], f"{args.out}_curves.png")
-
-    if args.by_n:     # accuracy and top-k overlap against n, at ratio 1/100
-        fig, (acc_ax, ov_ax) = plt.subplots(1, 2, figsize=(10, 4))
-        for method in LABELS:
-            cells = group([r for r in runs if r["method"] == method
-                           and (method == "dense" or abs(r["ratio"] - 0.01) < 1e-12)], ("ranks",))
-            ns = sorted(cells)
-            if not ns:
+def accuracy_panel(ax, runs, n: int) -> None:
+    """Final test accuracy against compression at ``n`` workers, a line per method and clip."""
+    for method in LABELS:
+        for clip in sorted({r["clip"] for r in runs}):
+            cells = group([r for r in runs if r["ranks"] == n and r["method"] == method
+                           and r["clip"] == clip], ("ratio",))
+            if not cells:
                 continue
-            x = [n[0] for n in ns]
-            acc_ax.plot(x, [np.mean([c["final_acc"] for c in cells[n]]) for n in ns],
-                        marker="o", label=LABELS[method])
-            if method in ("scalecom", "ef"):
-                ov_ax.plot(x, [np.mean([c["mean_overlap"] for c in cells[n]]) for n in ns],
-                           marker="o", label=LABELS[method])
-        for ax in (acc_ax, ov_ax):
-            ax.set_xscale("log", base=2)
-        label(acc_ax, "n (workers)", "final test accuracy", "ratio 1/100")
-        label(ov_ax, "n (workers)", "mean |I_leader ∩ I_r| / k", "leader vs own top-k set")
-        ov_ax.legend(fontsize=8)
-        save(fig, acc_ax, f"{args.out}_by_n.png")
+            ratios = sorted(cells)
+            x = [1 / r[0] for r in ratios]
+            acc = [np.mean([c["final_acc"] for c in cells[r]]) for r in ratios]
+            style = ":" if clip else "-"
+            if method == "dense":
+                ax.axhline(acc[0], color="black", ls="--" if not clip else ":",
+                           label=name(method, clip))
+            else:
+                ax.plot(x, acc, marker="o", ls=style, label=name(method, clip))
+    ax.set_xscale("log")
+    ticks = sorted({round(1 / r["ratio"]) for r in runs if r["method"] != "dense"})
+    ax.set_xticks(ticks, [f"{t}x" for t in ticks])
+    ax.minorticks_off()
+    label(ax, "compression (1 / ratio)", "final test accuracy", f"n = {n}")
+
+
+def curves_panel(ax, runs, n: int) -> None:
+    """Test accuracy per epoch at ``n`` workers and ratio 1/100 (dense at its own 1)."""
+    for method in LABELS:
+        for clip in sorted({r["clip"] for r in runs}):
+            cell = [r for r in runs if r["ranks"] == n and r["method"] == method
+                    and r["clip"] == clip
+                    and (method == "dense" or abs(r["ratio"] - 0.01) < 1e-12)]
+            if cell:
+                curves = np.mean([r["test_acc"] for r in cell], axis=0)
+                ax.plot(np.arange(1, len(curves) + 1), curves, marker=".",
+                        ls=":" if clip else "-", label=name(method, clip))
+    label(ax, "epoch", "test accuracy", f"n = {n}, ratio 1/100")
+
+
+def per_n_figure(plt, runs, panel, path: str) -> None:
+    """One ``panel(ax, runs, n)`` per n, side by side, saved to ``path``."""
+    sizes = sorted({r["ranks"] for r in runs})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
+    for ax, n in zip(axes[0], sizes):
+        panel(ax, runs, n)
+    save(fig, axes[0][0], path)
+
+
+def by_n_figure(plt, runs, path: str) -> None:
+    """Accuracy and the leader/worker top-k overlap against n, at ratio 1/100."""
+    fig, (acc_ax, ov_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for method in LABELS:
+        cells = group([r for r in runs if r["method"] == method
+                       and (method == "dense" or abs(r["ratio"] - 0.01) < 1e-12)], ("ranks",))
+        ns = sorted(cells)
+        if not ns:
+            continue
+        x = [n[0] for n in ns]
+        acc_ax.plot(x, [np.mean([c["final_acc"] for c in cells[n]]) for n in ns],
+                    marker="o", label=LABELS[method])
+        if method in ("scalecom", "ef"):
+            ov_ax.plot(x, [np.mean([c["mean_overlap"] for c in cells[n]]) for n in ns],
+                       marker="o", label=LABELS[method])
+    for ax in (acc_ax, ov_ax):
+        ax.set_xscale("log", base=2)
+    label(acc_ax, "n (workers)", "final test accuracy", "ratio 1/100")
+    label(ov_ax, "n (workers)", "mean |I_leader ∩ I_r| / k", "leader vs own top-k set")
+    ov_ax.legend(fontsize=8)
+    save(fig, acc_ax, path)
+
+
+def main() -> None:
+    args = parse_args()
+    plt = pyplot()
+    runs = load(args.json)
+    print(table(runs))
+    per_n_figure(plt, runs, accuracy_panel, f"{args.out}_acc.png")
+    per_n_figure(plt, runs, curves_panel, f"{args.out}_curves.png")
+    if args.by_n:
+        by_n_figure(plt, runs, f"{args.out}_by_n.png")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ ORDER = ("dense", "fp16", "topk", "powersgd", "ddp hook", SCALECOM, RING)
 NAMES = {"dense": "Horovod dense", "fp16": "Horovod fp16", "topk": "top-k + allgather",
          "powersgd": "PowerSGD (rank 4)", "ddp hook": "ScaleCom DDP hook",
          SCALECOM: "ScaleCom (Horovod path)", RING: "ScaleCom ring"}
+# One colour per method, fixed: the published figures' colours, from before "ddp hook"
+# joined ORDER (a colour by position in ORDER would have shifted ScaleCom's two).
+COLOURS = {"dense": "C0", "fp16": "C1", "topk": "C2", "powersgd": "C3", SCALECOM: "C4",
+           RING: "C5", "ddp hook": "C6"}
 
 
 def load(paths):
@@ -77,7 +81,7 @@ def main() -> None:
             if not have:
                 continue
             rows = [by_n[n][method] for n in have]
-            style = dict(marker="o", label=NAMES[method], color=f"C{ORDER.index(method)}")
+            style = dict(marker="o", label=NAMES[method], color=COLOURS[method])
             comm_ax.plot(have, [1e3 * r["comm_s"] for r in rows], **style)
             bytes_ax.plot(have, [r["bytes_per_rank"] / 1e6 for r in rows], **style)
             if all("dense" in by_n[n] for n in have):

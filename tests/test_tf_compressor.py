@@ -6,19 +6,84 @@ never share a process.
 """
 
 import json
+import time
 
 import numpy as np
 import pytest
 
+from horovod_scalecom import bytes_model  # noqa: E402
 from horovod_scalecom.config import ScaleComConfig  # noqa: E402
+from horovod_scalecom.reference import PathASimulator  # noqa: E402
+from horovod_scalecom.stats import TIMINGS, last_step, new_record  # noqa: E402
 
 from compressor_check import NAMES, check  # noqa: E402
 from mpi import run_mpi, requires  # noqa: E402
+from workers.common import SHAPES, gradient  # noqa: E402
 
 requires("horovod.tensorflow")
 
 STEPS = 20
 CFG = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
+RING_SHAPES = {"a": (64, 48), "b": (37, 29), "bias": (64,), "c": (1000,)}
+
+# The keys every frontend's stats() has (horovod_scalecom.stats, framework-free).
+STATS_KEYS = set(last_step({}, {}, ""))
+RECORD_KEYS = set(new_record(1, None, None, 0, 2, timed=False))
+
+
+def check_stats(job, n, steps, cfg, shapes=None, ring=False, seed=0):
+    """Each step's stats() on every rank (the worker's stats/{step}): the keys
+    of horovod_scalecom.stats, and per tensor the figures the NumPy reference
+    gives for the same gradients: dense or not, k, leader, bytes, and the
+    relative clip's norm and scale, bit for bit (the C++ op and the reference
+    take the norm in the same order). ``ring``: the ring's job, which has no
+    leaders and its own byte count (RingExchange.stats()), so the records'
+    leader, bytes_sent and index_share are not checked. Returns how often
+    the clip fired."""
+    shapes = shapes or dict(zip(NAMES, SHAPES.values()))
+    sim = PathASimulator(n, cfg)
+    results = [job.result(r) for r in range(n)]
+    fired = 0
+    for step in range(steps):
+        expected = {name: sim.step(name, [gradient(seed, r, step, i, shape) for r in range(n)])
+                    for i, (name, shape) in enumerate(shapes.items())}
+        for r in range(n):
+            stats = json.loads(str(results[r][f"stats/{step}"]))
+            assert set(stats) == STATS_KEYS, sorted(stats)
+            if not ring:
+                assert stats["index_share"] == "horovod allgather"
+            assert all(stats[key] is None for key in TIMINGS), stats
+            compressible = sorted(name for name, shape in shapes.items()
+                                  if np.prod(shape) >= cfg.min_numel)
+            assert sorted(stats["tensors"]) == compressible
+            clipped = 0
+            for name, record in stats["tensors"].items():
+                what = f"{name} at step {step} on rank {r}"
+                assert set(record) == RECORD_KEYS, (what, sorted(record))
+                numel = int(np.prod(shapes[name]))
+                dense = bytes_model.dense_ring_allreduce(numel, n)
+                assert (record["numel"], record["step"], record["dense_bytes"]) == (
+                    numel, step, dense), what
+                assert all(record[key] is None for key in TIMINGS), what
+                if expected[name].leader is None:     # warm-up: a dense exchange
+                    assert (record["k"], record["leader"], record["grad_norm"],
+                            record["clip_scale"]) == (None, None, None, 1.0), what
+                    assert record["bytes_sent"] == dense, what
+                    continue
+                clip = sim.levels.last[name][r]
+                assert record["k"] == cfg.k(numel), what
+                if not ring:
+                    assert record["leader"] == expected[name].leader, what
+                    assert record["bytes_sent"] == bytes_model.path_a(cfg.k(numel), n), what
+                assert record["grad_norm"] == clip.norm, what
+                assert record["clip_scale"] == float(clip.scale), what
+                clipped += int(clip.scale < 1)
+            assert stats["clipped"] == clipped, (step, r)
+            fired += clipped
+            records = stats["tensors"].values()
+            assert stats["bytes_sent"] == sum(v["bytes_sent"] for v in records)
+            assert stats["dense_bytes"] == sum(v["dense_bytes"] for v in records)
+    return fired
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -29,6 +94,9 @@ def test_parity_with_torch_and_reference(n, tmp_path):
                         timeout=300).check_ok()
     tf_results = check(tf_job, n, STEPS, CFG, exact=(n == 2))
     torch_results = check(torch_job, n, STEPS, CFG, exact=(n == 2))
+    # The gradients' norms jump from step to step: the relative clip fires, and
+    # stats() must say so with the reference's scale.
+    assert check_stats(tf_job, n, STEPS, CFG) > 0
     # Same core, same MPI sum: the two frontends agree bit for bit on any n.
     for r in range(n):
         for step in range(STEPS):
@@ -96,6 +164,16 @@ def test_inside_tf_function_with_warmup(tmp_path):
     job = run_mpi(2, "tf_compressor.py", tmp_path, "sequence", "--steps", "8", "--function",
                   "--ratio", "0.02", "--beta", "0.3", "--warmup", "3", timeout=300).check_ok()
     check(job, 2, 8, cfg, exact=True)
+    check_stats(job, 2, 8, cfg)
+
+
+def test_tf_ring_stats_have_the_compressor_keys_and_clip(tmp_path):
+    # The ring keeps its records in the same ScaleCom, under the same keys;
+    # its relative clip is the compressor's.
+    cfg = ScaleComConfig(ratio=0.05, beta=0.1, warmup_steps=2, min_numel=100)
+    job = run_mpi(2, "tf_compressor.py", tmp_path, "ring_sequence", "--steps", "6", "--warmup",
+                  "2", "--function", timeout=300).check_ok()
+    assert check_stats(job, 2, 6, cfg, RING_SHAPES, ring=True) > 0
 
 
 def test_keras_fit_with_callback(tmp_path):
@@ -122,6 +200,12 @@ def test_tape_loop_ranks_agree(tmp_path):
     ("eager", [], "not on an eager tensor"),
     ("callback", [], "needs the ScaleCom instance"),
     ("clip", [], "clip_norm must be a positive number"),
+    ("share_timeout", [], "share_timeout must be a positive number, got -1.0"),
+    ("ring_timeout", [], "horovod_scalecom.tensorflow.DistributedGradientTape does not take "
+     "timeout: the ring waits the ScaleCom's share_timeout for the other ranks; pass "
+     "compression=ScaleCom(share_timeout=...) instead"),
+    ("keras_ring_timeout", [], "horovod_scalecom.tensorflow.keras.DistributedOptimizer does "
+     "not take timeout: the ring waits the ScaleCom's share_timeout"),
     ("graph_mode", [], "TF1 graph mode (tf.compat.v1.disable_eager_execution, sessions) is not"),
     ("ring_arguments", [], "DistributedGradientTape does not take op: the ring averages"),
 ])
@@ -130,11 +214,27 @@ def test_bad_configuration_fails_clearly(case, args, message, tmp_path):
     job.assert_error_on_every_rank(message)
 
 
+def test_share_timeout_bounds_the_tf_ring_wait(tmp_path):
+    # Rank 1 stops for 60 s before step 1: rank 0's ring gives up after
+    # ScaleCom's share_timeout (3 s, the engine says so), not the default 120 s.
+    # Eager code wraps a new tape every step: the engine is the ScaleCom's, made
+    # once (a new one per tape would wait in MPI_Comm_dup, which has no timeout).
+    start = time.monotonic()
+    job = run_mpi(2, "tf_compressor.py", tmp_path, "ring_sequence", "--steps", "3",
+                  "--min-numel", "0", "--share-timeout", "3", "--stall-at", "1", "--stall", "60",
+                  timeout=180)
+    elapsed = time.monotonic() - start
+    assert job.returncode != 0, job.output
+    err = job.error(0) or ""
+    assert "ScaleCom ring on rank 0: ring allreduce: rank 0 waited 3 s" in err, job.output
+    assert elapsed < 55, f"the job took {elapsed:.0f} s to end"
+
+
 @pytest.mark.parametrize("path", ["a", "b"])
 def test_ranks_that_disagree_on_the_configuration_fail_clearly(path, tmp_path):
-    # Rank 1 has another beta, no clip_norm and no relative clip: before, path A
-    # trained on with different memories and path B too (the engine compares
-    # sizes and ratio only).
+    # Rank 1 has another beta, no clip_norm and no relative clip: before, the
+    # compressor trained on with different memories and the ring too (the
+    # engine compares sizes and ratio only).
     job = run_mpi(2, "tf_compressor.py", tmp_path, "bad", "--case", "disagree", "--path", path,
                   "--function", "--clip", "5", timeout=180)
     job.assert_error_on_every_rank("ranks disagree on beta, clip_norm, clip_factor (rank 0: "
@@ -157,6 +257,7 @@ def test_path_a_under_horovodrun_gloo(tmp_path):
     job = run_mpi(2, "tf_compressor.py", tmp_path, "sequence", "--steps", "6", "--function",
                   timeout=300, gloo=True).check_ok()
     check(job, 2, 6, CFG, exact=True)
+    check_stats(job, 2, 6, CFG)
 
 
 def test_ring_under_gloo_is_refused_when_built(tmp_path):

@@ -1,8 +1,10 @@
-"""ScaleCom as a Horovod Compressor for TensorFlow (path A of DESIGN.md).
+"""ScaleCom as a Horovod Compressor for TensorFlow (the cyclic-leader exchange
+of DESIGN.md).
 
-The same algorithm and the same C++ core as horovod_scalecom.torch.ScaleCom,
-so both frontends return the same bits for the same gradients. Per tensor, at
-its t-th allreduce (t counts warm-up steps too):
+The same algorithm, policy (horovod_scalecom.config) and C++ core as
+horovod_scalecom.torch.ScaleCom, so both frontends return the same bits for
+the same gradients. Per tensor, at its t-th allreduce (t counts warm-up steps
+too), after ``clip_norm`` (if set) has scaled this rank's gradient ``g``:
 
 0. ``g`` is clipped to ``clip_factor`` times the running level of its norm
    (this rank's: horovod_scalecom.reference.clip, the C++ core's op)
@@ -42,15 +44,16 @@ import tensorflow as tf
 import horovod.tensorflow as hvd
 from horovod.tensorflow.compression import Compressor
 
-from horovod_scalecom import bytes_model
 from horovod_scalecom.config import (
-    DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel, disagreement, positive_number)
+    AGREED, CLIP_NORM_EPS, DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel, disagreement_error)
 from horovod_scalecom.horovod_call import check_call, horovod_call, unheld_error
+from horovod_scalecom.stats import last_step, new_record
 from horovod_scalecom.tensorflow._ops import ops
 from horovod_scalecom.tensorflow.guard import Watch, divergence
 from horovod_scalecom.tensorflow.registry import Registry, TensorEntry
 
-COMPRESSIBLE_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
+# How the leaders' indices travel (stats()["index_share"]).
+INDEX_SHARE = "horovod allgather"
 
 
 @dataclass
@@ -66,24 +69,42 @@ class _Ctx:
 class ScaleCom(tf.Module, Compressor):
     """ScaleCom compressor: CLT-k with a cyclic leader and a low-pass memory.
 
+    The arguments are torch's ``ScaleCom`` ones, with its names, defaults
+    and checks (horovod_scalecom.config.ScaleComConfig), less
+    ``named_parameters``: here a gradient is known by its position in the
+    variable list.
+
     Args:
-        ratio: fraction of each tensor's elements sent (0.01 = 100x).
-        beta: low-pass filter coefficient in (0, 1]; 1 is classic error feedback.
-        warmup_steps: per tensor, the first steps are dense.
-        min_numel: smaller tensors are sent dense.
-        stagger_leaders: offset each tensor's leader by the order in which it
-            was first seen (False: the paper's schedule).
+        ratio: fraction rho of each tensor's elements that is sent,
+            0 < rho <= 1 ("100x" compression is ratio=0.01).
+        beta: low-pass filter coefficient in (0, 1]; 1 is classic error
+            feedback, the paper uses ~0.1.
+        warmup_steps: the first ``warmup_steps`` exchanges of each tensor are
+            dense and leave the memory untouched.
+        min_numel: tensors with fewer elements are sent dense.
         clip_factor: this rank's gradient of each compressed tensor is clipped
             to ``clip_factor`` times the running level of its norm before it
-            reaches the memory (the torch frontend's argument of the same
-            name, the same numbers). None turns it off.
-        clip_norm: if set, every floating gradient handed to the compressor
-            is first scaled to L2 norm at most ``clip_norm`` on this worker,
-            before it enters the memory or the exchange: the remedy for the
-            hard regime of docs/convergence.md (the PyTorch frontend's
-            ``clip_before_exchange``). Off by default.
+            reaches the memory (the same C++ op as torch's, the same
+            numbers); None turns it off.
+        clip_norm: if set, every floating gradient handed to ScaleCom is
+            first scaled on this worker to L2 norm at most ``clip_norm``
+            (``g * min(1, clip_norm / (||g|| + 1e-6))``), before the memory
+            and the exchange: an absolute threshold, off by default, the
+            remedy for the hard regime of docs/convergence.md. The same rule
+            as torch's ``ScaleCom(clip_norm=...)``; torch's
+            ``clip_before_exchange`` (torch only) clips each backward pass
+            instead.
+        stagger_leaders: offset each tensor's leader by its position in the
+            variable list (False: the paper's schedule, one leader per step).
+        share_timeout: seconds the ring (horovod_scalecom.tensorflow's
+            DistributedGradientTape and keras DistributedOptimizer) waits for
+            the other ranks before it raises instead of hanging. This
+            compressor's index share is a Horovod collective: Horovod's stall
+            check (HOROVOD_STALL_CHECK_TIME_SECONDS,
+            HOROVOD_STALL_SHUTDOWN_TIME_SECONDS) bounds it, not share_timeout.
         process_set: the Horovod process set the tape or optimizer reduces
             over (the same object); None: every rank.
+        name: the tf.Module's name.
 
     Dense, memory untouched: warm-up steps, steps while ``enabled`` is False
     (ScaleComCallback uses it), tensors below ``min_numel``, tensors of
@@ -91,19 +112,19 @@ class ScaleCom(tf.Module, Compressor):
     """
 
     def __init__(self, ratio: float = 0.01, beta: float = 0.1, warmup_steps: int = 0,
-                 min_numel: int = 1024, stagger_leaders: bool = False,
-                 clip_norm: float | None = None,
-                 clip_factor: float | None = DEFAULT_CLIP_FACTOR, name: str = "scalecom",
-                 process_set: Any = None) -> None:
+                 min_numel: int = 1024, clip_factor: float | None = DEFAULT_CLIP_FACTOR,
+                 clip_norm: float | None = None, stagger_leaders: bool = False,
+                 share_timeout: float = 120.0, process_set: Any = None,
+                 name: str = "scalecom") -> None:
         super().__init__(name=name)
         self.process_set = hvd.global_process_set if process_set is None else process_set
         if not isinstance(self.process_set, hvd.ProcessSet):
             raise TypeError("process_set must be a horovod.tensorflow.ProcessSet (from "
                             f"hvd.add_process_set) or None, got {type(process_set).__name__}")
         self.config = ScaleComConfig(ratio=ratio, beta=beta, warmup_steps=warmup_steps,
-                                     min_numel=min_numel, clip_factor=clip_factor)
-        self.stagger_leaders = stagger_leaders
-        self.clip_norm = None if clip_norm is None else positive_number(clip_norm, "clip_norm")
+                                     min_numel=min_numel, clip_factor=clip_factor,
+                                     clip_norm=clip_norm, stagger_leaders=stagger_leaders,
+                                     share_timeout=share_timeout)
         with tf.init_scope():
             if not tf.executing_eagerly():
                 # The configuration check and the stats read values eagerly.
@@ -116,13 +137,29 @@ class ScaleCom(tf.Module, Compressor):
         self.steps: dict[str, tf.Variable] = {}
         # Per tensor, the last step's memory entries that refused a NaN/Inf update.
         self.nonfinite: dict[str, tf.Variable] = {}
-        # Per tensor, the clip level and the divergence guard's record.
+        # Per tensor, the relative clip's level and last figures, the divergence guard's record.
         self.watch: dict[str, Watch] = {}
         self._registry = Registry()
         self._config_checked = False
         # Under Horovod Elastic, horovod_scalecom.tensorflow.elastic's State tells
         # ScaleCom when the world changed (world_changed) and must hold it.
         self._held_by_state = False
+        # The ring's engine (horovod_scalecom.tensorflow.ring), made at its first
+        # exchange and kept here, not in the tape: eager code wraps a new tape
+        # every step, and each engine is an MPI communicator and a thread.
+        self._ring_engine = None
+
+    @property
+    def clip_norm(self) -> float | None:
+        return self.config.clip_norm
+
+    @property
+    def stagger_leaders(self) -> bool:
+        return self.config.stagger_leaders
+
+    @property
+    def share_timeout(self) -> float:
+        return self.config.share_timeout
 
     # -- Horovod's Compressor interface -------------------------------------------
 
@@ -183,11 +220,12 @@ class ScaleCom(tf.Module, Compressor):
         return payload, _Ctx(entry, dense, indices, t, tensor.shape, tensor.dtype)
 
     def clip(self, tensor: tf.Tensor) -> tf.Tensor:
-        """This worker's gradient scaled to norm <= clip_norm (unchanged without it)."""
+        """This worker's gradient scaled to norm <= clip_norm (unchanged without
+        it), whether it goes dense or not: the rule is per gradient."""
         if self.clip_norm is None or not tensor.dtype.is_floating:
             return tensor
         norm = tf.norm(tf.cast(tensor, tf.float32))
-        scale = tf.minimum(1.0, self.clip_norm / (norm + 1e-6))
+        scale = tf.minimum(1.0, self.clip_norm / (norm + CLIP_NORM_EPS))
         return tensor * tf.cast(scale, tensor.dtype)
 
     def decompress(self, tensor: tf.Tensor, ctx: _Ctx | None) -> tf.Tensor:
@@ -208,33 +246,31 @@ class ScaleCom(tf.Module, Compressor):
     # -- figures ----------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Bytes of the last step, by the byte model of DESIGN.md.
+        """Each tensor's last exchange and the totals, under the keys of every
+        frontend (horovod_scalecom.stats): bytes by the byte model of
+        DESIGN.md, memory entries that refused a NaN/Inf update, the relative
+        clip's norm and scale (``clipped`` counts the tensors it scaled down),
+        the divergence guard's events. The timings are None: the exchange
+        runs as graph ops.
 
-        Counts the compressed tensors this ScaleCom has seen (the dense ones
-        below min_numel are Horovod's business and are not counted).
+        A record's ``k`` and ``leader`` are None where that exchange went
+        dense (warm-up, ``enabled`` False, one rank). Only the gradients
+        ScaleCom may compress have records: those below ``min_numel`` or of
+        another dtype are Horovod's plain allreduce, whatever the step.
         """
         size = self.process_set.size()
-        enabled = bool(self.enabled.numpy())
-        tensors = {}
+        records = {}
         for key, entry in self._registry.entries.items():
-            step = int(self.steps[key].numpy()) - 1          # the last step taken
-            compressed = enabled and step >= self.config.warmup_steps and size > 1
-            dense = bytes_model.dense_ring_allreduce(entry.numel, size)
-            tensors[key] = {
-                "numel": entry.numel, "k": entry.k, "step": step, "compressed": compressed,
-                "bytes_sent": bytes_model.path_a(entry.k, size) if compressed else dense,
-                "dense_bytes": dense,
-            }
-            tensors[key]["nonfinite_kept"] = int(self.nonfinite[key].numpy())
-        sent = sum(t["bytes_sent"] for t in tensors.values())
-        dense = sum(t["dense_bytes"] for t in tensors.values())
-        return {"bytes_sent": sent, "dense_bytes": dense,
-                "compression": dense / sent if sent else 1.0,
-                # Memory entries that refused a NaN/Inf update (DESIGN's non-finite policy).
-                "nonfinite_kept": sum(t["nonfinite_kept"] for t in tensors.values()),
-                # The divergence guard's first event per tensor (horovod_scalecom.guard).
-                "divergence": divergence(self.watch),
-                "tensors": tensors}
+            step = int(self.steps[key].numpy()) - 1          # the last exchange
+            # Only a compressed exchange runs the relative clip (it keeps its step).
+            norm, scale = self.watch[key].last_clip(step)
+            compressed = step >= 0 and norm is not None
+            records[key] = new_record(
+                entry.numel, entry.k if compressed else None,
+                (step + entry.offset) % size if compressed else None, step, size, timed=False,
+                nonfinite_kept=int(self.nonfinite[key].numpy()), grad_norm=norm,
+                clip_scale=scale)
+        return last_step(records, divergence(self.watch), INDEX_SHARE)
 
     def check_config(self) -> None:
         """Once, when the first exchange is traced: every rank must run ScaleCom
@@ -251,18 +287,12 @@ class ScaleCom(tf.Module, Compressor):
         if self._config_checked or self.process_set.size() == 1:
             return
         self._config_checked = True
-        cfg = self.config
-        names = ("ratio", "beta", "warmup_steps", "min_numel", "stagger_leaders", "clip_norm",
-                 "clip_factor")
-        values = (cfg.ratio, cfg.beta, cfg.warmup_steps, cfg.min_numel,
-                  float(self.stagger_leaders), self.clip_norm or 0.0, cfg.clip_factor_or_zero)
         with tf.init_scope():
-            every = hvd.allgather(tf.constant([values], tf.float64), name="scalecom_config",
-                                  process_set=self.process_set).numpy()
-        differ = disagreement(names, every)
-        if differ:
-            raise ValueError(f"ScaleCom: ranks disagree on {differ}; every rank must build "
-                             "ScaleCom with the same arguments")
+            every = hvd.allgather(tf.constant([self.config.agreement_row()], tf.float64),
+                                  name="scalecom_config", process_set=self.process_set).numpy()
+        error = disagreement_error(AGREED, every)
+        if error is not None:
+            raise error
 
     # -- Horovod Elastic ----------------------------------------------------------------
 
@@ -302,12 +332,11 @@ class ScaleCom(tf.Module, Compressor):
     # -- the gradients, for compress and the ring (horovod_scalecom.tensorflow.ring) ----
 
     def always_dense(self, tensor: tf.Tensor) -> bool:
-        """Tensors of unknown size, below ``min_numel`` or of a dtype other than
-        float32, float16 and bfloat16 are never compressed (warm-up steps and
-        ``enabled`` decide the others' steps when the graph runs)."""
-        numel = tensor.shape.num_elements()
-        return (numel is None or numel < self.config.min_numel
-                or tensor.dtype not in COMPRESSIBLE_DTYPES)
+        """ScaleComConfig.always_dense: tensors of unknown size, below
+        ``min_numel`` or of a dtype other than float32, float16 and bfloat16
+        are never compressed (warm-up steps and ``enabled`` decide the others'
+        steps when the graph runs)."""
+        return self.config.always_dense(tensor.shape.num_elements(), tensor.dtype)
 
     def key_of(self, offset: int, shape: tf.TensorShape) -> str:
         """The key of the gradient at position ``offset`` of the variable list,

@@ -2,11 +2,12 @@
 
 The same rules as horovod_scalecom.reference.clip and horovod_scalecom.guard
 (the clip is the C++ core's op, so its numbers are the torch frontend's):
-per gradient, this rank's norm level is a float64 variable; the guard keeps
-the first event (step, kind, value, level) and a count in variables, prints
-a warning to stderr from the graph when the first event happens, and
-``ScaleCom.stats()`` turns them into the torch frontend's
-``stats()["divergence"]`` and a Python RuntimeWarning.
+per gradient, this rank's norm level is a float64 variable, and so are the
+last clip's norm and scale (for ``stats()``, which reads variables: the step
+runs as graph ops); the guard keeps the first event (step, kind, value,
+level) and a count in variables, prints a warning to stderr from the graph
+when the first event happens, and ``ScaleCom.stats()`` turns them into the
+torch frontend's ``stats()["divergence"]`` and a Python RuntimeWarning.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _NONFINITE_GRADIENT, _SPIKE, _NONFINITE_MEMORY, _NONFINITE_EXCHANGE, _EXCHANGE_S
 
 
 class Watch(tf.Module):
-    """One gradient's clip level and guard record."""
+    """One gradient's clip level, last clip and guard record."""
 
     def __init__(self, name: str, tensor: str) -> None:
         super().__init__(name=name)
@@ -39,18 +40,37 @@ class Watch(tf.Module):
         self.first = tf.Variable(tf.constant([-1.0, 0.0, 0.0, 0.0], tf.float64),
                                  trainable=False, name="first_event")
         self.events = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="events")
+        # The last clip: the gradient's norm before it, the scale it applied
+        # and the step it ran at. A dense exchange runs no clip, so a
+        # clip_step behind the tensor's last exchange means that one went dense.
+        self.grad_norm = tf.Variable(tf.constant(math.nan, tf.float64), trainable=False,
+                                     name="grad_norm")
+        self.clip_scale = tf.Variable(tf.constant(1.0, tf.float64), trainable=False,
+                                      name="clip_scale")
+        self.clip_step = tf.Variable(tf.constant(-1, tf.int64), trainable=False,
+                                     name="clip_step")
         self.warned = False
 
     def clip(self, grad: tf.Tensor, step: tf.Tensor, factor: float) -> tuple[tf.Tensor, list]:
-        """grad (flat float32) clipped, and the ops that advance the level and
-        report a non-finite or spiking norm."""
+        """grad (flat float32) clipped, and the ops that advance the level,
+        keep the clip's norm and scale, and report a non-finite or spiking norm."""
         before = self.level.read_value()
         clipped, level, norm = ops.scalecom_relative_clip(
             grad, before, tf.constant(factor, tf.float64), tf.constant(CLIP_RHO, tf.float64))
         nonfinite = tf.logical_not(tf.math.is_finite(norm))
         spike = tf.logical_and(before > 0, norm > SPIKE_FACTOR * before)
         kind = tf.where(nonfinite, _NONFINITE_GRADIENT, tf.where(spike, _SPIKE, 0))
-        return clipped, [self.level.assign(level), self.report(kind, step, norm, before)]
+        kept = [self.grad_norm.assign(norm),
+                self.clip_scale.assign(applied_scale(norm, before, factor)),
+                self.clip_step.assign(tf.cast(step, tf.int64))]
+        return clipped, [self.level.assign(level), *kept, self.report(kind, step, norm, before)]
+
+    def last_clip(self, step: int) -> tuple[float | None, float]:
+        """(norm, scale) of the clip at exchange ``step``; (None, 1.0) when
+        that exchange ran none (it went dense), as the torch records say."""
+        if int(self.clip_step.numpy()) != step:
+            return None, 1.0
+        return float(self.grad_norm.numpy()), float(self.clip_scale.numpy())
 
     def memory(self, refused: tf.Tensor, step: tf.Tensor) -> tf.Operation:
         kind = tf.where(refused > 0, _NONFINITE_MEMORY, 0)
@@ -91,6 +111,22 @@ class Watch(tf.Module):
         if step < 0:
             return None
         return Event(self.tensor, int(step), KINDS[int(kind) - 1], rank, value, level)
+
+
+def applied_scale(norm: tf.Tensor, before: tf.Tensor, factor: float) -> tf.Tensor:
+    """The scale the relative clip applied, from the op's norm: the op does
+    not return it, and the record must hold the float32 value that multiplied
+    the gradient (csrc/core/clip.h: float32(limit / norm) where the clip fires,
+    limit = factor * level; a NaN level, a non-finite or zero norm or factor 0
+    leave the gradient alone), so the torch and NumPy figures match it bit for bit."""
+    one = tf.constant(1.0, tf.float64)
+    if factor <= 0.0:
+        return one
+    limit = tf.constant(factor, tf.float64) * before
+    fires = tf.logical_and(tf.logical_and(before > 0, tf.math.is_finite(norm)), norm > limit)
+    # The quotient only where the clip fires: elsewhere norm may be 0 or NaN.
+    quotient = limit / tf.where(fires, norm, one)
+    return tf.where(fires, tf.cast(tf.cast(quotient, tf.float32), tf.float64), one)
 
 
 def divergence(watches: dict[str, Watch]) -> dict[str, Any]:

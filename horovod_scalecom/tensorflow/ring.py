@@ -1,4 +1,4 @@
-"""Path B for TensorFlow: the compressed ring allreduce (horovod_scalecom._ring)
+"""The compressed ring allreduce (horovod_scalecom._ring) for TensorFlow,
 behind a DistributedGradientTape and, in .keras, a DistributedOptimizer.
 
 All compressible gradients of a step travel in one fused ring exchange, run
@@ -6,9 +6,10 @@ through ``tf.numpy_function`` so that it works in eager code and inside
 tf.function alike; the others go through Horovod's allreduce. The memory and
 step counters are the ScaleCom object's variables (keyed by the gradient's
 position in the list and its shape), so ``tf.train.Checkpoint(scalecom=...)``
-saves path B's state as well. The gradients exchanged together share their
+saves the ring's state as well. The gradients exchanged together share their
 step counter, so warm-up switches the whole group between Horovod's dense
-allreduce and the ring.
+allreduce and the ring. The ScaleCom's knobs are the ring's: its
+``share_timeout`` bounds each wait for the other ranks.
 """
 
 from __future__ import annotations
@@ -32,10 +33,21 @@ HOROVOD_ARGUMENTS = frozenset((
     "backward_passes_per_step", "average_aggregated_gradients"))
 
 
+def refuse_timeout(ours: str, given: dict[str, Any]) -> None:
+    """``timeout=``, which the ring's wrappers took before the ScaleCom held
+    every knob, refused with where it went (silently dropped, a caller's
+    shorter timeout would leave a stalled job hanging for the default)."""
+    if "timeout" in given:
+        raise TypeError(f"{ours} does not take timeout: the ring waits the ScaleCom's "
+                        "share_timeout for the other ranks; pass "
+                        "compression=ScaleCom(share_timeout=...) instead")
+
+
 def refuse_horovod_arguments(ours: str, horovods: str, given: dict[str, Any]) -> None:
     """The ring takes none of Horovod's wrapper arguments: each is refused by
-    name, with the wrapper that does take it; anything else is a plain
-    unexpected keyword."""
+    name, with the wrapper that does take it; ``timeout`` is refused with
+    ScaleCom's ``share_timeout``; anything else is a plain unexpected keyword."""
+    refuse_timeout(ours, given)
     unknown = sorted(set(given) - HOROVOD_ARGUMENTS)
     if unknown:
         raise TypeError(f"{ours} got an unexpected keyword argument {unknown[0]!r}")
@@ -47,9 +59,14 @@ def refuse_horovod_arguments(ours: str, horovods: str, given: dict[str, Any]) ->
 
 
 class RingExchange:
-    """Averages a list of gradients: the compressible ones through the ring."""
+    """Averages a list of gradients: the compressible ones through the ring,
+    each wait for the other ranks bounded by ``compression.share_timeout``."""
 
-    def __init__(self, compression: ScaleCom, timeout: float = 120.0) -> None:
+    def __init__(self, compression: ScaleCom, **unexpected: Any) -> None:
+        refuse_timeout("horovod_scalecom.tensorflow.ring.RingExchange", unexpected)
+        if unexpected:
+            raise TypeError("RingExchange got an unexpected keyword argument "
+                            f"{sorted(unexpected)[0]!r}")
         if not isinstance(compression, ScaleCom):
             raise TypeError("the ScaleCom ring needs compression=horovod_scalecom.tensorflow."
                             "ScaleCom(...)")
@@ -61,8 +78,6 @@ class RingExchange:
         refuse_without_mpi("horovod_scalecom.tensorflow.DistributedGradientTape",
                            "hvd.DistributedGradientTape", hvd.size(), hvd.mpi_enabled())
         self.compression = compression
-        self.timeout = timeout
-        self._engine = None
         self.last_bytes = 0
         self.last_nonfinite = 0     # memory entries that refused a NaN/Inf update, last step
 
@@ -72,25 +87,31 @@ class RingExchange:
         return {"ring_bytes": int(self.last_bytes), "nonfinite_kept": int(self.last_nonfinite),
                 "divergence": self.compression.stats()["divergence"]}
 
+    def _engine(self):
+        """The ScaleCom's engine, created at its first exchange, which every
+        rank reaches together (MPI_Comm_dup is collective and has no timeout)."""
+        compression = self.compression
+        if compression._ring_engine is None:
+            compression._ring_engine = load_ring().Engine()
+            close_at_exit(compression._ring_engine)
+        return compression._ring_engine
+
     def _exchange(self, step, *arrays):
-        # Runs in Python (tf.numpy_function). The engine is created at the first
-        # exchange, which every rank reaches together (MPI_Comm_dup is collective).
-        if self._engine is None:
-            self._engine = load_ring().Engine()
-            close_at_exit(self._engine)
+        # Runs in Python (tf.numpy_function).
+        engine = self._engine()
         count = len(arrays) // 2
         memories = [np.array(a, dtype=np.float32, copy=True).reshape(-1) for a in arrays[:count]]
         grads = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in arrays[count:]]
         outs = [np.empty_like(g) for g in grads]
         cfg = self.compression.config
         threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1
-        self._engine.start(memories, grads, outs, [int(step)] * count, float(cfg.ratio),
-                           float(cfg.beta), threads)
+        engine.start(memories, grads, outs, [int(step)] * count, float(cfg.ratio),
+                     float(cfg.beta), threads)
         try:
-            self.last_bytes = self._engine.wait(self.timeout)
+            self.last_bytes = engine.wait(self.compression.share_timeout)
         except TimeoutError as exc:
             raise RuntimeError(f"ScaleCom ring on rank {hvd.rank()}: {exc}") from exc
-        self.last_nonfinite = self._engine.last_nonfinite()
+        self.last_nonfinite = engine.last_nonfinite()
         return memories + outs
 
     def _dense_or_ring(self, grads: Sequence[tf.Tensor | None]) -> tuple[list, list]:
@@ -135,7 +156,7 @@ class RingExchange:
 
         def compressed():
             flat, watching = [], []
-            for _, g, e in ring:   # ScaleCom's relative clip, as in path A
+            for _, g, e in ring:   # ScaleCom's relative clip, as in the compressor
                 clipped, clip_ops = compression.watch[e.key].clip(
                     tf.reshape(tf.cast(g, tf.float32), [-1]), step, cfg.clip_factor_or_zero)
                 flat.append(clipped)
@@ -158,21 +179,25 @@ class RingExchange:
 
 
 class DistributedGradientTape(tf.GradientTape):
-    """``hvd.DistributedGradientTape`` for path B:
+    """``hvd.DistributedGradientTape`` whose compressible gradients go through
+    ScaleCom's compressed ring allreduce:
 
         tape = horovod_scalecom.tensorflow.DistributedGradientTape(
             tape, compression=ScaleCom(ratio=0.01))
         grads = tape.gradient(loss, model.trainable_variables)
+
+    Every knob is the ScaleCom's, ``share_timeout`` (the ring's wait for the
+    other ranks) included; Horovod's wrapper arguments are refused by name.
     """
 
     def __init__(self, gradtape: tf.GradientTape, compression: ScaleCom,
-                 timeout: float = 120.0, **horovod_arguments: Any) -> None:
+                 **horovod_arguments: Any) -> None:
         refuse_horovod_arguments("horovod_scalecom.tensorflow.DistributedGradientTape",
                                  "hvd.DistributedGradientTape", horovod_arguments)
         super().__init__(gradtape._persistent, gradtape._watch_accessed_variables)
         self._tape = gradtape._tape
         self._recording = gradtape._recording
-        self._exchange = RingExchange(compression, timeout)
+        self._exchange = RingExchange(compression)
 
     @property
     def exchange(self) -> RingExchange:

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,12 +32,14 @@ RING_SHAPES = {"a": (64, 48), "b": (37, 29), "bias": (64,), "c": (1000,)}
 def feed(args, out, shapes, wrap):
     """Feed gradient(seed, rank, step, i) for `shapes` through the tape that
     `wrap(tape, compression)` returns; save the averaged gradients, the memory,
-    the step counters and, for path B, the ring's bytes (the torch workers'
-    layout)."""
+    the step counters, each step's stats() (JSON) and, for the ring, its bytes
+    (the torch workers' layout). --stall-at S: rank 1 sleeps --stall seconds
+    before step S."""
     variables = [tf.Variable(tf.zeros(shape), name=name) for name, shape in shapes.items()]
     compression = ScaleCom(ratio=args.ratio, beta=args.beta, warmup_steps=args.warmup,
                            min_numel=args.min_numel, clip_norm=args.clip or None,
-                           clip_factor=args.clip_factor or None)
+                           clip_factor=args.clip_factor or None,
+                           share_timeout=args.share_timeout)
     tapes = []
 
     def step(grads_in):
@@ -50,11 +53,18 @@ def feed(args, out, shapes, wrap):
         step = tf.function(step)
     result = {}
     for t in range(args.steps):
+        if t == args.stall_at and hvd.rank() == 1:
+            time.sleep(args.stall)
         grads_in = [tf.constant(gradient(args.seed, hvd.rank(), t, i, shape, args.inject))
                     for i, shape in enumerate(shapes.values())]
         for name, g in zip(shapes, step(grads_in)):
             result[f"out/{t}/{name}"] = g.numpy()
-        result[f"nonfinite/{t}"] = np.array(compression.stats()["nonfinite_kept"])
+        stats = compression.stats()
+        result[f"nonfinite/{t}"] = np.array(stats["nonfinite_kept"])
+        # The records by variable name (stats() keys them by position and shape).
+        stats["tensors"] = {list(shapes)[int(key.split("|")[0])]: record
+                            for key, record in stats["tensors"].items()}
+        result[f"stats/{t}"] = np.array(json.dumps(stats))
         exchange = getattr(tapes[-1], "exchange", None)
         if exchange is not None:
             result[f"bytes/{t}"] = np.array(exchange.stats()["ring_bytes"])
@@ -67,20 +77,20 @@ def feed(args, out, shapes, wrap):
 
 
 def sequence(args, out):
-    """Path A: Horovod's DistributedGradientTape with ScaleCom as its compression."""
+    """Horovod's DistributedGradientTape with ScaleCom as its compression."""
     feed(args, out, dict(zip(NAMES, SHAPES.values())),
          lambda tape, compression: hvd.DistributedGradientTape(tape, compression=compression))
 
 
 def ring_sequence(args, out):
-    """Path B: the worker of tests/test_ring.py, through horovod_scalecom's tape."""
+    """The ring: the worker of tests/test_ring.py, through horovod_scalecom's tape."""
     shapes = dict(RING_SHAPES, tiny=(3,)) if args.tiny else RING_SHAPES
     feed(args, out, shapes,
          lambda tape, compression: DistributedGradientTape(tape, compression=compression))
 
 
 def ring_keras(args, out):
-    """Path B with model.fit: horovod_scalecom.tensorflow.keras.DistributedOptimizer."""
+    """The ring with model.fit: horovod_scalecom.tensorflow.keras.DistributedOptimizer."""
     model = mlp()
     compression = ScaleCom(ratio=args.ratio, beta=args.beta, min_numel=args.min_numel)
     opt = DistributedOptimizer(tf.keras.optimizers.SGD(0.1, momentum=0.9), compression)
@@ -175,10 +185,19 @@ def bad(args, out):
         ScaleComCallback(hvd.Compression.none)
     elif args.case == "clip":
         ScaleCom(clip_norm=0)
+    elif args.case == "share_timeout":
+        ScaleCom(share_timeout=-1.0)
     elif args.case == "ring_arguments":
         with tf.GradientTape() as tape:
             pass
         DistributedGradientTape(tape, ScaleCom(), op=hvd.Sum)
+    elif args.case == "ring_timeout":
+        # The ring's own timeout before ScaleCom held share_timeout.
+        with tf.GradientTape() as tape:
+            pass
+        DistributedGradientTape(tape, ScaleCom(), timeout=5.0)
+    elif args.case == "keras_ring_timeout":
+        DistributedOptimizer(tf.keras.optimizers.SGD(0.1), ScaleCom(), timeout=5.0)
     elif args.case == "graph_mode":
         tf.compat.v1.disable_eager_execution()     # TF1 sessions
         ScaleCom()
@@ -232,6 +251,9 @@ def main():
     parser.add_argument("--inject", action="store_true", help="NaN/Inf in one gradient")
     parser.add_argument("--clip", type=float, default=0.0, help="ScaleCom(clip_norm=...)")
     parser.add_argument("--clip-factor", type=float, default=2.0, help="0: clip_factor=None")
+    parser.add_argument("--share-timeout", type=float, default=120.0)
+    parser.add_argument("--stall-at", type=int, default=-1, help="rank 1 sleeps before this step")
+    parser.add_argument("--stall", type=float, default=60.0)
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)

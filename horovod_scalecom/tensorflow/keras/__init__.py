@@ -1,4 +1,4 @@
-"""Keras helpers for ScaleCom (horovod.tensorflow.keras): the callback and path B's optimizer."""
+"""Keras helpers for ScaleCom (horovod.tensorflow.keras): the callback and the ring's optimizer."""
 
 from horovod_scalecom.tensorflow.keras.callback import ScaleComCallback
 from horovod_scalecom.tensorflow.keras.optimizer import DistributedOptimizer

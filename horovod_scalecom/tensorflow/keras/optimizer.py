@@ -1,4 +1,4 @@
-"""Path B for Keras: a DistributedOptimizer whose compressible gradients go
+"""The ring for Keras: a DistributedOptimizer whose compressible gradients go
 through ScaleCom's compressed ring allreduce (see horovod_scalecom.tensorflow.ring)."""
 
 from __future__ import annotations
@@ -12,18 +12,20 @@ from horovod_scalecom.tensorflow.ring import RingExchange, refuse_horovod_argume
 
 
 def DistributedOptimizer(optimizer: tf.keras.optimizers.Optimizer, compression: ScaleCom,
-                         timeout: float = 120.0,
                          **horovod_arguments: Any) -> tf.keras.optimizers.Optimizer:
     """Wraps a Keras optimizer like ``horovod.tensorflow.keras.DistributedOptimizer``,
-    averaging gradients in ``apply_gradients`` with path B.
+    averaging gradients in ``apply_gradients`` with ScaleCom's compressed ring.
 
         opt = horovod_scalecom.tensorflow.keras.DistributedOptimizer(
             tf.keras.optimizers.SGD(0.1), compression=ScaleCom(ratio=0.01))
         model.compile(opt, ...)
+
+    Every knob is the ScaleCom's, ``share_timeout`` (the ring's wait for the
+    other ranks) included; Horovod's wrapper arguments are refused by name.
     """
     refuse_horovod_arguments("horovod_scalecom.tensorflow.keras.DistributedOptimizer",
                              "horovod.tensorflow.keras.DistributedOptimizer", horovod_arguments)
-    exchange = RingExchange(compression, timeout)
+    exchange = RingExchange(compression)
     base = optimizer.__class__
 
     def apply_gradients(self, grads_and_vars, *args, **kwargs):

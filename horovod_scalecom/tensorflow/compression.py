@@ -47,6 +47,7 @@ from horovod.tensorflow.compression import Compressor
 from horovod_scalecom.config import (
     AGREED, CLIP_NORM_EPS, DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel, disagreement_error)
 from horovod_scalecom.horovod_call import check_call, horovod_call, unheld_error
+from horovod_scalecom.ring import close_at_exit, load_ring
 from horovod_scalecom.stats import last_step, new_record
 from horovod_scalecom.tensorflow._ops import ops
 from horovod_scalecom.tensorflow.guard import Watch, divergence
@@ -160,6 +161,15 @@ class ScaleCom(tf.Module, Compressor):
     @property
     def share_timeout(self) -> float:
         return self.config.share_timeout
+
+    def ring_engine(self) -> Any:
+        """The ring engine (horovod_scalecom.tensorflow.ring), made at the first
+        exchange, which every rank reaches together (MPI_Comm_dup is collective
+        and has no timeout), and kept with the memory it works on."""
+        if self._ring_engine is None:
+            self._ring_engine = load_ring().Engine()
+            close_at_exit(self._ring_engine)
+        return self._ring_engine
 
     # -- Horovod's Compressor interface -------------------------------------------
 

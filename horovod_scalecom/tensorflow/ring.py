@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import horovod.tensorflow as hvd
 
-from horovod_scalecom.ring import close_at_exit, load_ring, refuse_without_mpi
+from horovod_scalecom.ring import refuse_without_mpi
 from horovod_scalecom.tensorflow.compression import ScaleCom
 
 
@@ -87,18 +87,10 @@ class RingExchange:
         return {"ring_bytes": int(self.last_bytes), "nonfinite_kept": int(self.last_nonfinite),
                 "divergence": self.compression.stats()["divergence"]}
 
-    def _engine(self):
-        """The ScaleCom's engine, created at its first exchange, which every
-        rank reaches together (MPI_Comm_dup is collective and has no timeout)."""
-        compression = self.compression
-        if compression._ring_engine is None:
-            compression._ring_engine = load_ring().Engine()
-            close_at_exit(compression._ring_engine)
-        return compression._ring_engine
 
     def _exchange(self, step, *arrays):
         # Runs in Python (tf.numpy_function).
-        engine = self._engine()
+        engine = self.compression.ring_engine()
         count = len(arrays) // 2
         memories = [np.array(a, dtype=np.float32, copy=True).reshape(-1) for a in arrays[:count]]
         grads = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in arrays[count:]]

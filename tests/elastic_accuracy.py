@@ -44,8 +44,8 @@ def main() -> None:
                     accuracy.setdefault((framework, scenario), []).append(value)
                     print(f"{framework} seed {seed} {scenario}: accuracy {value:.4f} "
                           f"({job.seconds:.0f} s)", flush=True)
-    print(f"\n| framework | scenario | mean accuracy | mean of (scenario - unchanged) | "
-          f"min, max of it | seeds |")
+    print("\n| framework | scenario | mean accuracy | mean of (scenario - unchanged) | "
+          "min, max of it | seeds |")
     print("|---|---|---|---|---|---|")
     for framework in args.frameworks:
         fixed = accuracy[(framework, "none")]

@@ -6,7 +6,6 @@ import os
 import socket
 import sys
 
-import numpy as np
 import pytest
 
 from compressor_check import assert_exchange, check

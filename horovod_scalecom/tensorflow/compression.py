@@ -45,17 +45,15 @@ import horovod.tensorflow as hvd
 from horovod.tensorflow.compression import Compressor
 
 from horovod_scalecom.config import (
-    AGREED, CLIP_NORM_EPS, DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel, disagreement_error)
+    CLIP_NORM_EPS, DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel)
 from horovod_scalecom.horovod_call import check_call, horovod_call, unheld_error
 from horovod_scalecom.ring import close_at_exit, load_ring
 from horovod_scalecom.stats import last_step, new_record
 from horovod_scalecom.tensorflow._ops import ops
+from horovod_scalecom.tensorflow.collectives import (
+    INDEX_SHARE, check_agreement, share_indices, world)
 from horovod_scalecom.tensorflow.guard import Watch, divergence
 from horovod_scalecom.tensorflow.registry import Registry, TensorEntry
-
-# How the leaders' indices travel (stats()["index_share"]).
-INDEX_SHARE = "horovod allgather"
-
 
 @dataclass
 class _Ctx:
@@ -199,7 +197,7 @@ class ScaleCom(tf.Module, Compressor):
             return tensor, None
         entry = self.prepare(key, tensor.name, numel, offset)
         memory, step = self.memory[key], self.steps[key]
-        size, rank = self._world()
+        size, rank = world(self.process_set)
 
         t = step.read_value()
         dense = tf.reduce_any([tf.logical_not(self.enabled.read_value()),
@@ -219,7 +217,7 @@ class ScaleCom(tf.Module, Compressor):
             mine = tf.cond(tf.equal(lead, rank),
                            lambda: ops.scalecom_select_topk(memory, clipped, k=entry.k),
                            lambda: tf.zeros([0], tf.int32))
-            indices = self._share(mine, entry)
+            indices = share_indices(mine, entry, self.process_set)
             values, new_memory, kept = ops.scalecom_gather_update(
                 memory, clipped, indices, beta=float(self.config.beta))
             updates = [memory.assign(new_memory), nonfinite.assign(tf.cast(kept, tf.int64)),
@@ -301,11 +299,7 @@ class ScaleCom(tf.Module, Compressor):
             return
         self._config_checked = True
         with tf.init_scope():
-            every = hvd.allgather(tf.constant([self.config.agreement_row()], tf.float64),
-                                  name="scalecom_config", process_set=self.process_set).numpy()
-        error = disagreement_error(AGREED, every)
-        if error is not None:
-            raise error
+            check_agreement(self.config, self.process_set)
 
     # -- Horovod Elastic ----------------------------------------------------------------
 
@@ -388,28 +382,3 @@ class ScaleCom(tf.Module, Compressor):
         return [{"key": e.key, "offset": self._registry.offsets[e.key], "numel": e.numel,
                  "k": e.k} for e in sorted(self._registry.entries.values(),
                                            key=lambda e: self._registry.offsets[e.key])]
-
-    # -- internals --------------------------------------------------------------------
-
-    def _world(self) -> tuple[tf.Tensor, tf.Tensor]:
-        """The process set's size and this rank in it, as ops read when the graph
-        runs. Horovod's rank op knows only the global set; a process set's
-        members do not change (Elastic runs over every rank)."""
-        ps = self.process_set
-        size = hvd.size_op(process_set_id=ps.process_set_id)
-        if ps.process_set_id == 0:
-            return size, hvd.rank_op()
-        return size, tf.constant(ps.rank(), tf.int32)
-
-    def _share(self, mine: tf.Tensor, entry: TensorEntry) -> tf.Tensor:
-        """The leader's k indices on every rank: an allgather to which only the
-        leader contributes. A broadcast would fix its root when the op is
-        built (one op per possible root, a branch picked at run time, and a
-        traced step tied to the world it was traced in). Two ranks that both
-        thought themselves leader would give 2k indices: refused by the shape
-        check, never paired silently."""
-        # "HorovodAllgather" in the name: hvd.elastic.run turns a failed op
-        # into HorovodInternalError (and so a restore) only for Horovod's names.
-        shared = hvd.allgather(mine, process_set=self.process_set,
-                               name=f"HorovodAllgather_{entry.op_name}_indices")
-        return tf.ensure_shape(shared, [entry.k])

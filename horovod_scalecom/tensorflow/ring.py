@@ -33,24 +33,26 @@ HOROVOD_ARGUMENTS = frozenset((
     "backward_passes_per_step", "average_aggregated_gradients"))
 
 
-def refuse_timeout(ours: str, given: dict[str, Any]) -> None:
-    """``timeout=``, which the ring's wrappers took before the ScaleCom held
-    every knob, refused with where it went (silently dropped, a caller's
-    shorter timeout would leave a stalled job hanging for the default)."""
+def refuse_unknown(ours: str, given: dict[str, Any], known: frozenset = frozenset()) -> None:
+    """A keyword outside ``known`` is refused as Python would, except
+    ``timeout=``, which the ring's wrappers took before the ScaleCom held
+    every knob: it is refused with where it went (silently dropped, a
+    caller's shorter timeout would leave a stalled job hanging for the
+    default)."""
     if "timeout" in given:
         raise TypeError(f"{ours} does not take timeout: the ring waits the ScaleCom's "
                         "share_timeout for the other ranks; pass "
                         "compression=ScaleCom(share_timeout=...) instead")
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise TypeError(f"{ours} got an unexpected keyword argument {unknown[0]!r}")
 
 
 def refuse_horovod_arguments(ours: str, horovods: str, given: dict[str, Any]) -> None:
     """The ring takes none of Horovod's wrapper arguments: each is refused by
-    name, with the wrapper that does take it; ``timeout`` is refused with
-    ScaleCom's ``share_timeout``; anything else is a plain unexpected keyword."""
-    refuse_timeout(ours, given)
-    unknown = sorted(set(given) - HOROVOD_ARGUMENTS)
-    if unknown:
-        raise TypeError(f"{ours} got an unexpected keyword argument {unknown[0]!r}")
+    name, with the wrapper that does take it; anything else as by
+    refuse_unknown."""
+    refuse_unknown(ours, given, HOROVOD_ARGUMENTS)
     if given:
         names = ", ".join(sorted(given))
         raise TypeError(f"{ours} does not take {names}: the ring averages over every rank "
@@ -63,10 +65,7 @@ class RingExchange:
     each wait for the other ranks bounded by ``compression.share_timeout``."""
 
     def __init__(self, compression: ScaleCom, **unexpected: Any) -> None:
-        refuse_timeout("horovod_scalecom.tensorflow.ring.RingExchange", unexpected)
-        if unexpected:
-            raise TypeError("RingExchange got an unexpected keyword argument "
-                            f"{sorted(unexpected)[0]!r}")
+        refuse_unknown("horovod_scalecom.tensorflow.ring.RingExchange", unexpected)
         if not isinstance(compression, ScaleCom):
             raise TypeError("the ScaleCom ring needs compression=horovod_scalecom.tensorflow."
                             "ScaleCom(...)")
@@ -86,7 +85,6 @@ class RingExchange:
         count) and memory entries that refused a NaN/Inf update."""
         return {"ring_bytes": int(self.last_bytes), "nonfinite_kept": int(self.last_nonfinite),
                 "divergence": self.compression.stats()["divergence"]}
-
 
     def _exchange(self, step, *arrays):
         # Runs in Python (tf.numpy_function).

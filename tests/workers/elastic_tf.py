@@ -18,7 +18,6 @@ with the data of exactly the batches that are left (deterministic; Horovod's
 mid-epoch resume, params['steps'] - state.batch, is not needed).
 """
 
-import os
 import sys
 from pathlib import Path
 

@@ -7,7 +7,6 @@ dense: hvd.Compression.none and hvd.elastic.TorchState; scalecom: ScaleCom as
 the compression and horovod_scalecom.torch.elastic.TorchState(scalecom=...).
 """
 
-import os
 import sys
 from pathlib import Path
 

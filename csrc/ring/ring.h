@@ -105,7 +105,7 @@ class RingEngine {
   // about one exit in 40).
   bool close(double timeout_s);
 
-  // The Horovod path's index share (share.cc): the leader sends indices[0..k) to every
+  // The index share of ScaleCom through Horovod's allreduce (share.cc): the leader sends indices[0..k) to every
   // other rank with `tag` (the tensor's registration index) and returns at
   // once; the others receive them into `indices`. False when nothing came
   // within timeout_s (the receive stays posted: never free `indices` then).
@@ -150,6 +150,10 @@ class RingEngine {
     int num_threads;
   };
   void serve();
+  // The two sides of share(): the leader's sends, posted and kept in sends_;
+  // another rank's receive, polled until timeout_s.
+  void send_indices(const int32_t* indices, int count, int tag);
+  bool receive_indices(int32_t* indices, int count, int leader, int tag, double timeout_s);
   // Completes the leader's finished sends; finish_sends waits for all of them.
   void progress_sends();
   bool finish_sends(double timeout_s);

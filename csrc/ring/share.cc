@@ -53,22 +53,30 @@ bool RingEngine::share(int32_t* indices, int64_t k, int leader, int tag, double 
                                 " not below MPI_TAG_UB (reserved for the exit barrier)");
   if (k > INT32_MAX) throw std::invalid_argument("index share: k above 2^31 - 1");
   progress_sends();
-  const int count = static_cast<int>(k);
   if (rank_ == leader) {
-    PendingSend send;
-    send.data.assign(indices, indices + k);
-    send.requests.resize(size_ - 1);
-    int at = 0;
-    for (int peer = 0; peer < size_; ++peer) {
-      if (peer == rank_) continue;
-      check(MPI_Isend(send.data.data(), count, MPI_INT32_T, peer, tag, comm_,
-                      &send.requests[at++]),
-            "MPI_Isend");
-    }
-    std::lock_guard<std::mutex> lock(share_mu_);
-    sends_.push_back(std::move(send));
+    send_indices(indices, static_cast<int>(k), tag);
     return true;
   }
+  return receive_indices(indices, static_cast<int>(k), leader, tag, timeout_s);
+}
+
+void RingEngine::send_indices(const int32_t* indices, int count, int tag) {
+  PendingSend send;
+  send.data.assign(indices, indices + count);
+  send.requests.resize(size_ - 1);
+  int at = 0;
+  for (int peer = 0; peer < size_; ++peer) {
+    if (peer == rank_) continue;
+    check(MPI_Isend(send.data.data(), count, MPI_INT32_T, peer, tag, comm_,
+                    &send.requests[at++]),
+          "MPI_Isend");
+  }
+  std::lock_guard<std::mutex> lock(share_mu_);
+  sends_.push_back(std::move(send));
+}
+
+bool RingEngine::receive_indices(int32_t* indices, int count, int leader, int tag,
+                                 double timeout_s) {
   MPI_Request request;
   check(MPI_Irecv(indices, count, MPI_INT32_T, leader, tag, comm_, &request), "MPI_Irecv");
   const auto deadline =
@@ -91,7 +99,7 @@ bool RingEngine::share(int32_t* indices, int64_t k, int leader, int tag, double 
   int got = 0;
   MPI_Get_count(&status, MPI_INT32_T, &got);
   if (got != count)
-    throw std::runtime_error("index share: expected " + std::to_string(k) +
+    throw std::runtime_error("index share: expected " + std::to_string(count) +
                              " indices from leader rank " + std::to_string(leader) + ", got " +
                              std::to_string(got) + "; the ranks disagree on the tensor");
   return true;

@@ -15,7 +15,7 @@ def dense_ring_allreduce(numel: int, size: int) -> float:
     return 2 * VALUE_BYTES * numel * (size - 1) / size
 
 
-def path_a(k: int, size: int) -> float:
+def horovod_path(k: int, size: int) -> float:
     """ScaleCom through Horovod's allreduce (and the DDP hook): the index share
     from the leader (~4k) plus a ring allreduce of k values."""
     if size == 1:
@@ -23,7 +23,7 @@ def path_a(k: int, size: int) -> float:
     return INDEX_BYTES * k + dense_ring_allreduce(k, size)
 
 
-def path_b(k: int, size: int) -> float:
+def ring(k: int, size: int) -> float:
     """The ScaleCom ring: (index, value) pairs in the reduce-scatter, values in
     the allgather."""
     return (INDEX_BYTES + VALUE_BYTES) * k * (size - 1) / size + VALUE_BYTES * k * (size - 1) / size

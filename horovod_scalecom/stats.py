@@ -47,7 +47,7 @@ def new_record(numel: int, k: Optional[int], lead: Optional[int], step: int, siz
     dense = bytes_model.dense_ring_allreduce(numel, size)
     zero = 0.0 if timed else None
     return {"numel": numel, "k": k, "leader": lead, "step": step,
-            "bytes_sent": dense if k is None else bytes_model.path_a(k, size),
+            "bytes_sent": dense if k is None else bytes_model.horovod_path(k, size),
             "dense_bytes": dense, "nonfinite_kept": 0, "grad_norm": None, "clip_scale": 1.0,
             **{key: zero for key in TIMINGS}, **figures}
 

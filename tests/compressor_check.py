@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from horovod_scalecom.reference import PathASimulator
+from horovod_scalecom.reference import HorovodPathSimulator
 from workers.common import SHAPES, gradient
 
 F32 = np.float32
@@ -18,7 +18,7 @@ def clipped(g, max_norm):
 def reference(n, steps, cfg, seed=0, bpps=1, skip_param=None, cast=None, inject=False,
               clip=None):
     """Outputs and memories the spec gives for the worker's gradient sequence."""
-    sim = PathASimulator(n, cfg)
+    sim = HorovodPathSimulator(n, cfg)
     for name, shape in zip(NAMES, SHAPES.values()):
         sim.register(name, int(np.prod(shape)))
     outputs = []

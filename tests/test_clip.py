@@ -10,7 +10,7 @@ import torch
 
 from horovod_scalecom.config import CLIP_RHO, DEFAULT_CLIP_FACTOR, ScaleComConfig
 from horovod_scalecom.guard import SPIKE_FACTOR, DivergenceGuard
-from horovod_scalecom.reference import PathASimulator
+from horovod_scalecom.reference import HorovodPathSimulator
 from horovod_scalecom.reference.clip import Levels, clip_step, relative_clip, sum_squares
 from horovod_scalecom.reference.core import F32
 from horovod_scalecom.torch._ops import ops
@@ -81,11 +81,11 @@ def test_clip_rules():
     assert level == pytest.approx(1.005 ** 100, rel=1e-9)
 
 
-def test_path_a_clips_each_worker_before_its_memory():
-    """PathASimulator with the clip = the clip by hand, then the simulator without it."""
+def test_horovod_path_clips_each_worker_before_its_memory():
+    """HorovodPathSimulator with the clip = the clip by hand, then the simulator without it."""
     rng = np.random.default_rng(3)
-    with_clip = PathASimulator(3, ScaleComConfig(ratio=0.1, beta=0.2, min_numel=0))
-    by_hand = PathASimulator(3, ScaleComConfig(ratio=0.1, beta=0.2, min_numel=0,
+    with_clip = HorovodPathSimulator(3, ScaleComConfig(ratio=0.1, beta=0.2, min_numel=0))
+    by_hand = HorovodPathSimulator(3, ScaleComConfig(ratio=0.1, beta=0.2, min_numel=0,
                                                clip_factor=None))
     levels = Levels(3, DEFAULT_CLIP_FACTOR, CLIP_RHO)
     clipped_any = False

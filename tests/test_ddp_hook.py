@@ -10,7 +10,7 @@ import pytest
 
 from compressor_check import assert_exchange, check
 from horovod_scalecom.config import ScaleComConfig
-from horovod_scalecom.reference import PathASimulator
+from horovod_scalecom.reference import HorovodPathSimulator
 from workers.common import gradient
 from mpi import ROOT, WORKERS, Job, requires, run_bounded, run_mpi
 
@@ -123,7 +123,7 @@ def test_hundreds_of_buckets_at_once(tmp_path):
     # static_graph launches every bucket at the end of backward: 300 buckets
     # wait for their indices at once, and their allreduces go out in order.
     job = ddp_job(tmp_path, 2, "buckets", "many", timeout=300).check_ok()
-    sim = PathASimulator(2, CFG)
+    sim = HorovodPathSimulator(2, CFG)
     results = [job.result(r) for r in range(2)]
     for step in range(STEPS):
         for i in range(300):

@@ -8,7 +8,7 @@ import pytest
 from mpi import run_mpi, requires
 
 WORKERS = {"torch": ("torch_compressor.py", "train"), "tensorflow": ("tf_compressor.py", "tape")}
-BOTH = [(framework, path) for framework in WORKERS for path in ("a", "b")]
+BOTH = [(framework, path) for framework in WORKERS for path in ("horovod", "ring")]
 
 
 def needs(framework):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from horovod_scalecom.config import ScaleComConfig
-from horovod_scalecom.reference import PathASimulator, PathBSimulator
+from horovod_scalecom.reference import HorovodPathSimulator, RingSimulator
 from compressor_check import assert_exchange
 from mpi import requires, run_mpi
 from workers.common import SHAPES
@@ -29,7 +29,7 @@ def check(job, ranks, path, scale=1.0, exact=True, names=None, stagger=False):
     results = [job.result(r) for r in ranks]
     names = names or sorted({k.split("/", 2)[2] for k in results[0] if k.startswith("out/")})
     n = len(ranks)
-    sim = PathASimulator(n, CFG, stagger=stagger) if path == "a" else PathBSimulator(n, CFG)
+    sim = HorovodPathSimulator(n, CFG, stagger=stagger) if path == "horovod" else RingSimulator(n, CFG)
     if stagger:
         # A leader's offset is the registration index among all parameters,
         # dense ones included: the model's order.
@@ -37,7 +37,7 @@ def check(job, ranks, path, scale=1.0, exact=True, names=None, stagger=False):
             sim.register(name, int(np.prod(shape)))
     for step in range(STEPS):
         grads = {name: [res[f"in/{step}/{name}"] for res in results] for name in names}
-        ring = sim.step(grads) if path == "b" else None
+        ring = sim.step(grads) if path == "ring" else None
         for name in names:
             outs = [res[f"out/{step}/{name}"].reshape(-1) for res in results]
             for r in range(1, n):
@@ -52,13 +52,13 @@ def check(job, ranks, path, scale=1.0, exact=True, names=None, stagger=False):
 
 
 @pytest.mark.parametrize("n", [2, 3])
-@pytest.mark.parametrize("path", ["a", "b"])
+@pytest.mark.parametrize("path", ["horovod", "ring"])
 def test_different_hand_over_orders_and_missing_gradients(path, n, tmp_path):
     # Horovod's test_force_allreduce: rank-dependent backward orders, some
     # parameters without a gradient on some ranks (sent as zeros).
     job = run_mpi(n, "torch_features.py", tmp_path, "order", "--path", path,
                   "--steps", str(STEPS), timeout=240).check_ok()
-    check(job, range(n), path, exact=(path == "b" or n == 2))
+    check(job, range(n), path, exact=(path == "ring" or n == 2))
 
 
 @pytest.mark.parametrize("launcher", ["mpirun", "gloo"])
@@ -69,15 +69,15 @@ def test_different_orders_through_horovods_broadcast(launcher, tmp_path):
     job = run_mpi(3, "torch_features.py", tmp_path, "order", "--steps", str(STEPS),
                   env={"HOROVOD_SCALECOM_INDEX_SHARE": "horovod"},
                   gloo=(launcher == "gloo"), timeout=240).check_ok()
-    check(job, range(3), "a", exact=False)
+    check(job, range(3), "horovod", exact=False)
 
 
 @pytest.mark.parametrize("n", [2, 3])
-@pytest.mark.parametrize("path", ["a", "b"])
+@pytest.mark.parametrize("path", ["horovod", "ring"])
 def test_sparse_as_dense(path, n, tmp_path):
     job = run_mpi(n, "torch_features.py", tmp_path, "sparse", "--path", path,
                   "--steps", str(STEPS), timeout=240).check_ok()
-    check(job, range(n), path, exact=(path == "b" or n == 2))
+    check(job, range(n), path, exact=(path == "ring" or n == 2))
 
 
 @pytest.mark.parametrize("share", ["mpi", "horovod"])
@@ -85,7 +85,7 @@ def test_staggered_leaders(share, tmp_path):
     # Each tensor its own leader; one hand-over order; receives as they come.
     job = run_mpi(3, "torch_features.py", tmp_path, "stagger", "--steps", str(STEPS),
                   env={"HOROVOD_SCALECOM_INDEX_SHARE": share}, timeout=240).check_ok()
-    check(job, range(3), "a", exact=False, stagger=True)
+    check(job, range(3), "horovod", exact=False, stagger=True)
 
 
 @pytest.mark.parametrize("share", ["mpi", "horovod"])
@@ -98,7 +98,7 @@ def test_sparse_gradient_without_sparse_as_dense_goes_around_with_a_warning(shar
     for r in range(3):
         assert job.result(r)["warned"][0], f"rank {r} did not warn about the sparse gradient"
         assert job.result(r)["open_receives"][0] == 0, f"rank {r} kept a receive open"
-    check(job, range(3), "a", exact=False, names=["w"])
+    check(job, range(3), "horovod", exact=False, names=["w"])
     results = [job.result(r) for r in range(3)]
     for step in range(STEPS):
         mean = np.mean([res[f"in/{step}/emb"] for res in results], 0)
@@ -112,28 +112,28 @@ def test_sum_and_predivide(case, n, tmp_path):
     # Horovod sums the k values (op=Sum), or pre-divides by 2 and post-multiplies.
     job = run_mpi(n, "torch_features.py", tmp_path, case, "--steps", str(STEPS),
                   timeout=240).check_ok()
-    check(job, range(n), "a", scale=float(n) if case == "sum" else 1.0, exact=False)
+    check(job, range(n), "horovod", scale=float(n) if case == "sum" else 1.0, exact=False)
 
 
 def test_process_set(tmp_path):
     # ScaleCom and the optimizer over ranks 0 and 1 of 3: the reference of two.
     job = run_mpi(3, "torch_features.py", tmp_path, "process_set", "--steps", str(STEPS),
                   timeout=240).check_ok()
-    check(job, range(2), "a")
+    check(job, range(2), "horovod")
 
 
 @pytest.mark.parametrize("path,case,n,ranks,message", [
-    ("a", "refuse_adasum", 2, 1, "op=hvd.Adasum exchanges the parameters' updates"),
-    ("a", "refuse_adasum", 3, 2, "op=hvd.Adasum exchanges the parameters' updates"),
-    ("a", "refuse_min", 2, 1, "op=hvd.Min is not supported; ScaleCom averages or sums"),
-    ("a", "refuse_min", 3, 2, "op=hvd.Min is not supported; ScaleCom averages or sums"),
+    ("horovod", "refuse_adasum", 2, 1, "op=hvd.Adasum exchanges the parameters' updates"),
+    ("horovod", "refuse_adasum", 3, 2, "op=hvd.Adasum exchanges the parameters' updates"),
+    ("horovod", "refuse_min", 2, 1, "op=hvd.Min is not supported; ScaleCom averages or sums"),
+    ("horovod", "refuse_min", 3, 2, "op=hvd.Min is not supported; ScaleCom averages or sums"),
     # A process set of ranks 0..n-2 needs 3 ranks to be a set of more than one.
-    ("a", "refuse_ps_optimizer", 3, 2,
+    ("horovod", "refuse_ps_optimizer", 3, 2,
      "the optimizer reduces over the process set of ranks [0, 1]"),
-    ("a", "refuse_ps_scalecom", 3, 3, "ScaleCom was built for the process set of ranks [0, 1]"),
-    ("b", "refuse_adasum", 2, 1, "op must be hvd.Average"),
-    ("b", "refuse_adasum", 3, 2, "op must be hvd.Average"),
-    ("b", "refuse_ps_ring", 3, 2, "process_set"),
+    ("horovod", "refuse_ps_scalecom", 3, 3, "ScaleCom was built for the process set of ranks [0, 1]"),
+    ("ring", "refuse_adasum", 2, 1, "op must be hvd.Average"),
+    ("ring", "refuse_adasum", 3, 2, "op must be hvd.Average"),
+    ("ring", "refuse_ps_ring", 3, 2, "process_set"),
 ])
 def test_refused_with_the_argument_named(path, case, n, ranks, message, tmp_path):
     job = run_mpi(n, "torch_features.py", tmp_path, case, "--path", path, timeout=180)
@@ -153,14 +153,14 @@ def test_tensorflow_features(case, n, scale, ranks, tmp_path):
     job = run_mpi(n, "tf_features.py", tmp_path, case, "--steps", str(STEPS),
                   timeout=300).check_ok()
     exact = scale == 1.0 and ranks == 2 and case != "predivide"
-    check(job, range(ranks), "a", scale=scale, exact=exact)
+    check(job, range(ranks), "horovod", scale=scale, exact=exact)
 
 
 def test_tensorflow_different_orders_under_gloo(tmp_path):
     # Horovod's Gloo controller: the same held-back gradients on 3 ranks.
     job = run_mpi(3, "tf_features.py", tmp_path, "order", "--steps", str(STEPS), gloo=True,
                   timeout=300).check_ok()
-    check(job, range(3), "a", exact=False)
+    check(job, range(3), "horovod", exact=False)
 
 
 @pytest.mark.parametrize("case,n,ranks,message", [

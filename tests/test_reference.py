@@ -8,8 +8,8 @@ import pytest
 from horovod_scalecom import bytes_model
 from horovod_scalecom.config import AGREED, ScaleComConfig, disagreement, num_selected
 from horovod_scalecom.reference import (
-    PathASimulator, PathBSimulator, accumulate, gather_and_update, scatter, topk_indices)
-from horovod_scalecom.reference.path_a import allreduce_mean
+    HorovodPathSimulator, RingSimulator, accumulate, gather_and_update, scatter, topk_indices)
+from horovod_scalecom.reference.horovod_path import allreduce_mean
 from horovod_scalecom.schedule import chunk_bounds, chunk_owner, leader, owned_chunk
 
 F32 = np.float32
@@ -174,14 +174,14 @@ def test_cltk_commutes_with_the_mean():
     np.testing.assert_allclose(lhs, rhs, rtol=1e-6, atol=1e-7)
 
 
-# --- path A -----------------------------------------------------------------
+# --- the Horovod path -----------------------------------------------------------------
 
 @pytest.mark.parametrize("stagger", [False, True], ids=["one-leader", "staggered"])
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
-def test_path_a_matches_step_by_step_spec(n, stagger):
+def test_horovod_path_matches_step_by_step_spec(n, stagger):
     rng = np.random.default_rng(10 + n)
     cfg = ScaleComConfig(ratio=0.05, beta=0.2, min_numel=0, clip_factor=None)
-    sim = PathASimulator(n, cfg, stagger=stagger)
+    sim = HorovodPathSimulator(n, cfg, stagger=stagger)
     shapes = {"w1": (40,), "w2": (7, 9)}
     mem = {name: [np.zeros(int(np.prod(s)), F32) for _ in range(n)] for name, s in shapes.items()}
     for t in range(6):
@@ -209,9 +209,9 @@ def test_path_a_matches_step_by_step_spec(n, stagger):
                 np.testing.assert_array_equal(out, expected)
 
 
-def test_path_a_dense_cases_leave_memory_alone():
+def test_horovod_path_dense_cases_leave_memory_alone():
     rng = np.random.default_rng(5)
-    sim = PathASimulator(2, ScaleComConfig(ratio=0.1, warmup_steps=2, min_numel=10))
+    sim = HorovodPathSimulator(2, ScaleComConfig(ratio=0.1, warmup_steps=2, min_numel=10))
     for _ in range(2):
         grads = [rand(rng, 20) for _ in range(2)]
         res = sim.step("big", grads)
@@ -225,9 +225,9 @@ def test_path_a_dense_cases_leave_memory_alone():
     assert ints.indices is None
 
 
-def test_path_a_ratio_one_is_dense_allreduce():
+def test_horovod_path_ratio_one_is_dense_allreduce():
     rng = np.random.default_rng(6)
-    sim = PathASimulator(3, ScaleComConfig(ratio=1.0, beta=1.0, min_numel=0, clip_factor=None))
+    sim = HorovodPathSimulator(3, ScaleComConfig(ratio=1.0, beta=1.0, min_numel=0, clip_factor=None))
     for _ in range(4):
         grads = [rand(rng, 33) for _ in range(3)]
         res = sim.step("w", grads)
@@ -235,9 +235,9 @@ def test_path_a_ratio_one_is_dense_allreduce():
         np.testing.assert_array_equal(sim.memory("w", 0), np.zeros(33, F32))
 
 
-# --- path B -----------------------------------------------------------------
+# --- the ring ---------------------------------------------------------------------
 
-def brute_path_b(mems, grads, t, ratio, beta):
+def brute_ring(mems, grads, t, ratio, beta):
     """Chunk by chunk with Python lists and the brute-force top-k."""
     n, numel = len(grads), grads[0].size
     ps = [m + g for m, g in zip(mems, grads)]
@@ -260,23 +260,23 @@ def brute_path_b(mems, grads, t, ratio, beta):
 
 
 @pytest.mark.parametrize("n,numel", [(2, 50), (3, 50), (5, 101), (4, 3), (7, 20), (3, 1)])
-def test_path_b_matches_brute_force(n, numel):
+def test_ring_matches_brute_force(n, numel):
     rng = np.random.default_rng(n * 100 + numel)
     ratio, beta = 0.1, 0.25
-    sim = PathBSimulator(n, ScaleComConfig(ratio=ratio, beta=beta, min_numel=0, clip_factor=None))
+    sim = RingSimulator(n, ScaleComConfig(ratio=ratio, beta=beta, min_numel=0, clip_factor=None))
     mems = [np.zeros(numel, F32) for _ in range(n)]
     for t in range(2 * n + 1):
         grads = [rand(rng, numel) for _ in range(n)]
         res = sim.step({"w": grads})["w"]
-        expected, mems = brute_path_b(mems, grads, t, ratio, beta)
+        expected, mems = brute_ring(mems, grads, t, ratio, beta)
         for r in range(n):
             np.testing.assert_array_equal(res.outputs[r], expected)
             np.testing.assert_array_equal(sim.memory["w"][r], mems[r])
 
 
-def test_path_b_chunk_smaller_than_its_k():
+def test_ring_chunk_smaller_than_its_k():
     """ratio 1 with chunks of one element: every element is selected."""
-    sim = PathBSimulator(4, ScaleComConfig(ratio=1.0, beta=0.5, min_numel=0, clip_factor=None))
+    sim = RingSimulator(4, ScaleComConfig(ratio=1.0, beta=0.5, min_numel=0, clip_factor=None))
     grads = [np.arange(5, dtype=F32) + r for r in range(4)]
     res = sim.step({"w": grads})["w"]
     np.testing.assert_array_equal(res.indices, np.arange(5))
@@ -284,10 +284,10 @@ def test_path_b_chunk_smaller_than_its_k():
     assert [c.size for c in res.chunk_indices] == [2, 1, 1, 1]
 
 
-def test_path_b_selection_owner_rotates():
+def test_ring_selection_owner_rotates():
     n, numel = 3, 30
     for t in range(n):
-        sim = PathBSimulator(n, ScaleComConfig(ratio=0.1, beta=1.0, min_numel=0, clip_factor=None))
+        sim = RingSimulator(n, ScaleComConfig(ratio=0.1, beta=1.0, min_numel=0, clip_factor=None))
         sim.steps["w"] = t      # fresh (zero) memory, step t of the schedule
         # Only rank (j + t) % n has a large entry in chunk j: the owner's pick wins.
         grads = [np.zeros(numel, F32) for _ in range(n)]
@@ -303,22 +303,22 @@ def test_path_b_selection_owner_rotates():
 # --- bytes on the wire -------------------------------------------------------
 
 @pytest.mark.parametrize("n", [2, 3, 4, 8])
-def test_path_b_bytes_equal_the_formula(n):
+def test_ring_bytes_equal_the_formula(n):
     numel = 1000 * n               # equal chunks of 1000, k_j = 10
-    sim = PathBSimulator(n, ScaleComConfig(ratio=0.01, min_numel=0))
+    sim = RingSimulator(n, ScaleComConfig(ratio=0.01, min_numel=0))
     rng = np.random.default_rng(n)
     sim.step({"a": [rand(rng, numel) for _ in range(n)], "b": [rand(rng, numel) for _ in range(n)]})
     k = 10 * n
-    per_tensor = bytes_model.path_b(k, n)
+    per_tensor = bytes_model.ring(k, n)
     assert per_tensor == 12 * k * (n - 1) / n
     np.testing.assert_array_equal(sim.last_bytes, [2 * per_tensor] * n)
 
 
-def test_path_b_bytes_do_not_grow_with_n():
+def test_ring_bytes_do_not_grow_with_n():
     numel = 1 << 16
     per_rank = {}
     for n in (2, 4, 8):
-        sim = PathBSimulator(n, ScaleComConfig(ratio=0.01, min_numel=0))
+        sim = RingSimulator(n, ScaleComConfig(ratio=0.01, min_numel=0))
         sim.step({"w": [np.ones(numel, F32) for _ in range(n)]})
         per_rank[n] = sim.last_bytes
     k = num_selected(numel // 8, 0.01) * 8          # chunk sizes divide evenly
@@ -332,13 +332,13 @@ def test_path_b_bytes_do_not_grow_with_n():
 def test_byte_model_formulas():
     N, n, k = 1_000_000, 4, 10_000
     assert bytes_model.dense_ring_allreduce(N, n) == 8 * N * 3 / 4
-    assert bytes_model.path_a(k, n) == 4 * k + 8 * k * 3 / 4
+    assert bytes_model.horovod_path(k, n) == 4 * k + 8 * k * 3 / 4
     assert bytes_model.topk_allgather(k, n) == 8 * k * 3
-    # At ratio 0.01 path B moves about 1/66 of dense.
-    assert 60 < bytes_model.dense_ring_allreduce(N, n) / bytes_model.path_b(k, n) < 70
-    sim = PathASimulator(n, ScaleComConfig(ratio=0.01, min_numel=0))
+    # At ratio 0.01 the ring moves about 1/66 of dense.
+    assert 60 < bytes_model.dense_ring_allreduce(N, n) / bytes_model.ring(k, n) < 70
+    sim = HorovodPathSimulator(n, ScaleComConfig(ratio=0.01, min_numel=0))
     res = sim.step("w", [np.ones(N, F32)] * n)
-    assert res.bytes_sent == [bytes_model.path_a(k, n)] * n
+    assert res.bytes_sent == [bytes_model.horovod_path(k, n)] * n
 
 
 def test_nonfinite_updates_leave_the_memory_alone():
@@ -349,13 +349,13 @@ def test_nonfinite_updates_leave_the_memory_alone():
     assert np.isnan(c[0])
 
 
-@pytest.mark.parametrize("simulator", [PathASimulator, PathBSimulator])
+@pytest.mark.parametrize("simulator", [HorovodPathSimulator, RingSimulator])
 def test_simulators_refuse_clip_norm_they_would_ignore(simulator):
     with pytest.raises(ValueError, match="do not apply clip_norm"):
         simulator(2, ScaleComConfig(clip_norm=1.0))
 
 
-def test_path_a_simulator_staggers_as_the_config_says():
-    staggered = PathASimulator(3, ScaleComConfig(stagger_leaders=True, min_numel=0))
+def test_horovod_path_simulator_staggers_as_the_config_says():
+    staggered = HorovodPathSimulator(3, ScaleComConfig(stagger_leaders=True, min_numel=0))
     for i, name in enumerate("abc"):
         assert staggered.register(name, 10).offset == i

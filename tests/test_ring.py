@@ -1,4 +1,4 @@
-"""Path B under real `mpirun -np N`: horovod_scalecom.torch.DistributedOptimizer and the
+"""The ScaleCom ring under real `mpirun -np N`: horovod_scalecom.torch.DistributedOptimizer and the
 C++ ring engine against the NumPy ring simulator, bytes included."""
 
 import os
@@ -12,8 +12,8 @@ import pytest
 
 from horovod_scalecom import bytes_model  # noqa: E402
 from horovod_scalecom.config import ScaleComConfig, num_selected  # noqa: E402
-from horovod_scalecom.reference import PathBSimulator  # noqa: E402
-from horovod_scalecom.reference.path_a import allreduce_mean  # noqa: E402
+from horovod_scalecom.reference import RingSimulator  # noqa: E402
+from horovod_scalecom.reference.horovod_path import allreduce_mean  # noqa: E402
 
 from mpi import run_bounded, run_mpi, requires  # noqa: E402
 
@@ -31,7 +31,7 @@ def rank_gradient(r, step, i, shape, dynamic=False):
 
 
 def check(job, n, steps, cfg, shapes, dynamic=False):
-    sim = PathBSimulator(n, cfg)
+    sim = RingSimulator(n, cfg)
     results = [job.result(r) for r in range(n)]
     for step in range(steps):
         grads = {name: [rank_gradient(r, step, i, shape, dynamic) for r in range(n)]
@@ -77,7 +77,7 @@ def test_ring_matches_reference_bitwise(n, tmp_path):
 
 
 def test_ring_gradients_in_different_orders_and_sets_per_rank(tmp_path):
-    """Path B exchanges at step(), in registration order: ranks whose backward
+    """The ring exchanges at step(), in registration order: ranks whose backward
     passes produce gradients in different orders, or not at all, still agree."""
     cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
     job = run_mpi(3, "torch_ring.py", tmp_path, "sequence", "--steps", "6", "--dynamic",
@@ -246,7 +246,7 @@ def test_ring_bytes_bounded_in_n(tmp_path):
                for n in (2, 4, 8)}
     for n, sent in per_rank.items():
         assert max(sent) <= 12 * k_total[n]
-        assert abs(np.mean(sent) - bytes_model.path_b(k_total[n], n)) <= 12 * n
+        assert abs(np.mean(sent) - bytes_model.ring(k_total[n], n)) <= 12 * n
     grow = np.mean(per_rank[8]) / np.mean(per_rank[2])
     assert grow < 1.9, f"bytes per rank grew {grow:.2f}x from n=2 to n=8"
     assert bytes_model.topk_allgather(k_total[8], 8) / bytes_model.topk_allgather(
@@ -262,7 +262,7 @@ def test_rank_failing_mid_step_ends_every_rank(tmp_path):
     assert time.monotonic() - start < 90
 
 
-# --- the TensorFlow frontends of path B (their own mpirun jobs) ---------------------
+# --- the TensorFlow frontends of the ring (their own mpirun jobs) ---------------------
 
 @pytest.mark.parametrize("n,extra", [(2, ()), (3, ("--function",))])
 def test_tf_tape_ring_matches_reference_bitwise(n, extra, tmp_path):

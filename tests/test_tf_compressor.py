@@ -13,7 +13,7 @@ import pytest
 
 from horovod_scalecom import bytes_model  # noqa: E402
 from horovod_scalecom.config import ScaleComConfig  # noqa: E402
-from horovod_scalecom.reference import PathASimulator  # noqa: E402
+from horovod_scalecom.reference import HorovodPathSimulator  # noqa: E402
 from horovod_scalecom.stats import TIMINGS, last_step, new_record  # noqa: E402
 
 from compressor_check import NAMES, check  # noqa: E402
@@ -41,7 +41,7 @@ def check_stats(job, n, steps, cfg, shapes=None, ring=False, seed=0):
     leader, bytes_sent and index_share are not checked. Returns how often
     the clip fired."""
     shapes = shapes or dict(zip(NAMES, SHAPES.values()))
-    sim = PathASimulator(n, cfg)
+    sim = HorovodPathSimulator(n, cfg)
     results = [job.result(r) for r in range(n)]
     fired = 0
     for step in range(steps):
@@ -74,7 +74,7 @@ def check_stats(job, n, steps, cfg, shapes=None, ring=False, seed=0):
                 assert record["k"] == cfg.k(numel), what
                 if not ring:
                     assert record["leader"] == expected[name].leader, what
-                    assert record["bytes_sent"] == bytes_model.path_a(cfg.k(numel), n), what
+                    assert record["bytes_sent"] == bytes_model.horovod_path(cfg.k(numel), n), what
                 assert record["grad_norm"] == clip.norm, what
                 assert record["clip_scale"] == float(clip.scale), what
                 clipped += int(clip.scale < 1)
@@ -230,7 +230,7 @@ def test_share_timeout_bounds_the_tf_ring_wait(tmp_path):
     assert elapsed < 55, f"the job took {elapsed:.0f} s to end"
 
 
-@pytest.mark.parametrize("path", ["a", "b"])
+@pytest.mark.parametrize("path", ["horovod", "ring"])
 def test_ranks_that_disagree_on_the_configuration_fail_clearly(path, tmp_path):
     # Rank 1 has another beta, no clip_norm and no relative clip: before, the
     # compressor trained on with different memories and the ring too (the
@@ -242,7 +242,7 @@ def test_ranks_that_disagree_on_the_configuration_fail_clearly(path, tmp_path):
                                    "clip_norm 0, clip_factor 0)")
 
 
-@pytest.mark.parametrize("path", ["a", "b"])
+@pytest.mark.parametrize("path", ["horovod", "ring"])
 def test_one_scalecom_for_two_variable_lists_fails_clearly(path, tmp_path):
     # Before: the second model's gradient silently got a memory entry of its own
     # at the first one's position (and shared it whenever the shapes matched).
@@ -252,7 +252,7 @@ def test_one_scalecom_for_two_variable_lists_fails_clearly(path, tmp_path):
                                    "had [64, 32] there")
 
 
-def test_path_a_under_horovodrun_gloo(tmp_path):
+def test_horovod_path_under_horovodrun_gloo(tmp_path):
     # As the torch frontend: Horovod's Gloo controller, no MPI, inside tf.function.
     job = run_mpi(2, "tf_compressor.py", tmp_path, "sequence", "--steps", "6", "--function",
                   timeout=300, gloo=True).check_ok()

@@ -44,8 +44,8 @@ def test_index_share_over_mpi_or_horovod_matches_reference(share, tmp_path):
     assert {str(r["stats/index_share"]) for r in results} == {share}
 
 
-def test_path_a_under_horovodrun_gloo(tmp_path):
-    # Path A uses Horovod's own collectives only, so it runs under the Gloo
+def test_horovod_path_under_horovodrun_gloo(tmp_path):
+    # The Horovod path uses Horovod's own collectives only, so it runs under the Gloo
     # controller too (no MPI): bitwise the reference on 2 ranks.
     cfg = ScaleComConfig(ratio=0.05, beta=0.1, min_numel=100)
     job = run_mpi(2, "torch_compressor.py", tmp_path, "sequence", "--steps", "6",
@@ -108,7 +108,7 @@ def test_bad_input_fails_clearly_on_every_rank(case, args, message, tmp_path):
     job.assert_error_on_every_rank(message)
 
 
-@pytest.mark.parametrize("path", ["a", "b"])
+@pytest.mark.parametrize("path", ["horovod", "ring"])
 @pytest.mark.parametrize("case,message", [
     ("numel", "ranks disagree on parameter names/sizes checksum"),
     ("extra_param", "ranks disagree on number of parameters"),
@@ -117,8 +117,8 @@ def test_bad_input_fails_clearly_on_every_rank(case, args, message, tmp_path):
     ("sparse", "is sparse"),
 ])
 def test_ranks_or_steps_that_disagree_fail_clearly(path, case, message, tmp_path):
-    if case == "sparse" and path == "a":
-        pytest.skip("path A hands sparse gradients to Horovod: test_documented_edge_inputs")
+    if case == "sparse" and path == "horovod":
+        pytest.skip("the Horovod path hands sparse gradients to Horovod: test_documented_edge_inputs")
     job = run_mpi(2, "torch_compressor.py", tmp_path, "bad", "--case", case, "--path", path,
                   timeout=120)
     job.assert_error_on_every_rank(message)
@@ -131,7 +131,7 @@ def test_noncontiguous_gradients(tmp_path):
     check(job, 2, 6, cfg, exact=True)
 
 
-@pytest.mark.parametrize("path", ["a", "b"])
+@pytest.mark.parametrize("path", ["horovod", "ring"])
 def test_documented_edge_inputs(path, tmp_path):
     from workers.common import gradient
     job = run_mpi(2, "torch_compressor.py", tmp_path, "edge", "--path", path,
@@ -144,7 +144,7 @@ def test_documented_edge_inputs(path, tmp_path):
         expected = (gradient(0, 0, step, 9, (3000,)).astype(np.float64)
                     + gradient(0, 1, step, 9, (3000,)).astype(np.float64)) / 2
         np.testing.assert_array_equal(res[f"out/{step}/wide"], expected)
-        if path == "a":         # rows step, 7 and 8 were looked up (by one rank each for 7, 8)
+        if path == "horovod":         # rows step, 7 and 8 were looked up (by one rank each for 7, 8)
             emb = res[f"out/{step}/emb.weight"]
             assert set(np.flatnonzero(np.abs(emb).sum(1))) == {step, 7, 8}
 

@@ -10,12 +10,12 @@ real data that ships inside scikit-learn, its 8x8 handwritten digits (1,797
 images; the first 1,200 of a fixed shuffle train, the other 597 test).
 Every step draws one global batch, splits it into n equal per-worker batches, takes each worker's gradient
 (torch.func.vmap) and hands the n gradients of every tensor to a simulator of
-``horovod_scalecom.reference``: PathASimulator (ScaleCom through Horovod's
+``horovod_scalecom.reference``: HorovodPathSimulator (ScaleCom through Horovod's
 allreduce) for ScaleCom (beta 0.1) and classic error feedback (the same CLT-k
 with beta 1), TopkAllgatherSimulator for local top-k + allgather. The
 averaged gradient then goes to an ordinary torch SGD with momentum, as after
 hvd.DistributedOptimizer. The real ScaleCom compressor under
-hvd.DistributedOptimizer is bitwise equal to PathASimulator for n = 2 and
+hvd.DistributedOptimizer is bitwise equal to HorovodPathSimulator for n = 2 and
 equal up to MPI's summation order above (tests/test_torch_compressor.py), so
 the n workers here train as n real ranks would, at a cost that lets n reach
 256 on a laptop.
@@ -42,8 +42,8 @@ from torch.func import functional_call, grad_and_value, vmap
 from horovod_scalecom import bytes_model
 from horovod_scalecom.benchmarks.synthetic import make_data
 from horovod_scalecom.config import DEFAULT_CLIP_FACTOR, ScaleComConfig
-from horovod_scalecom.reference import PathASimulator, TopkAllgatherSimulator
-from horovod_scalecom.reference.path_a import allreduce_mean
+from horovod_scalecom.reference import HorovodPathSimulator, TopkAllgatherSimulator
+from horovod_scalecom.reference.horovod_path import allreduce_mean
 
 METHODS = ("dense", "scalecom", "ef", "topk")
 # The two learning-rate settings of docs/convergence.md; everything else is shared.
@@ -110,10 +110,10 @@ def make_simulator(spec: RunSpec):
                             clip_factor=spec.clip_factor if spec.method != "topk" else None)
     if spec.method == "topk":
         return TopkAllgatherSimulator(spec.ranks, config)
-    return PathASimulator(spec.ranks, config)
+    return HorovodPathSimulator(spec.ranks, config)
 
 
-def own_topk_overlap(sim: PathASimulator, name: str, grads: np.ndarray, k: int) -> list:
+def own_topk_overlap(sim: HorovodPathSimulator, name: str, grads: np.ndarray, k: int) -> list:
     """Each worker's own top-k set of p_r = m_r + g_r, before the step updates m_r."""
     if name not in sim.tensors:
         return []

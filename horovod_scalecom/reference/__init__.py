@@ -2,10 +2,10 @@
 
 * :mod:`.core`: one worker's arithmetic (top-k with its tie rule, the fused
   gather and low-pass memory update, the dense output).
-* :mod:`.path_a`: n workers in one process, CLT-k with a cyclic leader and an
+* :mod:`.horovod_path`: n workers in one process, CLT-k with a cyclic leader and an
   allreduce of the k values: ScaleCom through Horovod's allreduce (the
   drop-in Horovod compressor).
-* :mod:`.path_b`: n workers in one process, the ScaleCom ring: the compressed
+* :mod:`.ring_path`: n workers in one process, the ScaleCom ring: the compressed
   ring allreduce with chunk-wise cyclic owners.
 * :mod:`.topk_allgather`: the baseline, local top-k + allgather + classic
   error feedback (GRACE / DGC), for the convergence study.
@@ -19,8 +19,8 @@ from horovod_scalecom.reference.core import (
     scatter,
     topk_indices,
 )
-from horovod_scalecom.reference.path_a import PathASimulator
-from horovod_scalecom.reference.path_b import PathBSimulator, ring_exchange
+from horovod_scalecom.reference.horovod_path import HorovodPathSimulator
+from horovod_scalecom.reference.ring_path import RingSimulator, ring_exchange
 from horovod_scalecom.reference.topk_allgather import TopkAllgatherSimulator
 
 __all__ = [
@@ -28,8 +28,8 @@ __all__ = [
     "gather_and_update",
     "scatter",
     "topk_indices",
-    "PathASimulator",
-    "PathBSimulator",
+    "HorovodPathSimulator",
+    "RingSimulator",
     "ring_exchange",
     "TopkAllgatherSimulator",
 ]

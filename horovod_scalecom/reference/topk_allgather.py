@@ -16,7 +16,7 @@ import numpy as np
 
 from horovod_scalecom import bytes_model
 from horovod_scalecom.reference.core import F32, accumulate, topk_indices
-from horovod_scalecom.reference.path_a import StepResult, allreduce_mean
+from horovod_scalecom.reference.horovod_path import StepResult, allreduce_mean
 from horovod_scalecom.reference.workers import Workers
 
 

@@ -72,7 +72,7 @@ def host_ops(path):
 
 def route_through_kernels_library(compression, path, optimizer=None):
     """Every compressed tensor, CPU ones too, through the CUDA code path
-    (host_ops): torch's CudaOps and, given a path B `optimizer`, the ring's
+    (host_ops): torch's CudaOps and, given a ring `optimizer`, the ring's
     device buffers, which then treat host tensors as device 0's."""
     ops = host_ops(path)
     compression.state.kernels = lambda tensor, name: ops

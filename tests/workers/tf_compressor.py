@@ -148,7 +148,7 @@ def tape_train(args, out):
         def train_step(x, y):
             with tf.GradientTape() as tape:
                 loss = loss_fn(y, model(x, training=True))
-            if args.path == "a":
+            if args.path == "horovod":
                 tape = hvd.DistributedGradientTape(tape, compression=compression)
             else:
                 tape = DistributedGradientTape(tape, compression=compression)
@@ -209,7 +209,7 @@ def bad(args, out):
         args.clip_factor = args.clip_factor if hvd.rank() == 0 else 0.0
         args.steps = 2
         wrap = (lambda tape, compression: hvd.DistributedGradientTape(
-            tape, compression=compression)) if args.path == "a" else (
+            tape, compression=compression)) if args.path == "horovod" else (
             lambda tape, compression: DistributedGradientTape(tape, compression))
         feed(args, out, dict(zip(NAMES, SHAPES.values())), wrap)
     elif args.case == "two_models":
@@ -221,7 +221,7 @@ def bad(args, out):
             variables = models[step]
             with tf.GradientTape() as tape:
                 loss = tf.reduce_sum(variables[0] * variables[0])
-            if args.path == "a":
+            if args.path == "horovod":
                 tape = hvd.DistributedGradientTape(tape, compression=compression)
             else:
                 tape = DistributedGradientTape(tape, compression=compression)
@@ -246,7 +246,7 @@ def main():
     parser.add_argument("--ckpt", default="")
     parser.add_argument("--case", default="")
     parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--path", choices=["a", "b"], default="a")
+    parser.add_argument("--path", choices=["horovod", "ring"], default="horovod")
     parser.add_argument("--kill-at", type=int, default=-1)
     parser.add_argument("--inject", action="store_true", help="NaN/Inf in one gradient")
     parser.add_argument("--clip", type=float, default=0.0, help="ScaleCom(clip_norm=...)")

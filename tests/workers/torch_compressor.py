@@ -101,8 +101,8 @@ class MLP(torch.nn.Module):
 
 
 def optimizer(args, model, compression, lr=0.1):
-    """Path A: Horovod's DistributedOptimizer; path B: the ring's."""
-    wrap = hvd.DistributedOptimizer if args.path == "a" else DistributedOptimizer
+    """The Horovod path: Horovod's DistributedOptimizer; the ring: ours."""
+    wrap = hvd.DistributedOptimizer if args.path == "horovod" else DistributedOptimizer
     return wrap(torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
                 named_parameters=model.named_parameters(), compression=compression)
 
@@ -167,8 +167,8 @@ def bad(args, out):
         opt.step()
     elif args.case == "shape_change":
         # Autograd refuses a gradient of a new shape, so the gradients are handed
-        # over directly: to the ring's synchronize (path B), or to compress in one
-        # fixed order (path A; Horovod's synchronize would visit them in set order).
+        # over directly: to the ring's synchronize (the ring), or to compress in one
+        # fixed order (the Horovod path; Horovod's synchronize would visit them in set order).
         compression = ScaleCom(model, min_numel=0)
         opt = optimizer(args, model, compression)
         for width in (32, 16):
@@ -176,12 +176,12 @@ def bad(args, out):
                 model.fc1.weight.data = torch.zeros(64, width)   # model surgery between steps
             for p in model.parameters():
                 p.grad = torch.randn_like(p)
-            if args.path == "b":
+            if args.path == "ring":
                 opt.synchronize()
             else:
                 for p in model.parameters():
                     compression.compress(p.grad)
-    elif args.case == "sparse":      # path B; path A hands them to Horovod (see edge)
+    elif args.case == "sparse":      # the ring; the Horovod path hands them to Horovod (see edge)
         emb = torch.nn.Embedding(100, 16, sparse=True)
         opt = optimizer(args, emb, ScaleCom(emb, min_numel=0))
         emb(torch.tensor([1, 2, 3])).sum().backward()
@@ -193,20 +193,20 @@ def bad(args, out):
 
 def edge(args, out):
     """Inputs with a documented behaviour: an empty parameter, a float64 one
-    (both sent dense), and in path A a sparse embedding (Horovod's sparse
+    (both sent dense), and in the Horovod path a sparse embedding (Horovod's sparse
     allreduce, uncompressed)."""
     torch.manual_seed(0)
     model = MLP()
     model.empty = torch.nn.Parameter(torch.zeros(0))
     model.wide = torch.nn.Parameter(torch.zeros(3000, dtype=torch.float64))
-    if args.path == "a":
+    if args.path == "horovod":
         model.emb = torch.nn.Embedding(50, 8, sparse=True)
     opt = optimizer(args, model, ScaleCom(model, ratio=0.01, min_numel=0))
     result = {}
     for step in range(3):
         g = torch.from_numpy(gradient(args.seed, hvd.rank(), step, 9, (3000,))).double()
         loss = model(torch.randn(4, 32)).sum() + (model.wide * g).sum() + model.empty.sum()
-        if args.path == "a":
+        if args.path == "horovod":
             loss = loss + model.emb(torch.tensor([step, 7 + hvd.rank()])).sum()
         opt.zero_grad()
         loss.backward()
@@ -236,7 +236,7 @@ def main():
     parser.add_argument("--start-at", type=int, default=0)
     parser.add_argument("--ckpt", default="")
     parser.add_argument("--case", default="")
-    parser.add_argument("--path", choices=["a", "b"], default="a")
+    parser.add_argument("--path", choices=["horovod", "ring"], default="horovod")
     parser.add_argument("--kill-at", type=int, default=-1)
     parser.add_argument("--noncontig", action="store_true")
     parser.add_argument("--inject", action="store_true", help="NaN/Inf in one gradient")

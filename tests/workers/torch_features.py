@@ -41,7 +41,7 @@ CFG = dict(ratio=0.05, beta=0.1, min_numel=100)
 
 def make_optimizer(args, model, compression, base=None, **kw):
     base = base or torch.optim.SGD(model.parameters(), lr=0.0)
-    wrap = hvd.DistributedOptimizer if args.path == "a" else DistributedOptimizer
+    wrap = hvd.DistributedOptimizer if args.path == "horovod" else DistributedOptimizer
     return wrap(base, named_parameters=model.named_parameters(), compression=compression, **kw)
 
 
@@ -186,7 +186,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("outdir")
     parser.add_argument("case")
-    parser.add_argument("--path", choices=["a", "b"], default="a")
+    parser.add_argument("--path", choices=["horovod", "ring"], default="horovod")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""mpirun worker: path B, horovod_scalecom.torch.DistributedOptimizer.
+"""mpirun worker: the ScaleCom ring, horovod_scalecom.torch.DistributedOptimizer.
 
 usage: torch_ring.py OUTDIR MODE [options]
 """

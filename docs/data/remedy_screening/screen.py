@@ -4,7 +4,7 @@ from sklearn.datasets import load_digits
 from horovod_scalecom.reference.core import accumulate, topk_indices, gather_and_update, scatter, F32
 from horovod_scalecom.config import ScaleComConfig
 from horovod_scalecom.schedule import leader
-from horovod_scalecom.reference.path_a import allreduce_mean
+from horovod_scalecom.reference.horovod_path import allreduce_mean
 
 def data(seed=0):
     d = load_digits(); x = (d.data / 16.0).astype(np.float32); y = d.target.astype(np.int64)

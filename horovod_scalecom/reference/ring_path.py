@@ -83,7 +83,7 @@ def ring_exchange(memories: Sequence[np.ndarray], grads: Sequence[np.ndarray],
     return result, new_memories, sent
 
 
-class PathBSimulator(Workers):
+class RingSimulator(Workers):
     """All n workers of the ScaleCom ring in one process; one call per training step.
 
     ``step({name: [grad_rank0, ..., grad_rank{n-1}]})`` exchanges every

@@ -42,7 +42,7 @@ class _TensorState:
     memory: list[np.ndarray] = field(default_factory=list)
 
 
-class PathASimulator:
+class HorovodPathSimulator:
     """All n workers of ScaleCom through Horovod's allreduce (the Horovod
     compressor) in one process, tensor by tensor.
 
@@ -101,5 +101,5 @@ class PathASimulator:
             c, state.memory[r] = gather_and_update(state.memory[r], flat[r], idx, cfg.beta)
             values.append(c)
         out = scatter(idx, allreduce_mean(values), state.numel)
-        nbytes = bytes_model.path_a(k, self.size)
+        nbytes = bytes_model.horovod_path(k, self.size)
         return StepResult([out.copy() for _ in flat], idx, lead, [nbytes] * self.size)

@@ -194,23 +194,41 @@ def test_tape_loop_ranks_agree(tmp_path):
     job.assert_ranks_equal()
 
 
-@pytest.mark.parametrize("case,args,message", [
-    ("ratio", ["--ratio", "0"], "ratio must lie in"),
-    ("beta", ["--beta", "1.5"], "beta must lie in"),
-    ("eager", [], "not on an eager tensor"),
-    ("callback", [], "needs the ScaleCom instance"),
-    ("clip", [], "clip_norm must be a positive number"),
-    ("share_timeout", [], "share_timeout must be a positive number, got -1.0"),
-    ("ring_timeout", [], "horovod_scalecom.tensorflow.DistributedGradientTape does not take "
-     "timeout: the ring waits the ScaleCom's share_timeout for the other ranks; pass "
-     "compression=ScaleCom(share_timeout=...) instead"),
-    ("keras_ring_timeout", [], "horovod_scalecom.tensorflow.keras.DistributedOptimizer does "
-     "not take timeout: the ring waits the ScaleCom's share_timeout"),
-    ("graph_mode", [], "TF1 graph mode (tf.compat.v1.disable_eager_execution, sessions) is not"),
-    ("ring_arguments", [], "DistributedGradientTape does not take op: the ring averages"),
+# Refused on each rank before any collective: one job runs them all.
+LOCAL_REFUSALS = {
+    "ratio": "ratio must lie in",
+    "beta": "beta must lie in",
+    "callback": "needs the ScaleCom instance",
+    "clip": "clip_norm must be a positive number",
+    "share_timeout": "share_timeout must be a positive number, got -1.0",
+    "ring_timeout": "horovod_scalecom.tensorflow.DistributedGradientTape does not take "
+    "timeout: the ring waits the ScaleCom's share_timeout for the other ranks; pass "
+    "compression=ScaleCom(share_timeout=...) instead",
+    "keras_ring_timeout": "horovod_scalecom.tensorflow.keras.DistributedOptimizer does "
+    "not take timeout: the ring waits the ScaleCom's share_timeout",
+    "ring_arguments": "DistributedGradientTape does not take op: the ring averages",
+}
+
+
+@pytest.fixture(scope="module")
+def local_refusals(tmp_path_factory):
+    return run_mpi(2, "tf_compressor.py", tmp_path_factory.mktemp("refusals"), "bad_each",
+                   "--case", ",".join(LOCAL_REFUSALS), timeout=180).check_ok()
+
+
+@pytest.mark.parametrize("case", list(LOCAL_REFUSALS))
+def test_bad_configuration_fails_clearly(case, local_refusals):
+    for rank in range(2):
+        err = (local_refusals.outdir / case / f"rank{rank}.err").read_text()
+        assert LOCAL_REFUSALS[case] in err, f"rank {rank}: {err}"
+
+
+@pytest.mark.parametrize("case,message", [
+    ("eager", "not on an eager tensor"),
+    ("graph_mode", "TF1 graph mode (tf.compat.v1.disable_eager_execution, sessions) is not"),
 ])
-def test_bad_configuration_fails_clearly(case, args, message, tmp_path):
-    job = run_mpi(2, "tf_compressor.py", tmp_path, "bad", "--case", case, *args, timeout=180)
+def test_bad_use_fails_clearly(case, message, tmp_path):
+    job = run_mpi(2, "tf_compressor.py", tmp_path, "bad", "--case", case, timeout=180)
     job.assert_error_on_every_rank(message)
 
 

@@ -229,10 +229,29 @@ def bad(args, out):
     raise AssertionError(f"case {args.case} raised nothing")
 
 
+# The bad values of the refusals that bad_each runs (the others need none).
+BAD_VALUES = {"ratio": {"ratio": 0.0}, "beta": {"beta": 1.5}}
+
+
+def bad_each(args, out):
+    """Refusals raised on each rank before any collective, several in one job:
+    each case's error (or "raised nothing") in out/<case>/rank<r>.err."""
+    for case in args.case.split(","):
+        case_out = out / case
+        case_out.mkdir(exist_ok=True)
+        case_args = argparse.Namespace(**{**vars(args), "case": case, **BAD_VALUES.get(case, {})})
+        try:
+            bad(case_args, case_out)
+            message = "the case raised nothing"
+        except Exception as exc:  # noqa: BLE001 - the message is what the test checks
+            message = f"{type(exc).__name__}: {exc}"
+        (case_out / f"rank{hvd.rank()}.err").write_text(message + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("outdir")
-    parser.add_argument("mode", choices=["sequence", "keras", "tape", "bad", "ring_sequence",
+    parser.add_argument("mode", choices=["sequence", "keras", "tape", "bad", "bad_each", "ring_sequence",
                                          "ring_keras"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=20)
@@ -260,7 +279,7 @@ def main():
     hvd.init()
     out = Path(args.outdir)
     modes = {"sequence": sequence, "keras": keras_fit, "tape": tape_train, "bad": bad,
-             "ring_sequence": ring_sequence, "ring_keras": ring_keras}
+             "bad_each": bad_each, "ring_sequence": ring_sequence, "ring_keras": ring_keras}
     modes[args.mode](args, out)
 
 

@@ -122,38 +122,30 @@ def sparse(args, out):
     np.savez(out / f"rank{hvd.rank()}.npz", **result)
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("outdir")
-    parser.add_argument("case")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    hvd.init()
-    out = Path(args.outdir)
-    if args.case == "sparse":
+def one_case(case, args, out):
+    if case == "sparse":
         sparse(args, out)
-    elif args.case == "keras_bpps":
+    elif case == "keras_bpps":
         keras_bpps(args, out)
-    elif args.case == "process_set":
+    elif case == "process_set":
         members = list(range(hvd.size() - 1))
         ps = hvd.add_process_set(members)
         dense_steps(args, out, members, ScaleCom(**CFG, process_set=ps), process_set=ps)
         hvd.remove_process_set(ps)
-    elif args.case == "sum":
+    elif case == "sum":
         dense_steps(args, out, range(hvd.size()), ScaleCom(**CFG), op=hvd.Sum)
-    elif args.case == "predivide":
+    elif case == "predivide":
         dense_steps(args, out, range(hvd.size()), ScaleCom(**CFG), gradient_predivide_factor=2.0)
-    elif args.case == "order":
+    elif case == "order":
         held = [0, len(NAMES) - 1, 2][hvd.rank() % 3]     # compressed tensors
         dense_steps(args, out, range(hvd.size()), ScaleCom(**CFG), held=held)
-    elif args.case == "groups":
+    elif case == "groups":
         dense_steps(args, out, range(hvd.size()), ScaleCom(**CFG), num_groups=2)
-    elif args.case in ("refuse_adasum", "refuse_min"):
-        op = hvd.Adasum if args.case == "refuse_adasum" else hvd.Min
+    elif case in ("refuse_adasum", "refuse_min"):
+        op = hvd.Adasum if case == "refuse_adasum" else hvd.Min
         dense_steps(args, out, range(hvd.size()), ScaleCom(**CFG), op=op)
         raise AssertionError("the step raised nothing")
-    elif args.case == "refuse_ps_tape":
+    elif case == "refuse_ps_tape":
         ps = hvd.add_process_set([0, 1])
         dense_steps(args, out, [0, 1], ScaleCom(**CFG), process_set=ps)
         if hvd.rank() in (0, 1):
@@ -162,7 +154,23 @@ def main():
         # Horovod down under ranks 0 and 1 before they reach the refusal.
         hvd.remove_process_set(ps)
     else:
-        raise ValueError(f"unknown case {args.case}")
+        raise ValueError(f"unknown case {case}")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("outdir")
+    parser.add_argument("cases", help="comma-separated; each case writes to outdir/<case>")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    hvd.init()
+    # Several cases in one job: TensorFlow's and Horovod's start-up, not the
+    # cases, is most of a job's time.
+    for case in args.cases.split(","):
+        out = Path(args.outdir) / case
+        out.mkdir(exist_ok=True)
+        one_case(case, args, out)
 
 
 if __name__ == "__main__":

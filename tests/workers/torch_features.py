@@ -1,6 +1,6 @@
 """mpirun worker: Horovod's DistributedOptimizer features with ScaleCom (torch).
 
-usage: torch_features.py OUTDIR CASE [--path a|b] [--steps N]
+usage: torch_features.py OUTDIR CASE [--path horovod|ring] [--steps N]
 
 Each rank saves, per step, the gradients it handed over (``in/{step}/{name}``,
 zeros where it had none) and what the exchange gave back

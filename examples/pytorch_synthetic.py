@@ -19,7 +19,7 @@ from horovod_scalecom.torch import ScaleCom
 from horovod_scalecom.benchmarks.synthetic import make_data
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratio", type=float, default=0.01)
     parser.add_argument("--beta", type=float, default=0.1)
@@ -28,17 +28,18 @@ def main():
     parser.add_argument("--lr", type=float, default=0.1, help="per rank: x hvd.size(), the Horovod recipe")
     parser.add_argument("--dense", action="store_true", help="plain Horovod, no compression")
     parser.add_argument("--cuda", action="store_true", help="one GPU per rank")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    hvd.init()
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    device = torch.device("cpu")
-    if args.cuda:
-        torch.cuda.set_device(hvd.local_rank())
-        device = torch.device("cuda", hvd.local_rank())
-    x, y = (torch.from_numpy(a).to(device) for a in make_data(seed=100 + hvd.rank(), n=4096))
-    x_test, y_test = (torch.from_numpy(a).to(device) for a in make_data(seed=99, n=2048))
+
+def pick_device(args):
+    if not args.cuda:
+        return torch.device("cpu")
+    torch.cuda.set_device(hvd.local_rank())
+    return torch.device("cuda", hvd.local_rank())
+
+
+def make_training(args, device):
+    """The model, ScaleCom (None with --dense) and Horovod's DistributedOptimizer."""
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(),
                                 torch.nn.Linear(256, 256), torch.nn.ReLU(),
                                 torch.nn.Linear(256, 10)).to(device)
@@ -47,10 +48,13 @@ def main():
         torch.optim.SGD(model.parameters(), lr=args.lr * hvd.size(), momentum=0.9),
         named_parameters=model.named_parameters(),
         compression=compression or hvd.Compression.none)
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    return model, compression, opt
 
+
+def train(model, compression, opt, data, args):
+    """Returns the last test accuracy and the bytes sent, by ScaleCom and by a dense allreduce."""
+    x, y, x_test, y_test = data
     sent = dense = 0.0
-    start = time.perf_counter()
     for epoch in range(args.epochs):
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch))
         for i in range(0, len(x), args.batch):
@@ -59,6 +63,7 @@ def main():
             loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
             loss.backward()
             opt.step()
+            # stats() holds only the last step's figures: summed here over the run.
             if compression is not None:
                 stats = compression.stats()
                 sent += stats["bytes_sent"]
@@ -68,13 +73,35 @@ def main():
         if hvd.rank() == 0:
             print(f"epoch {epoch + 1}/{args.epochs}  loss {loss.item():.3f}  "
                   f"test accuracy {acc:.3f}", flush=True)
-    if hvd.rank() == 0:
-        method = "dense" if compression is None else f"ScaleCom ratio={args.ratio} beta={args.beta}"
-        if compression is not None:
-            print(f"bytes sent per rank: {sent / 1e6:.2f} MB vs {dense / 1e6:.2f} MB dense "
-                  f"({dense / sent:.1f}x less, byte model of DESIGN.md)")
-        print(f"final: {method} on {hvd.size()} ranks, test accuracy {acc:.3f}, "
-              f"{time.perf_counter() - start:.1f} s")
+    return acc, sent, dense
+
+
+def report(args, compression, acc, sent, dense, start):
+    if hvd.rank() != 0:
+        return
+    method = "dense" if compression is None else f"ScaleCom ratio={args.ratio} beta={args.beta}"
+    if compression is not None:
+        print(f"bytes sent per rank: {sent / 1e6:.2f} MB vs {dense / 1e6:.2f} MB dense "
+              f"({dense / sent:.1f}x less, byte model of DESIGN.md)")
+    print(f"final: {method} on {hvd.size()} ranks, test accuracy {acc:.3f}, "
+          f"{time.perf_counter() - start:.1f} s")
+
+
+def main():
+    args = parse_args()
+    hvd.init()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    device = pick_device(args)
+    # Each rank its own shard of the training data; one test set for all.
+    x, y = (torch.from_numpy(a).to(device) for a in make_data(seed=100 + hvd.rank(), n=4096))
+    x_test, y_test = (torch.from_numpy(a).to(device) for a in make_data(seed=99, n=2048))
+    model, compression, opt = make_training(args, device)
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+
+    start = time.perf_counter()
+    acc, sent, dense = train(model, compression, opt, (x, y, x_test, y_test), args)
+    report(args, compression, acc, sent, dense, start)
 
 
 if __name__ == "__main__":

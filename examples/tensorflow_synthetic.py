@@ -23,7 +23,7 @@ import horovod_scalecom.tensorflow as hsc  # noqa: E402
 from horovod_scalecom.benchmarks.synthetic import make_data  # noqa: E402
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratio", type=float, default=0.01)
     parser.add_argument("--beta", type=float, default=0.1)
@@ -31,8 +31,30 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.1, help="per rank: x hvd.size(), the Horovod recipe")
     parser.add_argument("--path", choices=["a", "b"], default="a")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def make_train_step(model, opt, compression, path):
+    """One step as a tf.function; --path picks whose DistributedGradientTape averages."""
+    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        if path == "a":
+            tape = hvd.DistributedGradientTape(tape, compression=compression)
+        else:
+            tape = hsc.DistributedGradientTape(tape, compression=compression)
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return train_step
+
+
+def main():
+    args = parse_args()
     hvd.init()
     tf.keras.utils.set_random_seed(0)
     x, y = make_data(100 + hvd.rank(), 4096)
@@ -43,19 +65,7 @@ def main():
                                  tf.keras.layers.Dense(10)])
     opt = tf.keras.optimizers.SGD(args.lr * hvd.size(), momentum=0.9)
     compression = hsc.ScaleCom(ratio=args.ratio, beta=args.beta)
-    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    @tf.function
-    def train_step(xb, yb):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(yb, model(xb, training=True))
-        if args.path == "a":
-            tape = hvd.DistributedGradientTape(tape, compression=compression)
-        else:
-            tape = hsc.DistributedGradientTape(tape, compression=compression)
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+    train_step = make_train_step(model, opt, compression, args.path)
 
     hvd.broadcast_variables(model.variables, root_rank=0)
     start = time.perf_counter()

@@ -28,6 +28,7 @@ def parse_args():
     parser.add_argument("--lr", type=float, default=0.1, help="per rank: x hvd.size(), the Horovod recipe")
     parser.add_argument("--dense", action="store_true", help="plain Horovod, no compression")
     parser.add_argument("--cuda", action="store_true", help="one GPU per rank")
+    parser.add_argument("--seed", type=int, default=0, help="the model's initial weights")
     return parser.parse_args()
 
 
@@ -90,7 +91,7 @@ def report(args, compression, acc, sent, dense, start):
 def main():
     args = parse_args()
     hvd.init()
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     device = pick_device(args)
     # Each rank its own shard of the training data; one test set for all.

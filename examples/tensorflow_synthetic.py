@@ -1,12 +1,12 @@
 """Train a small MLP with a Horovod DistributedGradientTape and ScaleCom (TensorFlow).
 
-    mpirun -np 2 python examples/tensorflow_synthetic.py [--ratio 0.01] [--epochs 8] [--path b]
+    mpirun -np 2 python examples/tensorflow_synthetic.py [--ratio 0.01] [--epochs 8] [--path ring]
 
 The same synthetic 10-class task as examples/pytorch_synthetic.py (labels from
-a fixed random teacher network; nothing is downloaded). --path a uses
-horovod.tensorflow's DistributedGradientTape with ScaleCom as its compression;
---path b uses horovod_scalecom.tensorflow.DistributedGradientTape (the
-compressed ring). Prints progress and a final accuracy line.
+a fixed random teacher network; nothing is downloaded). --path horovod (the
+default) uses horovod.tensorflow's DistributedGradientTape with ScaleCom as its
+compression; --path ring uses horovod_scalecom.tensorflow.DistributedGradientTape
+(the ScaleCom ring). Prints progress and a final accuracy line.
 """
 
 import argparse
@@ -30,7 +30,7 @@ def parse_args():
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.1, help="per rank: x hvd.size(), the Horovod recipe")
-    parser.add_argument("--path", choices=["a", "b"], default="a")
+    parser.add_argument("--path", choices=["horovod", "ring"], default="horovod")
     return parser.parse_args()
 
 
@@ -42,7 +42,7 @@ def make_train_step(model, opt, compression, path):
     def train_step(xb, yb):
         with tf.GradientTape() as tape:
             loss = loss_fn(yb, model(xb, training=True))
-        if path == "a":
+        if path == "horovod":
             tape = hvd.DistributedGradientTape(tape, compression=compression)
         else:
             tape = hsc.DistributedGradientTape(tape, compression=compression)
@@ -79,7 +79,7 @@ def main():
             print(f"epoch {epoch + 1}/{args.epochs}  loss {float(loss):.3f}  "
                   f"test accuracy {acc:.3f}", flush=True)
     if hvd.rank() == 0:
-        print(f"final: ScaleCom path {args.path.upper()} ratio={args.ratio} beta={args.beta} "
+        print(f"final: ScaleCom ({args.path} path) ratio={args.ratio} beta={args.beta} "
               f"on {hvd.size()} ranks, test accuracy {acc:.3f}, "
               f"{time.perf_counter() - start:.1f} s")
 

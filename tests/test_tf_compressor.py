@@ -36,10 +36,9 @@ def check_stats(job, n, steps, cfg, shapes=None, ring=False, seed=0):
     of horovod_scalecom.stats, and per tensor the figures the NumPy reference
     gives for the same gradients: dense or not, k, leader, bytes, and the
     relative clip's norm and scale, bit for bit (the C++ op and the reference
-    take the norm in the same order). ``ring``: the ring's job, which has no
-    leaders and its own byte count (RingExchange.stats()), so the records'
-    leader, bytes_sent and index_share are not checked. Returns how often
-    the clip fired."""
+    take the norm in the same order). ``ring``: the ring's job, whose
+    records have no leader and the ring's bytes. Returns how often the clip
+    fired."""
     shapes = shapes or dict(zip(NAMES, SHAPES.values()))
     sim = HorovodPathSimulator(n, cfg)
     results = [job.result(r) for r in range(n)]
@@ -50,8 +49,8 @@ def check_stats(job, n, steps, cfg, shapes=None, ring=False, seed=0):
         for r in range(n):
             stats = json.loads(str(results[r][f"stats/{step}"]))
             assert set(stats) == STATS_KEYS, sorted(stats)
-            if not ring:
-                assert stats["index_share"] == "horovod allgather"
+            assert stats["index_share"] == (
+                "none (the ring's chunk owners select)" if ring else "horovod allgather")
             assert all(stats[key] is None for key in TIMINGS), stats
             compressible = sorted(name for name, shape in shapes.items()
                                   if np.prod(shape) >= cfg.min_numel)
@@ -72,7 +71,10 @@ def check_stats(job, n, steps, cfg, shapes=None, ring=False, seed=0):
                     continue
                 clip = sim.levels.last[name][r]
                 assert record["k"] == cfg.k(numel), what
-                if not ring:
+                if ring:
+                    assert record["leader"] is None, what
+                    assert record["bytes_sent"] == bytes_model.ring(cfg.k(numel), n), what
+                else:
                     assert record["leader"] == expected[name].leader, what
                     assert record["bytes_sent"] == bytes_model.horovod_path(cfg.k(numel), n), what
                 assert record["grad_norm"] == clip.norm, what

@@ -15,6 +15,8 @@ from horovod_scalecom.tensorflow.registry import TensorEntry
 
 # How the leaders' indices travel (stats()["index_share"]).
 INDEX_SHARE = "horovod allgather"
+# Under the ScaleCom ring no indices travel alone: each chunk's owner selects.
+RING_INDEX_SHARE = "none (the ring's chunk owners select)"
 
 
 def world(process_set: hvd.ProcessSet) -> tuple[tf.Tensor, tf.Tensor]:

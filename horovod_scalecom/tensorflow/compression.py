@@ -44,6 +44,7 @@ import tensorflow as tf
 import horovod.tensorflow as hvd
 from horovod.tensorflow.compression import Compressor
 
+from horovod_scalecom import bytes_model
 from horovod_scalecom.config import (
     CLIP_NORM_EPS, DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel)
 from horovod_scalecom.horovod_call import check_call, horovod_call, unheld_error
@@ -51,7 +52,7 @@ from horovod_scalecom.ring import close_at_exit, load_ring
 from horovod_scalecom.stats import last_step, new_record
 from horovod_scalecom.tensorflow._ops import ops
 from horovod_scalecom.tensorflow.collectives import (
-    INDEX_SHARE, check_agreement, share_indices, world)
+    INDEX_SHARE, RING_INDEX_SHARE, check_agreement, share_indices, world)
 from horovod_scalecom.tensorflow.guard import Watch, divergence
 from horovod_scalecom.tensorflow.registry import Registry, TensorEntry
 
@@ -147,6 +148,7 @@ class ScaleCom(tf.Module, Compressor):
         # exchange and kept here, not in the tape: eager code wraps a new tape
         # every step, and each engine is an MPI communicator and a thread.
         self._ring_engine = None
+        self._in_ring = False       # set by use_in_ring()
 
     @property
     def clip_norm(self) -> float | None:
@@ -159,6 +161,12 @@ class ScaleCom(tf.Module, Compressor):
     @property
     def share_timeout(self) -> float:
         return self.config.share_timeout
+
+    def use_in_ring(self) -> None:
+        """Called by the ScaleCom ring's wrappers when they take this ScaleCom:
+        its exchanges run in the ring, which stats() reports (no leaders, the
+        ring's bytes) from the first step on, warm-up included."""
+        self._in_ring = True
 
     def ring_engine(self) -> Any:
         """The ring engine (horovod_scalecom.tensorflow.ring), made at the first
@@ -267,21 +275,28 @@ class ScaleCom(tf.Module, Compressor):
         A record's ``k`` and ``leader`` are None where that exchange went
         dense (warm-up, ``enabled`` False, one rank). Only the gradients
         ScaleCom may compress have records: those below ``min_numel`` or of
-        another dtype are Horovod's plain allreduce, whatever the step.
+        another dtype are Horovod's plain allreduce, whatever the step. Under
+        the ScaleCom ring the records have no leader (each chunk's owner
+        selects) and ``bytes_sent`` follows the ring's byte model; the
+        engine's own count is the ring's stats()["ring_bytes"].
         """
         size = self.process_set.size()
+        ring = self._in_ring
         records = {}
         for key, entry in self._registry.entries.items():
             step = int(self.steps[key].numpy()) - 1          # the last exchange
             # Only a compressed exchange runs the relative clip (it keeps its step).
             norm, scale = self.watch[key].last_clip(step)
             compressed = step >= 0 and norm is not None
+            # The ring has no leader (each chunk's owner selects) and its own bytes.
+            leader = (step + entry.offset) % size if compressed and not ring else None
+            ring_bytes = {"bytes_sent": bytes_model.ring(entry.k, size)} if compressed and ring else {}
             records[key] = new_record(
-                entry.numel, entry.k if compressed else None,
-                (step + entry.offset) % size if compressed else None, step, size, timed=False,
+                entry.numel, entry.k if compressed else None, leader, step, size, timed=False,
                 nonfinite_kept=int(self.nonfinite[key].numpy()), grad_norm=norm,
-                clip_scale=scale)
-        return last_step(records, divergence(self.watch), INDEX_SHARE)
+                clip_scale=scale, **ring_bytes)
+        return last_step(records, divergence(self.watch),
+                         RING_INDEX_SHARE if ring else INDEX_SHARE)
 
     def check_config(self) -> None:
         """Once, when the first exchange is traced: every rank must run ScaleCom

@@ -77,6 +77,7 @@ class RingExchange:
         refuse_without_mpi("horovod_scalecom.tensorflow.DistributedGradientTape",
                            "hvd.DistributedGradientTape", hvd.size(), hvd.mpi_enabled())
         self.compression = compression
+        compression.use_in_ring()
         self.last_bytes = 0
         self.last_nonfinite = 0     # memory entries that refused a NaN/Inf update, last step
 

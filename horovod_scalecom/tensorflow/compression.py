@@ -56,6 +56,7 @@ from horovod_scalecom.tensorflow.collectives import (
 from horovod_scalecom.tensorflow.guard import Watch, divergence
 from horovod_scalecom.tensorflow.registry import Registry, TensorEntry
 
+
 @dataclass
 class _Ctx:
     entry: TensorEntry

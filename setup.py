@@ -4,8 +4,9 @@ The framework-free core in csrc/core is compiled into each framework's
 binding: horovod_scalecom._torch_ops when torch is importable at build time,
 horovod_scalecom._tf_ops (TensorFlow custom ops) when tensorflow is, and the
 MPI ring allreduce horovod_scalecom._ring when Open MPI's mpicxx is found,
-and the CUDA kernels (libscalecom_cuda.so, loaded with ctypes) when nvcc is
-found and torch or tensorflow was built with CUDA.
+and the CUDA kernels (libscalecom_cuda.so) when nvcc is found and torch or
+tensorflow was built with CUDA: the torch and TensorFlow ops then link it
+and register GPU kernels with their framework's dispatch.
 Build with the framework already installed (pip install --no-build-isolation).
 """
 
@@ -53,7 +54,7 @@ def torch_extension():
     ext = CppExtension(
         name="horovod_scalecom._torch_ops",
         sources=CORE_SOURCES + ["csrc/torch/ops.cc"],
-        depends=CORE_HEADERS,
+        depends=CORE_HEADERS + ["csrc/torch/schema.h"],
         extra_compile_args=CXX_FLAGS,
         extra_link_args=["-fopenmp"],
     )
@@ -160,11 +161,18 @@ def build_cuda_library(package_dir: str, archs: list[str]) -> None:
     stamp.write_text(";".join(archs))
 
 
+# The op libraries that register GPU kernels over libscalecom_cuda.so, and the
+# sources that do it.
+GPU_KERNELS = {"horovod_scalecom._torch_ops": "csrc/torch/cuda_ops.cc",
+               "horovod_scalecom._tf_ops": "csrc/tensorflow/gpu_kernels.cc"}
+
+
 def with_cuda_library(build_ext_class, archs):
-    """First the CUDA library, then the extensions; the TensorFlow ops then get
-    their GPU kernels, linked against that library (found beside them). A
-    build without CUDA removes a library left by an earlier build, and the TF
-    ops are rebuilt whenever they change between the two variants."""
+    """First the CUDA library, then the extensions; the torch and TensorFlow
+    ops then get their GPU kernels, linked against that library (found beside
+    them). A build without CUDA removes a library left by an earlier build,
+    and the op libraries are rebuilt whenever they change between the two
+    variants."""
     class BuildExtWithCuda(build_ext_class):
         def run(self):
             package_dir = os.path.dirname(self.get_ext_fullpath("horovod_scalecom._ring"))
@@ -174,23 +182,27 @@ def with_cuda_library(build_ext_class, archs):
             else:
                 for stale in (library, library.with_suffix(".archs")):
                     stale.unlink(missing_ok=True)
-            # Rewritten (so newer than the TF ops) only when the variant changes.
-            variant = Path(package_dir) / "_tf_ops.variant"
+            for ext in self.extensions:
+                if ext.name in GPU_KERNELS:
+                    self._add_gpu_kernels(ext, package_dir, library)
+            super().run()
+
+        def _add_gpu_kernels(self, ext, package_dir, library):
+            # The variant stamp is rewritten (so newer than the library) only when it changes.
+            variant = Path(package_dir) / f"{ext.name.rsplit('.', 1)[1]}.variant"
             wanted = "cuda" if archs is not None else "cpu"
             if not variant.exists() or variant.read_text() != wanted:
                 variant.parent.mkdir(parents=True, exist_ok=True)
                 variant.write_text(wanted)
-            for ext in self.extensions:
-                if ext.name != "horovod_scalecom._tf_ops":
-                    continue
-                ext.depends = ext.depends + [str(variant)]
-                if archs is not None:
-                    ext.sources = ext.sources + ["csrc/tensorflow/gpu_kernels.cc"]
-                    ext.depends = ext.depends + ["csrc/cuda/scalecom_cuda.h", str(library)]
-                    ext.library_dirs = [package_dir]
-                    ext.libraries = ["scalecom_cuda"]
-                    ext.extra_link_args = ext.extra_link_args + ["-Wl,-rpath,$ORIGIN"]
-            super().run()
+            ext.depends = ext.depends + [str(variant)]
+            if archs is None:
+                return
+            ext.sources = ext.sources + [GPU_KERNELS[ext.name]]
+            ext.depends = ext.depends + ["csrc/cuda/scalecom_cuda.h", str(library)]
+            ext.library_dirs = ext.library_dirs + [package_dir]
+            ext.libraries = ext.libraries + ["scalecom_cuda"]
+            ext.extra_link_args = ext.extra_link_args + ["-Wl,-rpath,$ORIGIN"]
+            ext.define_macros = ext.define_macros + [("SCALECOM_WITH_CUDA", "1")]
     return BuildExtWithCuda
 
 

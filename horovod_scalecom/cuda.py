@@ -1,15 +1,12 @@
-"""The CUDA kernels of csrc/cuda through their C ABI (csrc/cuda/scalecom_cuda.h).
+"""The library of CUDA kernels, ``horovod_scalecom/libscalecom_cuda.so``
+(csrc/cuda, C ABI in csrc/cuda/scalecom_cuda.h), for the one caller that is
+no framework op: the ring engine, which takes the kernels' addresses by name.
 
-Framework-free: every call takes raw device addresses and a ``cudaStream_t``
-as integers, so the torch frontend (and any other) reaches the same kernels
-without a CUDA build of its own extension. The library,
-``horovod_scalecom/libscalecom_cuda.so``, is built by setup.py with nvcc when
-the installed framework has CUDA; ``HOROVOD_SCALECOM_CUDA_LIB`` names another
-build.
-
-Every function only enqueues work on the given stream; errors the kernels
-meet while running surface at the stream's next synchronisation, as with any
-CUDA library.
+The frameworks reach the same kernels through their own dispatch: torch's
+and TensorFlow's op libraries link the library and register GPU kernels
+(csrc/torch/cuda_ops.cc, csrc/tensorflow/gpu_kernels.cc). setup.py builds it
+with nvcc when the installed framework has CUDA; ``HOROVOD_SCALECOM_CUDA_LIB``
+names another build for the ring.
 """
 
 from __future__ import annotations
@@ -26,34 +23,38 @@ LIBRARY_ENV = "HOROVOD_SCALECOM_CUDA_LIB"
 GRAD_TYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
 
 _p, _i64, _size = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t
-_SIGNATURES = {
-    "scalecom_cuda_select_workspace_bytes": [_i64, _i64, ctypes.POINTER(_size)],
-    "scalecom_cuda_select_topk": [_p, _p, ctypes.c_int, _i64, _i64, _p, _p, _size, _p],
-    "scalecom_cuda_gather_update_workspace_bytes": [_i64, ctypes.POINTER(_size)],
-    "scalecom_cuda_gather_update": [_p, _p, ctypes.c_int, _i64, _p, _i64, ctypes.c_float, _p,
-                                    _p, _p, _size, _p],
-    "scalecom_cuda_scatter": [_p, _p, _i64, _i64, _p, _p],
-    "scalecom_cuda_ring_select": [_p, _p, ctypes.c_int, _i64, _i64, _i64, _p, _p, _p, _size, _p],
-    "scalecom_cuda_ring_accumulate": [_p, _p, ctypes.c_int, _i64, _i64, _p, _i64, _p, _p, _p],
-    "scalecom_cuda_ring_divide": [_p, _i64, ctypes.c_float, _p, _p],
-    "scalecom_cuda_copy_async": [_p, _p, _size, _p],
-    "scalecom_cuda_synchronize": [_p],
-    "scalecom_cuda_set_device": [ctypes.c_int],
-    "scalecom_cuda_device_alloc": [ctypes.POINTER(_p), _size],
-    "scalecom_cuda_device_free": [_p],
-    "scalecom_cuda_host_alloc": [ctypes.POINTER(_p), _size],
-    "scalecom_cuda_host_free": [_p],
+# The C ABI's functions by name (without the scalecom_cuda_ prefix) and
+# argument types; each returns a cudaError_t as int.
+SIGNATURES = {
+    "select_workspace_bytes": [_i64, _i64, ctypes.POINTER(_size)],
+    "select_topk": [_p, _p, ctypes.c_int, _i64, _i64, _p, _p, _size, _p],
+    "gather_update_workspace_bytes": [_i64, ctypes.POINTER(_size)],
+    "gather_update": [_p, _p, ctypes.c_int, _i64, _p, _i64, ctypes.c_float, _p, _p, _p, _size,
+                      _p],
+    "scatter": [_p, _p, _i64, _i64, _p, _p],
+    "ring_select": [_p, _p, ctypes.c_int, _i64, _i64, _i64, _p, _p, _p, _size, _p],
+    "ring_accumulate": [_p, _p, ctypes.c_int, _i64, _i64, _p, _i64, _p, _p, _p],
+    "ring_divide": [_p, _i64, ctypes.c_float, _p, _p],
+    "copy_async": [_p, _p, _size, _p],
+    "synchronize": [_p],
+    "set_device": [ctypes.c_int],
+    "device_alloc": [ctypes.POINTER(_p), _size],
+    "device_free": [_p],
+    "host_alloc": [ctypes.POINTER(_p), _size],
+    "host_free": [_p],
 }
+
+
 class CudaKernels:
-    """One loaded build of the kernels; methods mirror the C functions."""
+    """One loaded build of the kernels."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         try:
-            # RTLD_GLOBAL: the TensorFlow op library finds the same symbols.
+            # RTLD_GLOBAL: an op library loaded later finds the same symbols.
             lib = ctypes.CDLL(str(self.path), mode=ctypes.RTLD_GLOBAL)
-            for name, argtypes in _SIGNATURES.items():
-                fn = getattr(lib, name)
+            for name, argtypes in SIGNATURES.items():
+                fn = getattr(lib, f"scalecom_cuda_{name}")
                 fn.argtypes, fn.restype = argtypes, ctypes.c_int
             lib.scalecom_cuda_error_string.argtypes = [ctypes.c_int]
             lib.scalecom_cuda_error_string.restype = ctypes.c_char_p
@@ -66,45 +67,12 @@ class CudaKernels:
         """Every function's address by name, without the ``scalecom_cuda_``
         prefix: the ring engine (use_device_kernels) takes the ones its
         table lists (csrc/ring/buffers.h), by name."""
-        return {name.removeprefix("scalecom_cuda_"):
-                ctypes.cast(getattr(self._lib, name), ctypes.c_void_p).value
-                for name in (*_SIGNATURES, "scalecom_cuda_error_string")}
+        return {name: ctypes.cast(getattr(self._lib, f"scalecom_cuda_{name}"),
+                                  ctypes.c_void_p).value
+                for name in (*SIGNATURES, "error_string")}
 
-    def _check(self, code: int, what: str) -> None:
-        if code != 0:
-            raise RuntimeError(f"scalecom CUDA {what}: "
-                               f"{self._lib.scalecom_cuda_error_string(code).decode()} "
-                               f"(error {code})")
-
-    def select_workspace_bytes(self, numel: int, k: int) -> int:
-        size = _size()
-        self._check(self._lib.scalecom_cuda_select_workspace_bytes(numel, k, ctypes.byref(size)),
-                    f"select_workspace_bytes(numel={numel}, k={k})")
-        return size.value
-
-    def gather_update_workspace_bytes(self, k: int) -> int:
-        size = _size()
-        self._check(self._lib.scalecom_cuda_gather_update_workspace_bytes(k, ctypes.byref(size)),
-                    f"gather_update_workspace_bytes(k={k})")
-        return size.value
-
-    def select_topk(self, memory: int, grad: int, grad_type: int, numel: int, k: int,
-                    indices: int, workspace: int, workspace_bytes: int, stream: int) -> None:
-        self._check(self._lib.scalecom_cuda_select_topk(
-            memory, grad, grad_type, numel, k, indices, workspace, workspace_bytes, stream),
-            f"select_topk(numel={numel}, k={k})")
-
-    def gather_update(self, memory: int, grad: int, grad_type: int, numel: int, indices: int,
-                      k: int, beta: float, values: int, nonfinite: int, workspace: int,
-                      workspace_bytes: int, stream: int) -> None:
-        self._check(self._lib.scalecom_cuda_gather_update(
-            memory, grad, grad_type, numel, indices, k, beta, values, nonfinite, workspace,
-            workspace_bytes, stream), f"gather_update(numel={numel}, k={k})")
-
-    def scatter(self, indices: int, values: int, k: int, numel: int, out: int,
-                stream: int) -> None:
-        self._check(self._lib.scalecom_cuda_scatter(indices, values, k, numel, out, stream),
-                    f"scatter(numel={numel}, k={k})")
+    def error_string(self, code: int) -> str:
+        return self._lib.scalecom_cuda_error_string(code).decode()
 
 
 def library_path() -> Path:

@@ -3,8 +3,9 @@
 # CUDA build of torch (Horovod and TensorFlow not needed):
 #   1. builds the torch ops and libscalecom_cuda.so in place (sm_90 unless
 #      HOROVOD_SCALECOM_CUDA_ARCHS says otherwise),
-#   2. the kernels against the CPU core, bit for bit (tests/gpu), and the
-#      torch binding through the C ABI (tests/test_cuda_abi.py),
+#   2. the kernels against the CPU core, bit for bit, through torch's CUDA
+#      dispatch of torch.ops.scalecom (tests/gpu), and the binding's checks
+#      through the C ABI's host double (tests/test_cuda_abi.py),
 #   3. times the kernels against torch.topk + index ops and the copy bound.
 # Writes its logs and figures to $OUT (or ./gpu-check) and exits non-zero if a
 # test fails; the timing still runs so that one call gives both.

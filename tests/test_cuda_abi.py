@@ -1,12 +1,13 @@
 """The path from torch tensors to the CUDA kernels' C ABI, without a GPU.
 
-horovod_scalecom.cuda (ctypes signatures, errors) and
-horovod_scalecom.torch._cuda.CudaOps (dtype codes, workspace protocol, the
-non-finite counter) are driven here against tests/abi_double/host_abi.cc: the
-same C ABI implemented on host memory by the CPU core. A wrong argument
-order, type or dtype code shows up as a result that differs from
-torch.ops.scalecom. The kernels themselves are compared with the CPU core in
-tests/gpu (needs a GPU).
+csrc/torch/cuda_ops.cc (torch.ops.scalecom's CUDA kernels: dtype codes, the
+workspace protocol, the non-finite counter, the errors) and
+horovod_scalecom.cuda (ctypes signatures, for the ring) are driven here
+against tests/abi_double/host_abi.cc: the same C ABI implemented on host
+memory by the CPU core, with cuda_ops.cc built over it for CPU tensors as
+torch.ops.scalecom_host. A wrong argument order, type or dtype code shows up
+as a result that differs from the CPU core's. The kernels themselves are
+compared with the CPU core in tests/gpu (needs a GPU).
 """
 
 import shutil
@@ -20,21 +21,22 @@ torch = pytest.importorskip("torch")
 from horovod_scalecom import cuda  # noqa: E402
 from horovod_scalecom.torch._ops import ops  # noqa: E402
 
-from abi_double import build_host_double  # noqa: E402
+from abi_double import build_host_double, build_torch_host_ops, load_torch_host_ops  # noqa: E402
 from kernel_cases import bits, check_ring_kernels, inputs  # noqa: E402
-from workers.common import host_ops as workers_host_ops  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def double_lib(tmp_path_factory) -> Path:
+def double_lib() -> Path:
     if shutil.which("g++") is None:
         pytest.skip("g++ is not installed")
-    return build_host_double(tmp_path_factory.mktemp("abi"))
+    lib = build_host_double()
+    build_torch_host_ops(lib)       # for the workers too
+    return lib
 
 
 @pytest.fixture(scope="module")
 def host_ops(double_lib):
-    return workers_host_ops(double_lib)
+    return load_torch_host_ops(double_lib)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -53,9 +55,9 @@ def test_cuda_ops_match_the_cpu_ops_bitwise(host_ops, dtype, kind, numel, k):
     values, kept = host_ops.gather_update_(m_dev, g, idx, 0.1)
     np.testing.assert_array_equal(bits(values), bits(values_cpu))
     np.testing.assert_array_equal(bits(m_dev), bits(m_cpu))
-    assert kept.dtype == torch.int64 and kept.shape == (1,) and int(kept) == kept_cpu
+    assert kept.dtype == torch.int64 and kept.shape == (1,) and int(kept) == int(kept_cpu)
     if kind == "nonfinite":
-        assert kept_cpu > 0     # the counter is exercised, not only zero
+        assert int(kept_cpu) > 0     # the counter is exercised, not only zero
     dense = host_ops.scatter(idx, values, numel)
     np.testing.assert_array_equal(bits(dense), bits(ops.scatter(idx_cpu, values_cpu, numel)))
 
@@ -69,7 +71,7 @@ def test_non_contiguous_gradient_is_read_in_logical_order(host_ops):
 
 @pytest.mark.parametrize("bad, message", [
     (lambda m, g: (m.double(), g), "memory must be a contiguous 1-D float32"),
-    (lambda m, g: (m, g.double()), "float32, float16 or bfloat16 gradients, got torch.float64"),
+    (lambda m, g: (m, g.double()), "float32, float16 or bfloat16 gradients, got Double"),
     (lambda m, g: (m, g[:-1]), "gradient has 99 elements but its memory has 100"),
 ])
 def test_bad_inputs_raise_before_the_kernels(host_ops, bad, message):
@@ -87,6 +89,28 @@ def test_kernel_errors_name_the_call(host_ops):
         host_ops.gather_update_(m, g, idx, 1.5)     # beta out of (0, 1]
     with pytest.raises(ValueError, match="indices must be a contiguous 1-D int32"):
         host_ops.gather_update_(m, g, idx.long(), 0.1)
+
+
+@pytest.mark.parametrize("built", [True, False])
+def test_gradients_reach_torch_ops_on_devices_that_have_kernels(monkeypatch, built):
+    # One way in for every device: torch.ops.scalecom, whose dispatch picks the
+    # kernels; a GPU gradient in a build without CUDA kernels, or a gradient on
+    # any other device, is refused with a message, never sent to a CPU kernel.
+    from types import SimpleNamespace
+    from horovod_scalecom.torch import state
+
+    monkeypatch.setattr(state, "CUDA_KERNELS", built)
+    kernels = lambda device: state.ScaleComState.kernels(  # noqa: E731
+        None, SimpleNamespace(device=torch.device(device)), "fc.weight")
+    assert kernels("cpu") is ops
+    if built:
+        assert kernels("cuda:1") is ops
+    else:
+        with pytest.raises(RuntimeError, match=r"fc\.weight is on cuda:1, but this build .* no "
+                           r"CUDA kernels.*nvcc"):
+            kernels("cuda:1")
+    with pytest.raises(RuntimeError, match="fc.weight is on meta; ScaleCom runs on CPU and CUDA"):
+        kernels("meta")
 
 
 def test_missing_library_says_how_to_build(monkeypatch, tmp_path):
@@ -173,9 +197,9 @@ def test_the_library_setup_py_built_loads():
     if not path.exists():
         pytest.skip(f"setup.py built no {cuda.LIBRARY_NAME} here (no nvcc or no CUDA framework)")
     kernels = cuda.CudaKernels(path)
-    assert kernels.gather_update_workspace_bytes(1000) >= 4 * 1000
-    with pytest.raises(RuntimeError, match=r"gather_update_workspace_bytes\(k=-1\)"):
-        kernels.gather_update_workspace_bytes(-1)
+    table = kernels.addresses()
+    assert set(table) == {*cuda.SIGNATURES, "error_string"} and all(table.values())
+    assert kernels.error_string(0) == "no error"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

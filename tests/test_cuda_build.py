@@ -1,5 +1,6 @@
 """Every .cu file compiles with nvcc for sm_80 and sm_90, warnings as errors,
-and the shared library exports the C ABI (here, where there is no GPU)."""
+and the shared library exports the C ABI (here, where there is no GPU); the
+torch and TensorFlow op libraries register GPU kernels exactly beside it."""
 
 import os
 import re
@@ -54,3 +55,20 @@ def test_tensorflow_ops_have_gpu_kernels_exactly_when_the_cuda_library_is_built(
     for op in ("ScalecomSelectTopk", "ScalecomGatherUpdate", "ScalecomScatter"):
         assert f"{op} CPU " in out
         assert (f"{op} GPU indices" in out) == built, (op, built, out)
+
+
+def test_torch_ops_have_cuda_kernels_exactly_when_the_cuda_library_is_built():
+    # setup.py compiles csrc/torch/cuda_ops.cc into the torch op library only
+    # beside libscalecom_cuda.so: torch's dispatcher must then hold a CUDA
+    # kernel for each tensor op (a CPU torch too: the key exists there), and
+    # CUDA_KERNELS must say so.
+    torch = pytest.importorskip("torch")
+    from horovod_scalecom import cuda
+    from horovod_scalecom.torch._ops import CUDA_KERNELS
+
+    built = (cuda.library_path().parent / cuda.LIBRARY_NAME).exists()
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    for op in ("select_topk", "gather_update_", "scatter"):
+        assert has(f"scalecom::{op}", "CPU"), op
+        assert has(f"scalecom::{op}", "CUDA") == built, (op, built)
+    assert CUDA_KERNELS == built

@@ -7,9 +7,10 @@
 // enqueues work on `stream` (no host synchronisation), except
 // synchronize and the allocations.
 //
-// Callers: horovod_scalecom.cuda (torch, through ctypes), the TensorFlow ops'
-// GPU kernels (csrc/tensorflow/gpu_kernels.cc) and the ring engine's device
-// buffers (csrc/ring/buffers.h). Status: compiled for sm_80 and sm_90 by the
+// Callers: the torch ops' CUDA kernels (csrc/torch/cuda_ops.cc), the
+// TensorFlow ops' GPU kernels (csrc/tensorflow/gpu_kernels.cc) and the ring
+// engine's device buffers (csrc/ring/buffers.h, addresses from
+// horovod_scalecom.cuda). Status: compiled for sm_80 and sm_90 by the
 // test suite; not yet run on a GPU (docs/design.md).
 
 #pragma once

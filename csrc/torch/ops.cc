@@ -1,6 +1,8 @@
-// torch.library registration of the ScaleCom core (CPU). The ops show up as
-// torch.ops.scalecom.*; the Python module only exists so that importing
-// horovod_scalecom._torch_ops loads this library.
+// torch.library registration of the ScaleCom core: the schemas and the CPU
+// kernels. The ops show up as torch.ops.scalecom.*; their CUDA kernels are in
+// cuda_ops.cc, compiled in when setup.py builds the CUDA library. The Python
+// module only exists so that importing horovod_scalecom._torch_ops loads
+// this library.
 #include <Python.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -11,6 +13,7 @@
 
 #include "../core/clip.h"
 #include "../core/scalecom.h"
+#include "schema.h"
 
 namespace {
 
@@ -18,7 +21,7 @@ int threads() { return at::get_num_threads(); }
 
 void check_cpu_float(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu(), "scalecom: ", what, " must be a CPU tensor, got ",
-              t.device(), " (for CUDA tensors: horovod_scalecom.torch._cuda.CudaOps)");
+              t.device());
   TORCH_CHECK(t.scalar_type() == at::kFloat, "scalecom: ", what,
               " must be float32, got ", t.scalar_type());
   TORCH_CHECK(t.is_contiguous(), "scalecom: ", what, " must be contiguous");
@@ -53,8 +56,8 @@ at::Tensor select_topk(const at::Tensor& memory, const at::Tensor& grad, int64_t
   return out;
 }
 
-std::tuple<at::Tensor, int64_t> gather_update_(at::Tensor memory, const at::Tensor& grad,
-                                               const at::Tensor& indices, double beta) {
+std::tuple<at::Tensor, at::Tensor> gather_update_(at::Tensor memory, const at::Tensor& grad,
+                                                  const at::Tensor& indices, double beta) {
   check_cpu_float(memory, "memory");
   at::Tensor g = as_f32(grad, memory);
   TORCH_CHECK(indices.scalar_type() == at::kInt && indices.dim() == 1 &&
@@ -68,7 +71,7 @@ std::tuple<at::Tensor, int64_t> gather_update_(at::Tensor memory, const at::Tens
                                        indices.numel(), static_cast<float>(beta),
                                        values.data_ptr<float>(), threads());
   });
-  return {values, kept};
+  return {values, at::full({1}, kept, memory.options().dtype(at::kLong))};
 }
 
 at::Tensor scatter(const at::Tensor& indices, const at::Tensor& values, int64_t numel) {
@@ -107,11 +110,7 @@ int64_t num_selected(int64_t numel, double ratio) {
 }  // namespace
 
 TORCH_LIBRARY(scalecom, m) {
-  m.def("select_topk(Tensor memory, Tensor grad, int k) -> Tensor");
-  // Returns the gathered values and how many non-finite updates the memory refused.
-  m.def("gather_update_(Tensor(a!) memory, Tensor grad, Tensor indices, float beta) "
-        "-> (Tensor, int)");
-  m.def("scatter(Tensor indices, Tensor values, int numel) -> Tensor");
+  scalecom_torch::define_tensor_ops(m);
   m.def("num_selected(int numel, float ratio) -> int", &num_selected);
   m.def("clip_step(float sum_sq, float level, float factor, float rho) -> (float, float, float)",
         &clip_step);
@@ -125,10 +124,21 @@ TORCH_LIBRARY_IMPL(scalecom, CPU, m) {
   m.impl("sum_squares", &sum_squares);
 }
 
+#ifndef SCALECOM_WITH_CUDA
+#define SCALECOM_WITH_CUDA 0
+#endif
+
 // A bare CPython module: importing it is what registers the ops above.
+// cuda_kernels says whether cuda_ops.cc is in (setup.py defines SCALECOM_WITH_CUDA).
 PyMODINIT_FUNC PyInit__torch_ops(void) {
   static PyModuleDef def = {PyModuleDef_HEAD_INIT, "_torch_ops",
-                            "Registers torch.ops.scalecom (ScaleCom core, CPU).", -1,
+                            "Registers torch.ops.scalecom (the ScaleCom core).", -1,
                             nullptr, nullptr, nullptr, nullptr, nullptr};
-  return PyModule_Create(&def);
+  PyObject* module = PyModule_Create(&def);
+  if (module != nullptr &&
+      PyModule_AddIntConstant(module, "cuda_kernels", SCALECOM_WITH_CUDA) != 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }

@@ -1,7 +1,10 @@
 """Loads the C++ core's torch operators (torch.ops.scalecom.*).
 
-There is no Python fallback: without the compiled extension this import fails
-and says how to build it.
+The same ops serve CPU and CUDA tensors through torch's dispatch: the CPU
+core (csrc/torch/ops.cc), and the CUDA kernels (csrc/torch/cuda_ops.cc) in a
+build that has them, which ``CUDA_KERNELS`` says. There is no Python
+fallback: without the compiled extension this import fails and says how to
+build it.
 """
 
 import torch
@@ -16,5 +19,6 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     ) from exc
 
 ops = torch.ops.scalecom
+CUDA_KERNELS: bool = bool(_torch_ops.cuda_kernels)
 
-__all__ = ["ops"]
+__all__ = ["ops", "CUDA_KERNELS"]

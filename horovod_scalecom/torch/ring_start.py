@@ -80,7 +80,7 @@ class RingStart:
         if not self._device_kernels_set:
             name, p = ring[0][0], ring[0][1]
             self.engine.use_device_kernels(
-                self.compression.state.kernels(p.grad, name).kernels.addresses(),
+                self.compression.state.kernel_table(p.grad, name),
                 device_transport())
             self._device_kernels_set = True
         grads, scratch, specs = [], [], []

@@ -22,8 +22,8 @@ import torch
 from horovod_scalecom.config import (
     AGREED, COMPRESSIBLE_DTYPES as COMPRESSIBLE_NAMES, ScaleComConfig, check_numel,
     disagreement_error)
-from horovod_scalecom.torch._cuda import CudaOps
-from horovod_scalecom.torch._ops import ops
+from horovod_scalecom.cuda import load_kernels
+from horovod_scalecom.torch._ops import CUDA_KERNELS, ops
 from horovod_scalecom.torch.clipping import norm_scale
 from horovod_scalecom.torch.watch import Watch
 
@@ -105,7 +105,6 @@ class ScaleComState:
         for state in self.tensors.values():
             self.by_shape[state.param.shape].append(state)
         self.watch = Watch(config, group.rank)    # the relative clip and the divergence guard
-        self._cuda_ops: CudaOps | None = None     # loaded at the first CUDA gradient
         self._config_checked = False
 
     @property
@@ -142,19 +141,27 @@ class ScaleComState:
         return None
 
     def kernels(self, tensor: torch.Tensor, name: str):
-        """The CPU core's ops, or the CUDA kernels for a gradient on a GPU."""
-        if tensor.device.type == "cpu":
-            return ops
-        if tensor.device.type != "cuda":
+        """torch.ops.scalecom, once the gradient's device is known to have
+        kernels: torch's dispatch then picks the CPU core's or the CUDA ones."""
+        if tensor.device.type == "cuda" and not CUDA_KERNELS:
+            raise RuntimeError(
+                f"ScaleCom: the gradient of {name} is on {tensor.device}, but this build of "
+                "horovod_scalecom has no CUDA kernels: setup.py builds them with nvcc when the "
+                "installed torch has CUDA. Install the CUDA toolkit (nvcc on PATH) and run "
+                "`bash scripts/setup.sh` again.")
+        if tensor.device.type not in ("cpu", "cuda"):
             raise RuntimeError(f"ScaleCom: the gradient of {name} is on {tensor.device}; "
                                "ScaleCom runs on CPU and CUDA tensors")
-        if self._cuda_ops is None:
-            try:
-                self._cuda_ops = CudaOps()
-            except ImportError as exc:
-                raise RuntimeError(f"ScaleCom: the gradient of {name} is on {tensor.device}, "
-                                   f"but {exc}") from exc
-        return self._cuda_ops
+        return ops
+
+    def kernel_table(self, tensor: torch.Tensor, name: str) -> dict[str, int]:
+        """The CUDA kernels' C functions by name, for the ring engine, which
+        is no torch op and calls them itself."""
+        try:
+            return load_kernels().addresses()
+        except ImportError as exc:
+            raise RuntimeError(f"ScaleCom: the gradient of {name} is on {tensor.device}, "
+                               f"but {exc}") from exc
 
     def prepare(self, state: TensorState, tensor: torch.Tensor) -> None:
         """The memory of ``state``, made or moved to where ``tensor`` is."""

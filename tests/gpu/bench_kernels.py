@@ -2,7 +2,8 @@
 
     python tests/gpu/bench_kernels.py [--numel 25000000] [--ratio 0.01] [--json out.json]
 
-Needs a GPU with a CUDA build of torch, and nvcc. First it checks the
+Needs a GPU, a CUDA build of torch, and the package built against it with nvcc
+(its torch ops then have their CUDA kernels). First it checks the
 kernels against the CPU core on one input (indices equal, values and memory
 bitwise), then times with CUDA events (median of --repeats):
 
@@ -24,14 +25,13 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gpu.kernels import cuda_ops  # noqa: E402
+from gpu.kernels import torch_ops  # noqa: E402
 
 
 def timed(fn, repeats):
@@ -53,8 +53,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json")
     args = parser.parse_args()
-    kernels = cuda_ops(Path(tempfile.gettempdir()) / "scalecom_cuda")
-    from horovod_scalecom.torch._ops import ops
+    kernels = ops = torch_ops()
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
 
     m = torch.randn(1 << 20)

@@ -1,6 +1,7 @@
-"""The CUDA kernels for the GPU tests and the timing script: built from the
-working tree with nvcc (once per content of csrc/cuda and archs), reached
-through the package's own torch binding, horovod_scalecom.torch._cuda."""
+"""The CUDA kernels for the GPU tests and the timing script: torch.ops.scalecom
+as the package built them (its CUDA kernels, through torch's dispatch), and,
+for the ring's functions, a build of csrc/cuda from the working tree (once per
+content and archs) loaded through horovod_scalecom.cuda."""
 
 from __future__ import annotations
 
@@ -28,7 +29,12 @@ def library(cache: Path) -> CudaKernels:
     return CudaKernels(build(cache))
 
 
-def cuda_ops(cache: Path):
-    """CudaOps (select_topk / gather_update_ / scatter on CUDA tensors) over a fresh build."""
-    from horovod_scalecom.torch._cuda import CudaOps
-    return CudaOps(library(cache))
+def torch_ops():
+    """torch.ops.scalecom, which must have its CUDA kernels (setup.py built
+    where torch has CUDA and nvcc is on PATH)."""
+    from horovod_scalecom.torch._ops import CUDA_KERNELS, ops
+    if not CUDA_KERNELS:
+        raise RuntimeError("horovod_scalecom._torch_ops has no CUDA kernels: build the package "
+                           "where torch has CUDA and nvcc is on PATH (python setup.py "
+                           "build_ext --inplace)")
+    return ops

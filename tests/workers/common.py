@@ -56,25 +56,24 @@ def run(main, outdir: str) -> None:
 
 
 def host_ops(path):
-    """CudaOps over the library at `path` for CPU tensors (no device to make
-    current, stream 0): with tests/abi_double's host build of the C ABI, the
-    GPU branches run on a CPU."""
-    import contextlib
-    from horovod_scalecom.cuda import CudaKernels
-    from horovod_scalecom.torch._cuda import CudaOps
+    """torch.ops.scalecom_host: csrc/torch/cuda_ops.cc over the host double at
+    `path` (tests/abi_double), for CPU tensors. The test that launched this
+    worker built it beside the double (two ranks must not build it at once)."""
+    import torch
+    from pathlib import Path
 
-    class HostOps(CudaOps):
-        def launch(self, tensor):
-            return contextlib.nullcontext(0)
-
-    return HostOps(CudaKernels(path))
+    if not hasattr(torch.ops.scalecom_host, "select_topk"):
+        torch.ops.load_library(str(Path(path).with_name("libscalecom_torch_host.so")))
+    return torch.ops.scalecom_host
 
 
 def route_through_kernels_library(compression, path, optimizer=None):
     """Every compressed tensor, CPU ones too, through the CUDA code path
-    (host_ops): torch's CudaOps and, given a ring `optimizer`, the ring's
-    device buffers, which then treat host tensors as device 0's."""
-    ops = host_ops(path)
-    compression.state.kernels = lambda tensor, name: ops
+    (host_ops): torch's CUDA-dispatch code and, given a ring `optimizer`, the
+    ring's device buffers, which then treat host tensors as device 0's."""
+    from horovod_scalecom.cuda import CudaKernels
+
+    compression.state.kernels = lambda tensor, name: host_ops(path)
+    compression.state.kernel_table = lambda tensor, name: CudaKernels(path).addresses()
     if optimizer is not None:
         optimizer._ring_device = lambda grad, name: 0

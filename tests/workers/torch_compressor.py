@@ -244,7 +244,8 @@ def main():
     parser.add_argument("--clip-norm", type=float, default=0.0, help="ScaleCom(clip_norm=...)")
     parser.add_argument("--device", default="cpu", help="sequence mode: cpu or cuda")
     parser.add_argument("--kernels-lib", default="",
-                        help="sequence mode: CudaOps over this build of the C ABI for every tensor")
+                        help="sequence mode: torch.ops.scalecom_host (csrc/torch/cuda_ops.cc) "
+                             "over this build of the C ABI for every tensor")
     args = parser.parse_args()
     torch.set_num_threads(1)
     hvd.init()

@@ -188,14 +188,15 @@ def with_cuda_library(build_ext_class, archs):
             super().run()
 
         def _add_gpu_kernels(self, ext, package_dir, library):
-            # The variant stamp is rewritten (so newer than the library) only when it changes.
+            # The stamp is rewritten only when the variant changes: then it is newer
+            # than the op library built before, which setuptools rebuilds.
             variant = Path(package_dir) / f"{ext.name.rsplit('.', 1)[1]}.variant"
             wanted = "cuda" if archs is not None else "cpu"
             if not variant.exists() or variant.read_text() != wanted:
                 variant.parent.mkdir(parents=True, exist_ok=True)
                 variant.write_text(wanted)
             ext.depends = ext.depends + [str(variant)]
-            if archs is None:
+            if archs is None or GPU_KERNELS[ext.name] in ext.sources:
                 return
             ext.sources = ext.sources + [GPU_KERNELS[ext.name]]
             ext.depends = ext.depends + ["csrc/cuda/scalecom_cuda.h", str(library)]

@@ -51,8 +51,9 @@ class CudaKernels:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         try:
-            # RTLD_GLOBAL: an op library loaded later finds the same symbols.
-            lib = ctypes.CDLL(str(self.path), mode=ctypes.RTLD_GLOBAL)
+            # RTLD_LOCAL: a build named by HOROVOD_SCALECOM_CUDA_LIB serves the
+            # ring only; it must not stand in for the library the op libraries link.
+            lib = ctypes.CDLL(str(self.path), mode=ctypes.RTLD_LOCAL)
             for name, argtypes in SIGNATURES.items():
                 fn = getattr(lib, f"scalecom_cuda_{name}")
                 fn.argtypes, fn.restype = argtypes, ctypes.c_int

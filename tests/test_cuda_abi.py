@@ -80,15 +80,28 @@ def test_bad_inputs_raise_before_the_kernels(host_ops, bad, message):
         host_ops.select_topk(*bad(m, g), 5)
 
 
-def test_kernel_errors_name_the_call(host_ops):
+def test_bad_arguments_raise_the_cpu_ops_value_errors(host_ops):
     m, g = inputs(100, torch.float32, "normal")
-    with pytest.raises(RuntimeError, match=r"select_workspace_bytes\(numel=100, k=101\)"):
+    with pytest.raises(ValueError, match=r"select_topk: k=101 outside \[0, numel=100\]"):
         host_ops.select_topk(m, g, 101)
+    with pytest.raises(ValueError, match=r"select_topk: k=101 outside \[0, numel=100\]"):
+        ops.select_topk(m, g, 101)
     idx = torch.tensor([3, 7], dtype=torch.int32)
-    with pytest.raises(RuntimeError, match=r"gather_update\(numel=100, k=2\)"):
-        host_ops.gather_update_(m, g, idx, 1.5)     # beta out of (0, 1]
+    for kernels in (host_ops, ops):
+        with pytest.raises(ValueError, match=r"beta must lie in \(0, 1\], got 1\.5"):
+            kernels.gather_update_(m.clone(), g, idx, 1.5)
     with pytest.raises(ValueError, match="indices must be a contiguous 1-D int32"):
         host_ops.gather_update_(m, g, idx.long(), 0.1)
+
+
+def test_kernel_errors_name_the_call(host_ops):
+    # Indices out of order are the caller's fault, which the GPU kernels trust
+    # and the host double refuses: the error the C ABI returns names the call.
+    m, g = inputs(100, torch.float32, "normal")
+    idx = torch.tensor([7, 3], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match=r"scalecom CUDA gather_update\(numel=100, k=2\): "
+                       r"invalid argument \(host double\) \(error 1\)"):
+        host_ops.gather_update_(m, g, idx, 0.1)
 
 
 @pytest.mark.parametrize("built", [True, False])

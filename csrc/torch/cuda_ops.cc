@@ -14,7 +14,9 @@
 // host memory: machines without a GPU test everything up to the C ABI
 // (argument order, dtype codes, the workspace protocol, the counter).
 //
-// Status: compiled, linked and registered by the test suite; not yet run on a GPU.
+// Status: setup.py compiles and links it here (TensorFlow's wheel has CUDA),
+// and the tests check its registration and run its host-double build; not yet
+// run on a GPU.
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
@@ -86,6 +88,9 @@ at::Tensor select_topk(const at::Tensor& memory, const at::Tensor& grad, int64_t
   const int type = grad_type(memory, grad);
   const at::Tensor g = grad.reshape({-1}).contiguous();
   const int64_t numel = memory.numel();
+  // The CPU op's ValueErrors, before the C ABI's bare "invalid argument".
+  TORCH_CHECK_VALUE(k >= 0 && k <= numel, "scalecom: select_topk: k=", k,
+                    " outside [0, numel=", numel, "]");
   c10::DeviceGuard guard(memory.device());
   size_t bytes = 0;
   check(scalecom_cuda_select_workspace_bytes(numel, k, &bytes),
@@ -106,6 +111,13 @@ std::tuple<at::Tensor, at::Tensor> gather_update_(at::Tensor memory, const at::T
   const at::Tensor g = grad.reshape({-1}).contiguous();
   const int64_t numel = memory.numel();
   const int64_t k = indices.numel();
+  TORCH_CHECK_VALUE(k <= numel, "scalecom: gather_update_: k=", k, " outside [0, numel=",
+                    numel, "]");
+  const float beta32 = static_cast<float>(beta);
+  TORCH_CHECK_VALUE(beta32 > 0.0f && beta32 <= 1.0f,
+                    "scalecom: gather_update_: beta must lie in (0, 1], got ", beta);
+  // The indices are device data: their order and range are the caller's
+  // (select_topk's) to keep; checking them here would wait for the GPU.
   c10::DeviceGuard guard(memory.device());
   size_t bytes = 0;
   check(scalecom_cuda_gather_update_workspace_bytes(k, &bytes),
@@ -115,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor> gather_update_(at::Tensor memory, const at::T
   at::Tensor refused = at::empty({1}, memory.options().dtype(at::kLong));
   check(scalecom_cuda_gather_update(
             memory.data_ptr<float>(), g.data_ptr(), type, numel, indices.data_ptr<int32_t>(), k,
-            static_cast<float>(beta), values.data_ptr<float>(),
+            beta32, values.data_ptr<float>(),
             reinterpret_cast<unsigned long long*>(refused.data_ptr<int64_t>()),
             workspace.data_ptr(), bytes, current_stream(memory.device())),
         "gather_update(numel=", numel, ", k=", k, ")");

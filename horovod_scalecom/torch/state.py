@@ -147,8 +147,8 @@ class ScaleComState:
             raise RuntimeError(
                 f"ScaleCom: the gradient of {name} is on {tensor.device}, but this build of "
                 "horovod_scalecom has no CUDA kernels: setup.py builds them with nvcc when the "
-                "installed torch has CUDA. Install the CUDA toolkit (nvcc on PATH) and run "
-                "`bash scripts/setup.sh` again.")
+                "installed torch has CUDA (and HOROVOD_SCALECOM_CUDA is not 0). Install the "
+                "CUDA toolkit (nvcc on PATH) and run `bash scripts/setup.sh` again.")
         if tensor.device.type not in ("cpu", "cuda"):
             raise RuntimeError(f"ScaleCom: the gradient of {name} is on {tensor.device}; "
                                "ScaleCom runs on CPU and CUDA tensors")

@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 from horovod_scalecom import cuda  # noqa: E402
 from horovod_scalecom.torch._ops import ops  # noqa: E402
 
-from abi_double import build_host_double, build_torch_host_ops, load_torch_host_ops  # noqa: E402
+from abi_double import build_for_workers, load_torch_host_ops  # noqa: E402
 from kernel_cases import bits, check_ring_kernels, inputs  # noqa: E402
 
 
@@ -29,9 +29,7 @@ from kernel_cases import bits, check_ring_kernels, inputs  # noqa: E402
 def double_lib() -> Path:
     if shutil.which("g++") is None:
         pytest.skip("g++ is not installed")
-    lib = build_host_double()
-    build_torch_host_ops(lib)       # for the workers too
-    return lib
+    return build_for_workers()
 
 
 @pytest.fixture(scope="module")

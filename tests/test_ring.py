@@ -169,9 +169,8 @@ def test_ring_device_side_through_the_c_abi(cuda_aware, tmp_path):
     # every kernel call going through the C ABI's host double: bitwise the
     # reference, bytes and memory included, with an empty chunk (tiny) and
     # warm-up steps.
-    from abi_double import build_host_double, build_torch_host_ops
-    lib = build_host_double()
-    build_torch_host_ops(lib)
+    from abi_double import build_for_workers
+    lib = build_for_workers()
     shapes = dict(SHAPES, tiny=(3,))
     cfg = ScaleComConfig(ratio=0.05, beta=0.3, warmup_steps=2, min_numel=0)
     job = run_mpi(4, "torch_ring.py", tmp_path / "job", "sequence", "--steps", "6", "--tiny",
@@ -213,9 +212,8 @@ def test_ring_device_side_refuses_indices_outside_their_chunk(tmp_path):
     # Rank 1's chunk selection (the double, on demand) sends an index past its
     # chunk: rank 2 finds it at its next wait for the device and fails with the
     # host path's message, before anything reaches its memory; the job ends.
-    from abi_double import build_host_double, build_torch_host_ops
-    lib = build_host_double()
-    build_torch_host_ops(lib)
+    from abi_double import build_for_workers
+    lib = build_for_workers()
     start = time.monotonic()
     job = run_mpi(3, "torch_ring.py", tmp_path / "job", "sequence", "--steps", "2",
                   "--kernels-lib", str(lib), "--timeout", "20",

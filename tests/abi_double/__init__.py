@@ -28,12 +28,11 @@ def _stale(output: Path, sources: list[Path]) -> bool:
                                       for s in sources + HEADERS)
 
 
-def build_host_double(directory: Path | None = None) -> Path:
+def build_host_double() -> Path:
     """libscalecom_cuda_host_double.so: the C ABI on host memory (for ctypes
     and the ring engine), rebuilt only when its sources change."""
-    directory = Path(directory) if directory is not None else CACHE
-    directory.mkdir(parents=True, exist_ok=True)
-    lib = directory / "libscalecom_cuda_host_double.so"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    lib = CACHE / "libscalecom_cuda_host_double.so"
     if _stale(lib, DOUBLE_SOURCES):
         subprocess.run([_gxx(), "-std=c++17", "-O2", "-fPIC", "-shared", "-fopenmp",
                         "-ffp-contract=off", *map(str, DOUBLE_SOURCES), "-o", str(lib)],
@@ -65,10 +64,22 @@ def build_torch_host_ops(double_lib: Path) -> Path:
     return lib
 
 
-def load_torch_host_ops(double_lib: Path):
-    """torch.ops.scalecom_host, built (if needed) and loaded once per process."""
+def build_for_workers() -> Path:
+    """What an mpirun worker's --kernels-lib names: the host double, with
+    the torch op library over it built beside it now, since the ranks only
+    load it (build=False below) and must not build it at once."""
+    lib = build_host_double()
+    build_torch_host_ops(lib)
+    return lib
+
+
+def load_torch_host_ops(double_lib: Path, build: bool = True):
+    """torch.ops.scalecom_host over `double_lib`, loaded once per process;
+    built first if needed, unless ``build`` is False."""
     import torch
 
     if not hasattr(torch.ops.scalecom_host, "select_topk"):
-        torch.ops.load_library(str(build_torch_host_ops(double_lib)))
+        lib = (build_torch_host_ops(double_lib) if build
+               else Path(double_lib).with_name(TORCH_HOST_NAME))
+        torch.ops.load_library(str(lib))
     return torch.ops.scalecom_host

@@ -55,25 +55,19 @@ def run(main, outdir: str) -> None:
         raise SystemExit(1)
 
 
-def host_ops(path):
-    """torch.ops.scalecom_host: csrc/torch/cuda_ops.cc over the host double at
-    `path` (tests/abi_double), for CPU tensors. The test that launched this
-    worker built it beside the double (two ranks must not build it at once)."""
-    import torch
-    from pathlib import Path
-
-    if not hasattr(torch.ops.scalecom_host, "select_topk"):
-        torch.ops.load_library(str(Path(path).with_name("libscalecom_torch_host.so")))
-    return torch.ops.scalecom_host
-
-
 def route_through_kernels_library(compression, path, optimizer=None):
-    """Every compressed tensor, CPU ones too, through the CUDA code path
-    (host_ops): torch's CUDA-dispatch code and, given a ring `optimizer`, the
-    ring's device buffers, which then treat host tensors as device 0's."""
+    """Every compressed tensor, CPU ones too, through the CUDA code path, over
+    the host double at `path` (tests/abi_double.build_for_workers): torch's
+    CUDA-dispatch code (csrc/torch/cuda_ops.cc built for CPU tensors) and,
+    given a ring `optimizer`, the ring's device buffers, which then treat host
+    tensors as device 0's."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # tests/, for abi_double
+    from abi_double import load_torch_host_ops
     from horovod_scalecom.cuda import CudaKernels
 
-    compression.state.kernels = lambda tensor, name: host_ops(path)
-    compression.state.kernel_table = lambda tensor, name: CudaKernels(path).addresses()
+    ops = load_torch_host_ops(path, build=False)
+    table = CudaKernels(path).addresses()
+    compression.state.kernels = lambda tensor, name: ops
+    compression.state.kernel_table = lambda tensor, name: table
     if optimizer is not None:
         optimizer._ring_device = lambda grad, name: 0

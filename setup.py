@@ -219,7 +219,8 @@ setup(
     packages=find_packages(include=["horovod_scalecom", "horovod_scalecom.*"]),
     python_requires=">=3.9",
     install_requires=["numpy"],
-    extras_require={"plots": ["matplotlib"]},     # the benchmarks' plot scripts only
+    # The benchmarks' plot scripts and the convergence study's data sets only.
+    extras_require={"plots": ["matplotlib"], "study": ["scikit-learn", "mnist1d"]},
     package_data={"horovod_scalecom": ["libscalecom_cuda.so"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from horovod_scalecom.benchmarks.convergence import digits, make_model
+from horovod_scalecom.benchmarks.tasks import digits, make_model
 from horovod_scalecom.torch.ddp import ScaleComHookState, scalecom_hook
 
 
@@ -52,7 +52,7 @@ def join_gloo_group():
 
 def make_ddp_model(args):
     """The model in DDP, with ScaleCom's hook registered (state None with --dense)."""
-    model = DDP(make_model(args.seed))     # DDP broadcasts rank 0's weights
+    model = DDP(make_model("digits", "mlp", args.seed))     # DDP broadcasts rank 0's weights
     state = None
     if not args.dense:
         state = ScaleComHookState(model, ratio=args.ratio)

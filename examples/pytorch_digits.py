@@ -20,7 +20,7 @@ import warnings
 import torch
 
 import horovod.torch as hvd
-from horovod_scalecom.benchmarks.convergence import digits, make_model
+from horovod_scalecom.benchmarks.tasks import digits, make_model
 from horovod_scalecom.torch import ScaleCom
 
 
@@ -115,7 +115,7 @@ def main():
     hvd.init()
     torch.set_num_threads(1)
     data = tuple(map(torch.from_numpy, digits()))
-    model = make_model(args.seed)
+    model = make_model("digits", "mlp", args.seed)
     compression, opt = make_optimizer(model, args)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     per_epoch = len(data[0]) // (BATCH * hvd.size())

@@ -23,7 +23,7 @@ import argparse
 import torch
 
 import horovod.torch as hvd
-from horovod_scalecom.benchmarks.convergence import digits, make_model
+from horovod_scalecom.benchmarks.tasks import digits, make_model
 from horovod_scalecom.torch import ScaleCom
 from horovod_scalecom.torch.elastic import TorchState
 
@@ -40,7 +40,7 @@ def main():
     hvd.init()
     torch.set_num_threads(1)
     x, y, x_test, y_test = map(torch.from_numpy, digits())
-    model = make_model(0)
+    model = make_model("digits", "mlp", 0)
     compression = ScaleCom(model, ratio=0.01)
     opt = hvd.DistributedOptimizer(
         torch.optim.SGD(model.parameters(), lr=args.lr * hvd.size(), momentum=0.9),

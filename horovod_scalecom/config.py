@@ -179,6 +179,10 @@ class ScaleComConfig:
         return asdict(self)
 
 
+# The defaults every frontend's signature takes (tests/test_api.py checks them).
+DEFAULTS = ScaleComConfig()
+
+
 def disagreement_error(names: Sequence[str], every, what: str = "") -> ValueError | None:
     """The error every frontend raises when ranks' knobs differ (None when
     they agree); ``what`` says what else they must share."""

@@ -15,6 +15,7 @@ TORCH_VERSION=2.13.0
 TF_VERSION=2.15.1
 NUMPY_VERSION=1.26.4
 SKLEARN_VERSION=1.9.1
+MNIST1D_VERSION=0.0.2.post1
 MPI4PY_VERSION=4.1.2
 HOROVOD_VERSION=0.28.1
 
@@ -61,6 +62,10 @@ fi
 # examples/pytorch_digits.py inside the package: nothing is downloaded.
 "$PY" -c "import sklearn" 2>/dev/null || pip_install "scikit-learn==$SKLEARN_VERSION" \
   || fail "pip could not install scikit-learn; is PyPI reachable?"
+# mnist1d generates the study's second data set (MNIST-1D) from templates it
+# ships (make_dataset; its download is never used).
+have mnist1d==$MNIST1D_VERSION || pip_install "mnist1d==$MNIST1D_VERSION" \
+  || fail "pip could not install mnist1d; is PyPI reachable?"
 
 step "mpi4py $MPI4PY_VERSION built against the system Open MPI (a few minutes the first time)"
 if have mpi4py==$MPI4PY_VERSION && "$PY" -c "import mpi4py.MPI" 2>/dev/null; then

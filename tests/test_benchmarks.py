@@ -130,3 +130,96 @@ def test_older_method_names_are_read_under_the_new_ones(tmp_path):
     # The published figures, saved under the older names, load under the new ones.
     published = load([ROOT / "docs" / "data" / "overlap" / "network_resnet50_1gbit_n2.json"])
     assert {"dense", "scalecom", "scalecom ring"} <= set(published["1gbit"][2])
+
+
+def test_study_tasks_and_models_compress_their_large_tensors():
+    pytest.importorskip("torch")
+    from horovod_scalecom.benchmarks.tasks import load_task, make_model
+    for task, features, train, test in (("digits", 64, 1200, 597), ("mnist1d", 40, 4000, 1000)):
+        pytest.importorskip("sklearn" if task == "digits" else "mnist1d")
+        x, y, x_test, y_test = load_task(task)
+        assert x.shape == (train, features) and x_test.shape == (test, features)
+        assert sorted(set(y.tolist())) == list(range(10))
+        for model in ("mlp", "cnn"):
+            net = make_model(task, model, seed=0)
+            assert net(x[:3]).shape == (3, 10)
+            sizes = [p.numel() for p in net.parameters()]
+            # Most of every model goes through the compressor (min_numel 1024).
+            assert sum(s for s in sizes if s >= 1024) > 0.9 * sum(sizes), (task, model, sizes)
+
+
+def test_ratio_warmup_follows_dgc_stages_down_to_the_ratio():
+    pytest.importorskip("torch")
+    from horovod_scalecom.benchmarks.convergence import RunSpec, warmup_ratio
+    spec = RunSpec("scalecom", 4, 0.01, 0, lr=0.1, momentum=0.9, epochs=1, ratio_warmup_steps=8)
+    assert [warmup_ratio(spec, t) for t in range(10)] == [
+        0.25, 0.25, 0.0625, 0.0625, 0.015625, 0.015625, 0.01, 0.01, 0.01, 0.01]
+
+
+def test_diagnostics_of_a_hand_made_step():
+    from horovod_scalecom.benchmarks.diagnostics import step_figures
+    memories = [np.zeros(4, np.float32), np.array([0, 0, 2, 0], np.float32)]
+    grads = [np.array([3, 1, 0, 0], np.float32), np.array([3, -1, 0, 0.5], np.float32)]
+    # p_0 = (3, 1, 0, 0), p_1 = (3, -1, 2, 0.5); mean p = (3, 0, 1, 0.25); mean g = (3, 0, 0, 0.25)
+    f = step_figures(memories, grads, np.array([0]), lag=np.array([0, 0, 0.5, 0.25]))
+    assert f["overlap_own"] == 1.0 and f["overlap_mean"] == 1.0
+    assert f["captured"] == pytest.approx(9 / (9 + 1 + 0.0625))
+    assert f["memory_ratio"] == pytest.approx(1 / np.sqrt(9 + 0.0625))
+    assert f["lag"] == pytest.approx(np.sqrt(0.25 + 0.0625) / np.sqrt(9 + 0.0625))
+    # k = 2: worker 0's own pair is {0, 1}, worker 1's and the mean's {0, 2}.
+    pair = step_figures(memories, grads, np.array([0, 2]), lag=np.zeros(4))
+    assert pair["overlap_own"] == 0.75 and pair["overlap_mean"] == 1.0
+
+
+def test_momentum_correction_at_ratio_one_is_momentum_sgd():
+    torch = pytest.importorskip("torch")
+    from horovod_scalecom.benchmarks.convergence import RunSpec, train
+    torch.set_num_threads(1)
+    common = dict(ranks=4, seed=0, lr=0.1, momentum=0.9, epochs=1, train_size=2048)
+    dense = train(RunSpec("dense", ratio=1.0, **common))
+    moved = train(RunSpec("scalecom", ratio=1.0, clip_factor=None, beta=1.0,
+                          momentum_correction=True, **common))
+    # The workers' velocities average to the velocity of the average, up to rounding.
+    np.testing.assert_allclose(moved["test_loss"], dense["test_loss"], rtol=1e-4)
+    masked = train(RunSpec("scalecom", ratio=1.0, clip_factor=None, beta=1.0,
+                           momentum_correction=True, factor_masking=True, **common))
+    assert masked["test_loss"] != dense["test_loss"]     # masking every entry drops the momentum
+
+
+@pytest.mark.parametrize("clip_factor,warmup", [(2.0, 0), (None, 2), (1.0, 0)])
+def test_batched_workers_are_the_reference_to_the_bit(clip_factor, warmup):
+    from horovod_scalecom.benchmarks.batched import BatchedHorovodPath
+    from horovod_scalecom.reference import HorovodPathSimulator
+    n = 5
+    config = ScaleComConfig(ratio=0.03, beta=0.3, clip_factor=clip_factor, warmup_steps=warmup,
+                            min_numel=64, stagger_leaders=True)
+    ref, fast = HorovodPathSimulator(n, config), BatchedHorovodPath(n, config)
+    rng = np.random.default_rng(1)
+    for step in range(7):
+        for name, numel in (("w", 5000), ("b", 40), ("v", 300)):
+            # Growing gradients make the clip act; a NaN and an Inf try the memory.
+            grads = [(rng.standard_normal(numel) * (1 + step)).astype(np.float32)
+                     for _ in range(n)]
+            if step == 3:
+                grads[1][7], grads[2][8] = np.nan, np.inf
+            want, got = ref.step(name, grads), fast.step(name, grads)
+            np.testing.assert_array_equal(got.outputs[0], want.outputs[0])
+            assert got.leader == want.leader and got.bytes_sent == want.bytes_sent
+            if want.indices is not None:
+                np.testing.assert_array_equal(got.indices, want.indices)
+            if name in ref.tensors:
+                for r in range(n):
+                    np.testing.assert_array_equal(fast.tensors[name].memory[r],
+                                                  ref.memory(name, r))
+
+
+def test_with_classic_error_feedback_the_lag_is_the_mean_memory():
+    torch = pytest.importorskip("torch")
+    from horovod_scalecom.benchmarks.convergence import RunSpec, train
+    torch.set_num_threads(1)
+    common = dict(ranks=4, ratio=0.01, seed=0, lr=0.1, momentum=0.9, epochs=1, train_size=2048)
+    ef = train(RunSpec("scalecom", beta=1.0, **common))["figures"]
+    for figures in ef.values():
+        assert figures["lag"] == pytest.approx(figures["memory_ratio"], rel=1e-3)
+    lpf = train(RunSpec("scalecom", beta=0.1, **common))["figures"]
+    assert all(f["lag"] > 1.5 * f["memory_ratio"] for f in lpf.values()), lpf

@@ -30,6 +30,7 @@ paper's contraction argument relies on), on the largest tensor.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -40,9 +41,11 @@ import torch
 from torch.func import functional_call, grad_and_value, vmap
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.benchmarks.synthetic import make_data
+from horovod_scalecom.benchmarks.batched import BatchedHorovodPath
+from horovod_scalecom.benchmarks.diagnostics import Tracker, step_figures
+from horovod_scalecom.benchmarks.tasks import MODELS, TASKS, load_task, make_model
 from horovod_scalecom.config import DEFAULT_CLIP_FACTOR, ScaleComConfig
-from horovod_scalecom.reference import HorovodPathSimulator, TopkAllgatherSimulator
+from horovod_scalecom.reference import TopkAllgatherSimulator
 from horovod_scalecom.reference.horovod_path import allreduce_mean
 
 METHODS = ("dense", "scalecom", "ef", "topk")
@@ -63,43 +66,30 @@ class RunSpec:
     lr_warmup_steps: int = 0     # linear learning-rate ramp before the cosine decay
     clip: float = 0.0            # absolute per-worker, per-tensor clipping (clip_before_exchange)
     global_batch: int = 256
+    steps: int = 0               # the run's length in steps; 0: ``epochs`` whole epochs
     train_size: int = 16384
-    task: str = "synthetic"      # or "digits" (scikit-learn's, shipped with the package)
+    task: str = "synthetic"      # or "digits", "mnist1d" (benchmarks/tasks.py)
+    model: str = "mlp"           # or "cnn"
     beta: float | None = None    # None: the method's (ScaleCom 0.1, classic EF 1)
     clip_factor: float | None = DEFAULT_CLIP_FACTOR   # ScaleCom's relative clip; None: off
+    # Remedies under study (docs/convergence.md), all off by default:
+    ratio_warmup_steps: int = 0  # DGC's exponential ratio warm-up: 1/4, 1/16, ... down to ratio
+    momentum_correction: bool = False  # DGC: each worker compresses its own velocity
+    factor_masking: bool = False       # DGC: a worker's velocity is zeroed where it was sent
+    memory_factor: float = 0.0   # bound each memory's norm to this x the clip's level; 0: off
 
     def __post_init__(self) -> None:
         if self.beta is None:
             self.beta = {"scalecom": 0.1, "ef": 1.0}.get(self.method, float("nan"))
 
 
-def digits() -> tuple[np.ndarray, ...]:
-    """scikit-learn's 8x8 digits scaled to [0, 1]: (x_train, y_train, x_test, y_test)."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:
-        raise SystemExit("the digits task needs scikit-learn (pip install scikit-learn); "
-                         "its data ship inside the package, nothing is downloaded") from exc
-    data = load_digits()
-    x, y = (data.data / 16.0).astype(np.float32), data.target.astype(np.int64)
-    order = np.random.default_rng(12345).permutation(len(x))
-    x, y = x[order], y[order]
-    return x[:1200], y[:1200], x[1200:], y[1200:]
-
-
-def load_task(spec: "RunSpec") -> tuple[torch.Tensor, ...]:
-    if spec.task == "digits":
-        return tuple(map(torch.from_numpy, digits()))
-    x, y = make_data(seed=100, n=spec.train_size)
-    x_test, y_test = make_data(seed=99, n=4096)
-    return tuple(map(torch.from_numpy, (x, y, x_test, y_test)))
-
-
-def make_model(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(),
-                               torch.nn.Linear(256, 256), torch.nn.ReLU(),
-                               torch.nn.Linear(256, 10))
+def warmup_ratio(spec: RunSpec, step: int) -> float:
+    """DGC's exponential ratio warm-up: 1/4, 1/16, 1/64, ... in four equal
+    stages over the first ``ratio_warmup_steps``, never below the target."""
+    if step >= spec.ratio_warmup_steps:
+        return spec.ratio
+    stage = 4 * step // spec.ratio_warmup_steps
+    return max(spec.ratio, 0.25 ** (stage + 1))
 
 
 def make_simulator(spec: RunSpec):
@@ -110,22 +100,28 @@ def make_simulator(spec: RunSpec):
                             clip_factor=spec.clip_factor if spec.method != "topk" else None)
     if spec.method == "topk":
         return TopkAllgatherSimulator(spec.ranks, config)
-    return HorovodPathSimulator(spec.ranks, config)
+    return BatchedHorovodPath(spec.ranks, config)    # HorovodPathSimulator's numbers, faster
 
 
-def own_topk_overlap(sim: HorovodPathSimulator, name: str, grads: np.ndarray, k: int) -> list:
-    """Each worker's own top-k set of p_r = m_r + g_r, before the step updates m_r."""
-    if name not in sim.tensors:
-        return []
-    return [np.argpartition(-np.abs(sim.memory(name, r) + grads[r]), k - 1)[:k]
-            for r in range(sim.size)]
+def total_steps(spec: RunSpec, train_len: int) -> int:
+    return spec.steps or spec.epochs * (train_len // spec.global_batch)
+
+
+def bound_memories(sim: BatchedHorovodPath, name: str, factor: float) -> None:
+    """Scale each worker's memory of ``name`` to norm ``factor`` x its clip level where above."""
+    memory, levels = sim.tensors[name].memory, sim.levels.level[name]
+    for r in range(sim.size):
+        norm = float(np.linalg.norm(memory[r].astype(np.float64)))
+        limit = factor * levels[r]
+        if limit > 0 and norm > limit:
+            memory[r] = memory[r] * np.float32(limit / norm)
 
 
 def cosine_schedule(opt: torch.optim.Optimizer, spec: RunSpec,
                     train_len: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A linear ramp over spec.lr_warmup_steps, then cosine decay to zero at the run's end."""
     # The same schedule for every method, so that only the exchange differs.
-    total = spec.epochs * (train_len // spec.global_batch)
+    total = total_steps(spec, train_len)
     ramp = max(spec.lr_warmup_steps, 1)
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / ramp) * 0.5 * (1.0 + np.cos(np.pi * min(s, total) / total)))
@@ -151,15 +147,20 @@ class Training:
 
     def __init__(self, spec: RunSpec, overlap_every: int, train_len: int) -> None:
         self.spec, self.overlap_every = spec, overlap_every
-        self.model = make_model(spec.seed)
+        self.model = make_model(spec.task, spec.model, spec.seed)
         params = dict(self.model.named_parameters())
         self.largest = max(params, key=lambda n: params[n].numel())
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=spec.lr, momentum=spec.momentum)
+        # Momentum correction moves the momentum into the workers: plain SGD after it.
+        momentum = 0.0 if spec.momentum_correction else spec.momentum
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=spec.lr, momentum=momentum)
+        self.velocity: dict[str, torch.Tensor] = {}
+        self.tracker = Tracker()
+        self.lag: dict[str, np.ndarray] = {}     # per tensor: sum of (mean gradient - output)
         self.schedule = cosine_schedule(self.opt, spec, train_len)
         self.sim = make_simulator(spec)
         self.n, self.b = spec.ranks, spec.global_batch // spec.ranks
         self.worker_grads = worker_gradients(self.model)
-        self.record = {"test_acc": [], "test_loss": [], "train_loss": [], "overlap": []}
+        self.record = {"test_acc": [], "test_loss": [], "train_loss": []}
         self.sent = 0.0
         self.window = []        # train losses since the last recorded mean
         self.steps = 0
@@ -172,11 +173,18 @@ class Training:
         self.window.append(losses.mean().item())
         if self.spec.clip > 0:
             grads = clip_per_worker(grads, self.spec.clip, n)
-        # Each overlap costs an extra top-k per worker: the largest tensor, every few steps.
+        if self.sim is not None and self.spec.ratio_warmup_steps:
+            self.sim.config = dataclasses.replace(self.sim.config,
+                                                  ratio=warmup_ratio(self.spec, self.steps))
+        # The figures cost n extra top-k selections: every few steps only.
         track = self.spec.method != "topk" and self.steps % self.overlap_every == 0
         for name, p in self.model.named_parameters():
-            out = self.exchange(name, grads[name].reshape(n, -1).numpy(),
-                                track and name == self.largest)
+            g = grads[name].reshape(n, -1)
+            if self.spec.momentum_correction:
+                g = self.velocity[name] = self.spec.momentum * self.velocity.get(name, 0.0) + g
+            out, indices = self.exchange(name, g.numpy(), track)
+            if self.spec.factor_masking and indices is not None:
+                self.velocity[name][:, torch.from_numpy(indices.astype(np.int64))] = 0.0
             p.grad = torch.from_numpy(out.reshape(p.shape))
         self.opt.step()
         self.schedule.step()
@@ -185,18 +193,25 @@ class Training:
             self.record["train_loss"].append(float(np.mean(self.window)))
             self.window = []
 
-    def exchange(self, name: str, g: np.ndarray, track: bool) -> np.ndarray:
-        """The averaged gradient of one tensor from the n workers' rows of ``g``."""
+    def exchange(self, name: str, g: np.ndarray, track: bool):
+        """The averaged gradient of one tensor from the n workers' rows of
+        ``g``, and the index set (None when it went dense)."""
         if self.sim is None:
-            return allreduce_mean(list(g))
-        own = own_topk_overlap(self.sim, name, g, self.sim.config.k(g.shape[1])) if track else []
+            return allreduce_mean(list(g)), None
+        before = [m.copy() for m in self.sim.tensors[name].memory] \
+            if track and name in self.sim.tensors else None
         result = self.sim.step(name, list(g))
         self.sent += result.bytes_sent[0]
-        if own and result.indices is not None:
-            lead = set(result.indices.tolist())
-            self.record["overlap"].append(float(np.mean(
-                [len(lead.intersection(s.tolist())) / len(lead) for s in own])))
-        return result.outputs[0]
+        if self.spec.memory_factor and result.indices is not None:
+            bound_memories(self.sim, name, self.spec.memory_factor)
+        if result.indices is not None:
+            scales = [s.scale for s in self.sim.levels.last.get(name, [])] or [1.0] * self.n
+            clipped = [row * np.float32(s) for row, s in zip(g, scales)]
+            lag = self.lag[name] = (self.lag.get(name, 0.0) + np.mean(clipped, axis=0)
+                                    - result.outputs[0])
+            if before is not None:
+                self.tracker.add(name, step_figures(before, clipped, result.indices, lag))
+        return result.outputs[0], result.indices
 
     def evaluate(self, x_test: torch.Tensor, y_test: torch.Tensor) -> None:
         with torch.no_grad():
@@ -208,27 +223,34 @@ class Training:
     def result(self) -> dict:
         """The spec, the run's final figures and its records."""
         record, sent = self.record, self.sent
+        figures = self.tracker.summary()
         if self.sim is None:    # no simulator counts dense's bytes: the byte model's ring
             sent = self.steps * sum(bytes_model.dense_ring_allreduce(p.numel(), self.n)
                                     for p in self.model.parameters())
         return {**asdict(self.spec), "steps": self.steps, "bytes_per_worker": sent,
                 "final_acc": record["test_acc"][-1], "final_test_loss": record["test_loss"][-1],
-                "mean_overlap": float(np.mean(record["overlap"])) if record["overlap"] else None,
-                **record}
+                "mean_overlap": figures.get(self.largest, {}).get("overlap_own"),
+                "figures": figures, "largest": self.largest, **record}
 
 
 def train(spec: RunSpec, overlap_every: int = 8) -> dict:
     """One run of the study (see the module's docstring for what it records)."""
     if spec.global_batch % spec.ranks:
         raise ValueError(f"global batch {spec.global_batch} is not divisible by n={spec.ranks}")
-    x, y, x_test, y_test = load_task(spec)
+    x, y, x_test, y_test = load_task(spec.task, spec.train_size)
+    if spec.global_batch > len(x):
+        raise ValueError(f"global batch {spec.global_batch} exceeds the {len(x)} training samples")
     run = Training(spec, overlap_every, len(x))
-    for epoch in range(spec.epochs):
+    total, epoch = total_steps(spec, len(x)), 0
+    while run.steps < total:     # whole epochs, the last one cut at ``total`` steps
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1000 * spec.seed + epoch))
         for i in range(0, len(x) - spec.global_batch + 1, spec.global_batch):
+            if run.steps == total:
+                break
             batch = perm[i:i + spec.global_batch]
             run.train_step(x[batch], y[batch])
         run.evaluate(x_test, y_test)
+        epoch += 1
     return run.result()
 
 
@@ -241,10 +263,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--regime", choices=sorted(REGIMES), default="normal")
     parser.add_argument("--lr", type=float, help="overrides the regime's learning rate")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=0,
+                        help="the run's length in steps (overrides --epochs)")
     parser.add_argument("--warmup-steps", type=int, default=0)
     parser.add_argument("--lr-warmup-steps", type=int, default=0)
     parser.add_argument("--clip", type=float, default=0.0)
-    parser.add_argument("--task", choices=["synthetic", "digits"], default="synthetic")
+    parser.add_argument("--task", choices=TASKS, default="synthetic")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=["mlp"])
+    parser.add_argument("--ratio-warmup-steps", type=int, default=0,
+                        help="DGC's exponential ratio warm-up over this many steps")
+    parser.add_argument("--momentum-correction", action="store_true",
+                        help="DGC's momentum correction (the workers hold the momentum)")
+    parser.add_argument("--memory-factor", type=float, default=0.0,
+                        help="bound each memory's norm to this x the clip's level (0: off)")
+    parser.add_argument("--factor-masking", action="store_true",
+                        help="with --momentum-correction: zero the velocity where it was sent")
     parser.add_argument("--betas", type=float, nargs="+",
                         help="ScaleCom's beta values to run (default: the method's)")
     parser.add_argument("--clip-factor", type=float, default=DEFAULT_CLIP_FACTOR,
@@ -258,16 +291,20 @@ def parse_args() -> argparse.Namespace:
 def run_specs(args: argparse.Namespace) -> Iterator[RunSpec]:
     """Every run the command line asks for, in the order they run."""
     regime = dict(REGIMES[args.regime], **({"lr": args.lr} if args.lr else {}))
-    for ranks in args.ranks:
+    for ranks, model in [(n, m) for n in args.ranks for m in args.models]:
         for seed in args.seeds:
             for method in args.methods:
                 betas = args.betas if method == "scalecom" and args.betas else [None]
                 for ratio, beta in [(r, b) for r in ([1.0] if method == "dense" else args.ratios)
                                     for b in betas]:
-                    yield RunSpec(method, ranks, ratio, seed, epochs=args.epochs,
+                    yield RunSpec(method, ranks, ratio, seed, epochs=args.epochs, steps=args.steps,
                                   warmup_steps=args.warmup_steps,
                                   lr_warmup_steps=args.lr_warmup_steps, clip=args.clip,
-                                  task=args.task, beta=beta,
+                                  task=args.task, model=model, beta=beta,
+                                  ratio_warmup_steps=args.ratio_warmup_steps if method != "dense" else 0,
+                                  momentum_correction=args.momentum_correction and method != "dense",
+                                  factor_masking=args.factor_masking and method != "dense",
+                                  memory_factor=args.memory_factor if method != "dense" else 0.0,
                                   clip_factor=args.clip_factor or None,
                                   **({"global_batch": args.batch_per_rank * ranks}
                                      if args.batch_per_rank else {}), **regime)
@@ -286,7 +323,8 @@ def saved_runs(path: str | None) -> list:
 
 def summary_line(spec: RunSpec, run: dict, seconds: float) -> str:
     overlap = run["mean_overlap"]
-    return (f"n={spec.ranks:<3} seed={spec.seed} {spec.method:>8} ratio={spec.ratio:<7g} "
+    return (f"{spec.task}/{spec.model} n={spec.ranks:<3} seed={spec.seed} {spec.method:>8} "
+            f"ratio={spec.ratio:<7g} "
             f"beta={spec.beta:<5g} clip_factor={spec.clip_factor} "
             f"acc {run['final_acc']:.3f}  loss {run['final_test_loss']:.3f}  "
             f"{run['bytes_per_worker'] / 1e6:8.2f} MB/worker  "

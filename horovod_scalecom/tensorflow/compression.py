@@ -46,7 +46,7 @@ from horovod.tensorflow.compression import Compressor
 
 from horovod_scalecom import bytes_model
 from horovod_scalecom.config import (
-    CLIP_NORM_EPS, DEFAULT_CLIP_FACTOR, ScaleComConfig, check_numel)
+    CLIP_NORM_EPS, DEFAULTS, ScaleComConfig, check_numel)
 from horovod_scalecom.horovod_call import check_call, horovod_call, unheld_error
 from horovod_scalecom.ring import close_at_exit, load_ring
 from horovod_scalecom.stats import last_step, new_record
@@ -112,10 +112,12 @@ class ScaleCom(tf.Module, Compressor):
     unknown size, and dtypes other than float32, float16 and bfloat16.
     """
 
-    def __init__(self, ratio: float = 0.01, beta: float = 0.1, warmup_steps: int = 0,
-                 min_numel: int = 1024, clip_factor: float | None = DEFAULT_CLIP_FACTOR,
-                 clip_norm: float | None = None, stagger_leaders: bool = False,
-                 share_timeout: float = 120.0, process_set: Any = None,
+    def __init__(self, ratio: float = DEFAULTS.ratio, beta: float = DEFAULTS.beta,
+                 warmup_steps: int = DEFAULTS.warmup_steps, min_numel: int = DEFAULTS.min_numel,
+                 clip_factor: float | None = DEFAULTS.clip_factor,
+                 clip_norm: float | None = DEFAULTS.clip_norm,
+                 stagger_leaders: bool = DEFAULTS.stagger_leaders,
+                 share_timeout: float = DEFAULTS.share_timeout, process_set: Any = None,
                  name: str = "scalecom") -> None:
         super().__init__(name=name)
         self.process_set = hvd.global_process_set if process_set is None else process_set

@@ -60,7 +60,7 @@ import torch
 import horovod.torch as hvd
 from horovod.torch.compression import Compressor
 
-from horovod_scalecom.config import DEFAULT_CLIP_FACTOR, ScaleComConfig
+from horovod_scalecom.config import DEFAULTS, ScaleComConfig
 from horovod_scalecom.horovod_call import HorovodCall, check_call, horovod_call
 from horovod_scalecom.ring import open_index_share
 from horovod_scalecom.schedule import leader
@@ -118,11 +118,13 @@ class ScaleCom(Compressor):
     float32 either way.
     """
 
-    def __init__(self, named_parameters: NamedParameters, ratio: float = 0.01,
-                 beta: float = 0.1, warmup_steps: int = 0, min_numel: int = 1024,
-                 clip_factor: float | None = DEFAULT_CLIP_FACTOR,
-                 clip_norm: float | None = None, stagger_leaders: bool = False,
-                 share_timeout: float = 120.0, process_set: Any = None) -> None:
+    def __init__(self, named_parameters: NamedParameters, ratio: float = DEFAULTS.ratio,
+                 beta: float = DEFAULTS.beta, warmup_steps: int = DEFAULTS.warmup_steps,
+                 min_numel: int = DEFAULTS.min_numel,
+                 clip_factor: float | None = DEFAULTS.clip_factor,
+                 clip_norm: float | None = DEFAULTS.clip_norm,
+                 stagger_leaders: bool = DEFAULTS.stagger_leaders,
+                 share_timeout: float = DEFAULTS.share_timeout, process_set: Any = None) -> None:
         config = ScaleComConfig(ratio=ratio, beta=beta, warmup_steps=warmup_steps,
                                 min_numel=min_numel, clip_factor=clip_factor, clip_norm=clip_norm,
                                 stagger_leaders=stagger_leaders, share_timeout=share_timeout)

@@ -42,7 +42,7 @@ from typing import Any, Mapping, Optional
 import torch
 import torch.distributed as dist
 
-from horovod_scalecom.config import DEFAULT_CLIP_FACTOR, ScaleComConfig
+from horovod_scalecom.config import DEFAULTS, ScaleComConfig
 from horovod_scalecom.torch.ddp_exchange import BucketExchange, Part
 from horovod_scalecom.torch.dist_group import DistGroup
 from horovod_scalecom.torch.state import ScaleComState
@@ -79,9 +79,11 @@ class ScaleComHookState:
     """
 
     def __init__(self, model: torch.nn.Module, process_group: Any = None,
-                 ratio: float = 0.01, beta: float = 0.1, warmup_steps: int = 0,
-                 min_numel: int = 1024, clip_factor: Optional[float] = DEFAULT_CLIP_FACTOR,
-                 clip_norm: Optional[float] = None, share_timeout: float = 120.0) -> None:
+                 ratio: float = DEFAULTS.ratio, beta: float = DEFAULTS.beta,
+                 warmup_steps: int = DEFAULTS.warmup_steps, min_numel: int = DEFAULTS.min_numel,
+                 clip_factor: Optional[float] = DEFAULTS.clip_factor,
+                 clip_norm: Optional[float] = DEFAULTS.clip_norm,
+                 share_timeout: float = DEFAULTS.share_timeout) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be the torch.nn.Module DDP wraps (or the DDP "
                             f"wrapper), got {type(model).__name__}")

@@ -1,0 +1,117 @@
+"""The Horovod path's n workers as one (n, numel) array per tensor, for
+large-n studies: the reference's arithmetic, bit for bit, without its loop
+over workers.
+
+``HorovodPathSimulator`` (horovod_scalecom.reference) steps each worker's
+memory in turn; at n = 64 that loop, not the arithmetic, is what a study
+waits for. Here every elementwise step runs on all rows at once in the same
+float32 operations, the sums keep the reference's order (the clip's blocks
+and lanes per row, the allreduce in rank order), and the leader's top-k is
+the reference's own function, so the outputs and memories are the
+reference's to the bit (tests/test_benchmarks.py checks it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from horovod_scalecom import bytes_model
+from horovod_scalecom.config import CLIP_RHO, ScaleComConfig, check_numel
+from horovod_scalecom.reference.clip import NORM_BLOCK, NORM_LANES, clip_step, refuse_clip_norm
+from horovod_scalecom.reference.core import F32, topk_indices
+from horovod_scalecom.reference.horovod_path import StepResult
+from horovod_scalecom.schedule import leader
+
+
+def sum_squares_rows(x: np.ndarray) -> np.ndarray:
+    """reference.clip.sum_squares of every row of ``x``, in the same order."""
+    rows, numel = x.shape
+    if numel == 0:
+        return np.zeros(rows)
+    blocks = -(-numel // NORM_BLOCK)
+    squares = np.zeros((rows, blocks * NORM_BLOCK))
+    squares[:, :numel] = x.astype(np.float64) ** 2
+    lanes = np.cumsum(squares.reshape(rows, blocks, NORM_BLOCK // NORM_LANES, NORM_LANES),
+                      axis=2)[:, :, -1]
+    return np.cumsum(np.cumsum(lanes, axis=2)[:, :, -1], axis=1)[:, -1]
+
+
+def rank_order_mean(rows: np.ndarray) -> np.ndarray:
+    """reference.horovod_path.allreduce_mean: the sum in rank order, then / n."""
+    total = rows[0].copy()
+    for row in rows[1:]:
+        total = total + row
+    return total / F32(len(rows))
+
+
+class _Levels:
+    """The relative clip's per-worker levels, as reference.clip.Levels keeps them."""
+
+    def __init__(self, size: int, factor: float | None) -> None:
+        self.size, self.factor = size, 0.0 if factor is None else float(factor)
+        self.level: dict[str, list[float]] = {}
+        self.last: dict[str, list] = {}
+
+    def apply(self, name: str, grads: np.ndarray) -> np.ndarray:
+        levels = self.level.setdefault(name, [math.nan] * self.size)
+        steps = [clip_step(float(s), levels[r], self.factor, CLIP_RHO)
+                 for r, s in enumerate(sum_squares_rows(grads))]
+        self.level[name] = [s.level for s in steps]
+        self.last[name] = steps
+        scales = np.array([s.scale for s in steps], dtype=F32)
+        return grads * scales[:, None] if (scales != 1).any() else grads
+
+
+class _Tensor:
+    def __init__(self, offset: int, numel: int, size: int) -> None:
+        self.offset, self.numel, self.step = offset, numel, 0
+        self.memory = np.zeros((size, numel), dtype=F32)    # row r: worker r's memory
+
+
+class BatchedHorovodPath:
+    """``HorovodPathSimulator``'s interface and numbers, all workers at once."""
+
+    def __init__(self, size: int, config: ScaleComConfig | None = None) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.size = size
+        self.config = config or ScaleComConfig()
+        refuse_clip_norm(self.config)
+        self.tensors: dict[str, _Tensor] = {}
+        self.levels = _Levels(size, self.config.clip_factor)
+
+    def step(self, name: str, grads: Sequence[np.ndarray]) -> StepResult:
+        g = np.stack([np.asarray(x).reshape(-1) for x in grads])
+        if g.shape[0] != self.size:
+            raise ValueError(f"expected {self.size} gradients, got {g.shape[0]}")
+        state = self.tensors.get(name)
+        if state is None:
+            check_numel(g.shape[1], name)
+            offset = len(self.tensors) if self.config.stagger_leaders else 0
+            state = self.tensors[name] = _Tensor(offset, g.shape[1], self.size)
+        cfg, t = self.config, state.step
+        state.step += 1
+        if (t < cfg.warmup_steps or state.numel < cfg.min_numel
+                or not np.issubdtype(g.dtype, np.floating)):
+            out = rank_order_mean(g.astype(F32))
+            nbytes = bytes_model.dense_ring_allreduce(state.numel, self.size)
+            return StepResult([out] * self.size, None, None, [nbytes] * self.size)
+        g = self.levels.apply(name, g.astype(F32, copy=False))
+        lead = leader(t, state.offset, self.size)
+        k = cfg.k(state.numel)
+        m = state.memory
+        idx = topk_indices(m[lead] + g[lead], k)
+        with np.errstate(over="ignore", invalid="ignore"):
+            c = m[:, idx] + g[:, idx]
+            updated = m + cfg.beta32 * g
+        # The reference's non-finite policy: such an update leaves the entry alone.
+        fresh = np.where(np.isfinite(updated), updated, m)
+        fresh[:, idx] = cfg.decay32 * m[:, idx]
+        state.memory = fresh
+        out = np.zeros(state.numel, dtype=F32)
+        out[idx.astype(np.int64)] = rank_order_mean(c)
+        nbytes = bytes_model.horovod_path(k, self.size)
+        return StepResult([out] * self.size, idx, lead, [nbytes] * self.size)

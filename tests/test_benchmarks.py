@@ -223,3 +223,14 @@ def test_with_classic_error_feedback_the_lag_is_the_mean_memory():
         assert figures["lag"] == pytest.approx(figures["memory_ratio"], rel=1e-3)
     lpf = train(RunSpec("scalecom", beta=0.1, **common))["figures"]
     assert all(f["lag"] > 1.5 * f["memory_ratio"] for f in lpf.values()), lpf
+
+
+def test_batched_sum_of_squares_keeps_the_reference_order():
+    from horovod_scalecom.benchmarks.batched import sum_squares_rows
+    from horovod_scalecom.reference.clip import sum_squares
+    rng = np.random.default_rng(2)
+    for numel in (1, 7, 4096, 4097, 70_001):
+        # Magnitudes over many decades: another order would change the last bits.
+        x = (rng.standard_normal((3, numel)) * 10.0 ** rng.integers(-6, 6, (3, numel)))
+        x = x.astype(np.float32)
+        assert sum_squares_rows(x).tolist() == [sum_squares(row) for row in x]

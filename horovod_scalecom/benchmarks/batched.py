@@ -27,16 +27,26 @@ from horovod_scalecom.schedule import leader
 
 
 def sum_squares_rows(x: np.ndarray) -> np.ndarray:
-    """reference.clip.sum_squares of every row of ``x``, in the same order."""
+    """reference.clip.sum_squares of every row of ``x``, in the same order:
+    each lane of a block left to right, then the lanes in turn, then the
+    blocks in turn."""
     rows, numel = x.shape
     if numel == 0:
         return np.zeros(rows)
     blocks = -(-numel // NORM_BLOCK)
     squares = np.zeros((rows, blocks * NORM_BLOCK))
-    squares[:, :numel] = x.astype(np.float64) ** 2
-    lanes = np.cumsum(squares.reshape(rows, blocks, NORM_BLOCK // NORM_LANES, NORM_LANES),
-                      axis=2)[:, :, -1]
-    return np.cumsum(np.cumsum(lanes, axis=2)[:, :, -1], axis=1)[:, -1]
+    np.square(x, out=squares[:, :numel], dtype=np.float64)
+    # Reducing a non-contiguous axis, numpy adds the slices one after the
+    # other (pairwise summation is only for the contiguous axis): each lane's
+    # own left-to-right sum, as the reference's cumsum.
+    lanes = squares.reshape(rows, blocks, NORM_BLOCK // NORM_LANES, NORM_LANES).sum(axis=2)
+    per_block = lanes[:, :, 0]
+    for lane in range(1, NORM_LANES):
+        per_block = per_block + lanes[:, :, lane]
+    total = per_block[:, 0]
+    for block in range(1, blocks):
+        total = total + per_block[:, block]
+    return total
 
 
 def rank_order_mean(rows: np.ndarray) -> np.ndarray:
@@ -74,7 +84,8 @@ class _Tensor:
 class BatchedHorovodPath:
     """``HorovodPathSimulator``'s interface and numbers, all workers at once."""
 
-    def __init__(self, size: int, config: ScaleComConfig | None = None) -> None:
+    def __init__(self, size: int, config: ScaleComConfig | None = None,
+                 memory_beta: float = 0.0) -> None:
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         self.size = size
@@ -82,6 +93,9 @@ class BatchedHorovodPath:
         refuse_clip_norm(self.config)
         self.tensors: dict[str, _Tensor] = {}
         self.levels = _Levels(size, self.config.clip_factor)
+        # Under study (docs/convergence.md): each worker's beta falls below the
+        # config's where its memory holds more than ``memory_beta`` clip levels.
+        self.memory_beta = memory_beta
 
     def step(self, name: str, grads: Sequence[np.ndarray]) -> StepResult:
         g = np.stack([np.asarray(x).reshape(-1) for x in grads])
@@ -104,14 +118,29 @@ class BatchedHorovodPath:
         k = cfg.k(state.numel)
         m = state.memory
         idx = topk_indices(m[lead] + g[lead], k)
+        beta32, decay32 = self._betas(name, m)
         with np.errstate(over="ignore", invalid="ignore"):
             c = m[:, idx] + g[:, idx]
-            updated = m + cfg.beta32 * g
+            updated = m + beta32 * g
         # The reference's non-finite policy: such an update leaves the entry alone.
         fresh = np.where(np.isfinite(updated), updated, m)
-        fresh[:, idx] = cfg.decay32 * m[:, idx]
+        fresh[:, idx] = decay32 * m[:, idx]
         state.memory = fresh
         out = np.zeros(state.numel, dtype=F32)
         out[idx.astype(np.int64)] = rank_order_mean(c)
         nbytes = bytes_model.horovod_path(k, self.size)
         return StepResult([out] * self.size, idx, lead, [nbytes] * self.size)
+
+    def _betas(self, name: str, m: np.ndarray):
+        """beta and 1 - beta in float32: the config's, or per worker (a column)."""
+        if not self.memory_beta:
+            return self.config.beta32, self.config.decay32
+        norms = np.sqrt(sum_squares_rows(m))
+        levels = np.array(self.levels.level[name])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            beta = np.where(norms > 0, np.minimum(self.config.beta,
+                                                  self.memory_beta * levels / norms),
+                            self.config.beta)
+        beta = np.where(np.isfinite(beta) & (beta > 0), beta, self.config.beta)
+        beta32 = beta.astype(F32)[:, None]
+        return beta32, (F32(1.0) - beta32)

@@ -77,6 +77,8 @@ class RunSpec:
     momentum_correction: bool = False  # DGC: each worker compresses its own velocity
     factor_masking: bool = False       # DGC: a worker's velocity is zeroed where it was sent
     memory_factor: float = 0.0   # bound each memory's norm to this x the clip's level; 0: off
+    memory_beta: float = 0.0     # each worker's beta falls where its memory holds more levels
+    beta_warmup_steps: int = 0   # beta rises linearly from 0.1 to ``beta`` over these steps
 
     def __post_init__(self) -> None:
         if self.beta is None:
@@ -100,7 +102,7 @@ def make_simulator(spec: RunSpec):
                             clip_factor=spec.clip_factor if spec.method != "topk" else None)
     if spec.method == "topk":
         return TopkAllgatherSimulator(spec.ranks, config)
-    return BatchedHorovodPath(spec.ranks, config)    # HorovodPathSimulator's numbers, faster
+    return BatchedHorovodPath(spec.ranks, config, memory_beta=spec.memory_beta)    # HorovodPathSimulator's numbers, faster
 
 
 def total_steps(spec: RunSpec, train_len: int) -> int:
@@ -176,6 +178,10 @@ class Training:
         if self.sim is not None and self.spec.ratio_warmup_steps:
             self.sim.config = dataclasses.replace(self.sim.config,
                                                   ratio=warmup_ratio(self.spec, self.steps))
+        if self.sim is not None and self.spec.beta_warmup_steps:
+            ramp = min(1.0, self.steps / self.spec.beta_warmup_steps)
+            self.sim.config = dataclasses.replace(
+                self.sim.config, beta=0.1 + (self.spec.beta - 0.1) * ramp)
         # The figures cost n extra top-k selections: every few steps only.
         track = self.spec.method != "topk" and self.steps % self.overlap_every == 0
         for name, p in self.model.named_parameters():
@@ -276,6 +282,11 @@ def parse_args() -> argparse.Namespace:
                         help="DGC's momentum correction (the workers hold the momentum)")
     parser.add_argument("--memory-factor", type=float, default=0.0,
                         help="bound each memory's norm to this x the clip's level (0: off)")
+    parser.add_argument("--memory-beta", type=float, default=0.0,
+                        help="a worker's beta falls below --betas' where its memory holds "
+                             "more than this many clip levels (0: off)")
+    parser.add_argument("--beta-warmup-steps", type=int, default=0,
+                        help="beta rises linearly from 0.1 to --betas' over this many steps")
     parser.add_argument("--factor-masking", action="store_true",
                         help="with --momentum-correction: zero the velocity where it was sent")
     parser.add_argument("--betas", type=float, nargs="+",
@@ -285,6 +296,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-per-rank", type=int, default=0,
                         help="per-worker batch (global batch = n x this); default: 256 / n")
     parser.add_argument("--json", help="write the runs here (appends to an existing file)")
+    parser.add_argument("--tag", default="", help="a label kept with each run (e.g. the regime)")
     return parser.parse_args()
 
 
@@ -305,6 +317,8 @@ def run_specs(args: argparse.Namespace) -> Iterator[RunSpec]:
                                   momentum_correction=args.momentum_correction and method != "dense",
                                   factor_masking=args.factor_masking and method != "dense",
                                   memory_factor=args.memory_factor if method != "dense" else 0.0,
+                                  memory_beta=args.memory_beta if method != "dense" else 0.0,
+                                  beta_warmup_steps=args.beta_warmup_steps if method != "dense" else 0,
                                   clip_factor=args.clip_factor or None,
                                   **({"global_batch": args.batch_per_rank * ranks}
                                      if args.batch_per_rank else {}), **regime)
@@ -338,7 +352,7 @@ def main() -> None:
     runs = saved_runs(args.json)
     for spec in run_specs(args):
         start = time.perf_counter()
-        run = dict(train(spec), regime=args.regime)
+        run = dict(train(spec), regime=args.regime, tag=args.tag)
         print(summary_line(spec, run, time.perf_counter() - start), flush=True)
         if args.json:   # after every run, so an interrupted study keeps its runs
             runs.append(run)

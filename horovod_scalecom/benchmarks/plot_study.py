@@ -1,0 +1,142 @@
+"""Table and plot of the convergence study (docs/convergence.md; the plot needs matplotlib).
+
+    python -m horovod_scalecom.benchmarks.plot_study docs/data/study/*.json --out docs/img/study
+
+Reads convergence-study runs (any number of files), groups them by data
+set, model, regime (the runs' ``--tag``), n and ratio, and prints one
+Markdown row per group: dense, then each variant as mean ± sd over seeds and
+its gap to dense's mean in points. Writes OUT_gap.png: the gap to dense
+against n, one panel per data set/model and ratio, a line per variant and
+regime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import numpy as np
+
+from horovod_scalecom.benchmarks._pyplot import pyplot
+
+
+def variant(run: dict) -> str:
+    """A run's method and knobs, as a column name."""
+    if run["method"] == "dense":
+        return "dense"
+    if run["method"] == "topk":
+        return "top-k allgather"
+    clip = run.get("clip_factor")
+    name = f"beta {run['beta']:g}, clip {'off' if clip is None else f'{clip:g}'}"
+    extras = [label for key, label in (("momentum_correction", "momentum corr."),
+                                       ("factor_masking", "masking")) if run.get(key)]
+    if run.get("ratio_warmup_steps"):
+        extras.append(f"ratio warm-up {run['ratio_warmup_steps']}")
+    if run.get("beta_warmup_steps"):
+        extras.append(f"beta from 0.1 over {run['beta_warmup_steps']} steps")
+    if run.get("memory_beta"):
+        extras.append(f"memory beta {run['memory_beta']:g}")
+    return ", ".join([name] + extras)
+
+
+def groups(runs: list[dict]) -> dict:
+    """(data/model, regime, n) -> {(variant, ratio): [accuracy per seed]}."""
+    out: dict = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        cell = (f"{r['task']}/{r.get('model', 'mlp')}", r.get("tag") or r["regime"], r["ranks"])
+        out[cell][(variant(r), r["ratio"])].append(100 * r["final_acc"])
+    return out
+
+
+def table(runs: list[dict]) -> str:
+    cells = groups(runs)
+    variants = sorted({v for c in cells.values() for v, _ in c if v != "dense"})
+    head = ["data/model", "regime", "n", "ratio", "dense"] + variants
+    rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for (task, regime, n), acc in sorted(cells.items()):
+        dense = acc.get(("dense", 1.0), [])
+        for ratio in sorted({r for _, r in acc if r < 1}, reverse=True):
+            row = [task, regime, str(n), f"1/{round(1 / ratio)}", fmt(dense)]
+            row += [fmt(acc.get((v, ratio), []), dense) for v in variants]
+            rows.append("| " + " | ".join(row) + " |")
+    return "\n".join(rows)
+
+
+def figures_table(runs: list[dict], regime: str = "normal") -> str:
+    """The diagnostics of benchmarks/diagnostics.py on each run's largest
+    tensor, mean over seeds, for one regime: the whole run / its last quarter."""
+    keys = ("overlap_own", "overlap_mean", "captured", "memory_ratio", "lag")
+    cells: dict = defaultdict(list)
+    for r in runs:
+        fig = (r.get("figures") or {}).get(r.get("largest"))
+        if fig and (r.get("tag") or r["regime"]) == regime:
+            cells[(f"{r['task']}/{r.get('model', 'mlp')}", r["ranks"], r["ratio"],
+                   variant(r))].append(fig)
+    head = ["data/model", "n", "ratio", "variant"] + list(keys)
+    rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for (task, n, ratio, v), figs in sorted(cells.items()):
+        row = [task, str(n), f"1/{round(1 / ratio)}", v] + [
+            f"{np.mean([f[k] for f in figs]):.2f} / {np.mean([f[k + '_late'] for f in figs]):.2f}"
+            for k in keys]
+        rows.append("| " + " | ".join(row) + " |")
+    return "\n".join(rows)
+
+
+def fmt(values: list[float], dense: list[float] | None = None) -> str:
+    if not values:
+        return "-"
+    text = f"{np.mean(values):.1f} ± {np.std(values):.1f}"
+    if dense:
+        text += f" ({np.mean(values) - np.mean(dense):+.1f})"
+    return text
+
+
+def plot(runs: list[dict], out: str) -> None:
+    plt = pyplot()
+    cells = groups(runs)
+    tasks = sorted({t for t, _, _ in cells})
+    ratios = sorted({r for c in cells.values() for _, r in c if r < 1}, reverse=True)
+    fig, axes = plt.subplots(len(tasks), len(ratios), figsize=(5 * len(ratios), 3.3 * len(tasks)),
+                             squeeze=False)
+    for i, task in enumerate(tasks):
+        for j, ratio in enumerate(ratios):
+            ax = axes[i][j]
+            lines = defaultdict(dict)
+            for (t, regime, n), acc in cells.items():
+                dense = acc.get(("dense", 1.0))
+                for (v, r), values in acc.items():
+                    if t == task and r == ratio and dense:
+                        lines[(v, regime)][n] = np.mean(values) - np.mean(dense)
+            for (v, regime), points in sorted(lines.items()):
+                ns = sorted(points)
+                ax.plot(ns, [points[n] for n in ns], marker="o", label=f"{v} ({regime})")
+            ax.axhline(0, color="black", lw=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{task}, ratio 1/{round(1 / ratio)}", fontsize=10)
+            ax.set_xlabel("workers n")
+            ax.set_ylabel("accuracy - dense (points)")
+            ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(f"{out}_gap.png", dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+")
+    parser.add_argument("--out", help="write OUT_gap.png")
+    parser.add_argument("--figures", action="store_true",
+                        help="also print the diagnostics of the normal regime's runs")
+    args = parser.parse_args()
+    runs = [r for path in args.files for r in json.load(open(path))]
+    print(table(runs))
+    if args.figures:
+        print()
+        print(figures_table(runs))
+    if args.out:
+        plot(runs, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -216,6 +216,7 @@ setup(
     name="horovod-scalecom",
     version="0.1.0",
     description="ScaleCom gradient compression (CLT-k + low-pass memory) for Horovod",
+    license="Apache-2.0",       # as Horovod's; the full text is LICENSE
     packages=find_packages(include=["horovod_scalecom", "horovod_scalecom.*"]),
     python_requires=">=3.9",
     install_requires=["numpy"],

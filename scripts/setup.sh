@@ -4,12 +4,26 @@
 #   (built for PyTorch, TensorFlow, MPI, Gloo) -> this package and its C++ op.
 # Each step is skipped when its result is already there, so a second run on a
 # ready machine takes seconds. On failure it names the step and what to try.
+#
+# Needs: Debian or Ubuntu, Python 3.9-3.11 (TensorFlow 2.15 has no wheels for
+# later ones), root or sudo for apt-get. Settings, all optional:
+#   PYTHON=python3.11       the interpreter the venv is made from (default python3)
+#   SCALECOM_GPU=1          GPU mode: torch with CUDA, Horovod with NCCL
+#                           (HOROVOD_GPU_OPERATIONS=NCCL) and ScaleCom's CUDA
+#                           kernels; needs the CUDA toolkit (nvcc on PATH or in
+#                           CUDA_HOME) and an NVIDIA driver
+#   SCALECOM_TORCH_INDEX=URL  a wheel index to try first for torch (e.g. torch's
+#                           CPU-only index); when it cannot serve torch, pip's
+#                           own indexes are used as without it
+#   HOROVOD_SCALECOM_CUDA=0 build no CUDA kernels (setup.py)
 set -euo pipefail
 export TF_CPP_MIN_LOG_LEVEL=3  # TensorFlow start-up chatter, not our business
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
+PYTHON=${PYTHON:-python3}
+GPU=${SCALECOM_GPU:-0}
 
 TORCH_VERSION=2.13.0
 TF_VERSION=2.15.1
@@ -28,34 +42,74 @@ trap 'fail "see the output above; fix the cause and run scripts/setup.sh again (
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-step "Open MPI from Debian (libopenmpi-dev, openmpi-bin)"
-if dpkg -s libopenmpi-dev openmpi-bin >/dev/null 2>&1 && command -v mpirun >/dev/null; then
-  echo "already installed: $(mpirun --version | head -n1)"
+step "Python 3.9-3.11 ($PYTHON, or the one .venv was made with)"
+# TensorFlow 2.15 publishes wheels for Python 3.9-3.11 only.
+[ -x "$PY" ] && PYTHON="$PY"
+command -v "$PYTHON" >/dev/null || fail "$PYTHON not found: install Python 3.11 (Debian 12: apt-get install python3), or name one with PYTHON=..."
+"$PYTHON" -c 'import sys; sys.exit(not (3, 9) <= sys.version_info[:2] <= (3, 11))' \
+  || fail "$("$PYTHON" --version 2>&1) is outside 3.9-3.11, which TensorFlow 2.15 needs: install python3.11 and run PYTHON=python3.11 bash scripts/setup.sh (remove .venv first if it was made with another version)"
+"$PYTHON" --version
+
+step "Open MPI, a C++17 compiler and CMake from Debian (libopenmpi-dev, openmpi-bin, g++, cmake)"
+if dpkg -s libopenmpi-dev openmpi-bin g++ cmake >/dev/null 2>&1 && command -v mpirun >/dev/null; then
+  echo "already installed: $(mpirun --version | head -n1), $(g++ --version | head -n1)"
 else
   as_root apt-get update -q || fail "apt-get update failed: check the network to the Debian mirror"
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q libopenmpi-dev openmpi-bin \
-    || fail "apt-get install libopenmpi-dev openmpi-bin failed"
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q libopenmpi-dev openmpi-bin g++ cmake \
+    || fail "apt-get install libopenmpi-dev openmpi-bin g++ cmake failed"
+fi
+
+if [ "$GPU" = 1 ]; then
+  step "GPU mode: the CUDA toolkit"
+  NVCC=$(command -v nvcc || true)
+  [ -n "$NVCC" ] || { [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ] && NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"; }
+  [ -n "$NVCC" ] || fail "GPU mode needs the CUDA toolkit: put nvcc on PATH or set CUDA_HOME (NVIDIA's cuda-toolkit packages)"
+  export PATH="$(dirname "$NVCC"):$PATH" CUDA_HOME="$(dirname "$(dirname "$NVCC")")"
+  "$NVCC" --version | tail -n 1
+  command -v nvidia-smi >/dev/null && nvidia-smi -L || echo "nvidia-smi not found: building anyway, but nothing can run on a GPU without the NVIDIA driver"
 fi
 
 step "virtual environment in $VENV"
-[ -x "$PY" ] || python3 -m venv "$VENV" || fail "python3 -m venv failed: install python3-venv"
+[ -x "$PY" ] || "$PYTHON" -m venv "$VENV" \
+  || fail "$PYTHON -m venv failed: install python3-venv (and python3-dev for the headers the builds need)"
+"$PY" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || fail "Python's headers (Python.h) are missing: apt-get install python3-dev (or python3.X-dev for the version in use)"
 pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 have() { "$PY" - "$@" <<'PYEOF' >/dev/null 2>&1
 import sys
 from importlib.metadata import version
 for spec in sys.argv[1:]:
     name, want = spec.split("==")
-    assert version(name) == want, spec
+    # A build label (torch's 2.13.0+cpu) is the same release.
+    assert version(name).split("+")[0] == want, spec
 PYEOF
 }
 
-step "torch $TORCH_VERSION (CPU), TensorFlow $TF_VERSION, numpy $NUMPY_VERSION, pytest"
+torch_has_cuda() { "$PY" -c "import torch, sys; sys.exit(torch.version.cuda is None)" 2>/dev/null; }
+step "torch $TORCH_VERSION ($([ "$GPU" = 1 ] && echo CUDA || echo CPU)), TensorFlow $TF_VERSION, numpy $NUMPY_VERSION, pytest"
+if [ "$GPU" = 1 ] && have torch==$TORCH_VERSION && ! torch_has_cuda; then
+  echo "the installed torch is a CPU build; replacing it for GPU mode"
+  "$PY" -m pip uninstall -y -q torch
+fi
 if have torch==$TORCH_VERSION tensorflow==$TF_VERSION numpy==$NUMPY_VERSION; then
   echo "already installed"
 else
   pip_install --upgrade pip setuptools wheel
+  if [ -n "${SCALECOM_TORCH_INDEX:-}" ]; then
+    # Only torch from that index, with short network limits: an index that is
+    # unreachable or lacks this version costs seconds, and the plain install
+    # below then takes torch from pip's own indexes.
+    # A local build label (2.13.0+cpu, +cu128) ranks above PyPI's plain
+    # 2.13.0, so pip takes that index's torch when it has one.
+    pip_install --retries 1 --timeout 15 --extra-index-url "$SCALECOM_TORCH_INDEX" "torch==$TORCH_VERSION" \
+      || echo "[setup] $SCALECOM_TORCH_INDEX did not serve torch $TORCH_VERSION; using pip's own indexes"
+  fi
   pip_install "torch==$TORCH_VERSION" "tensorflow==$TF_VERSION" "numpy==$NUMPY_VERSION" \
     || fail "pip could not install torch/tensorflow; is PyPI reachable?"
+fi
+if [ "$GPU" = 1 ]; then
+  torch_has_cuda || fail "GPU mode: pip installed a CPU build of torch ($("$PY" -c 'import torch; print(torch.__version__)')); uninstall it ($PY -m pip uninstall -y torch) and name torch's CUDA index, e.g. SCALECOM_TORCH_INDEX=https://download.pytorch.org/whl/cu128"
+  "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'GPUs', torch.cuda.device_count())"
 fi
 "$PY" -c "import pytest, packaging" 2>/dev/null || pip_install pytest packaging
 # scikit-learn ships the real data (8x8 digits) of the convergence study and
@@ -75,30 +129,60 @@ else
     || fail "mpi4py did not build: is libopenmpi-dev installed (mpicc on PATH)?"
 fi
 
-step "Horovod $HOROVOD_VERSION with PyTorch, TensorFlow, MPI and Gloo (about 7 minutes the first time)"
+HOROVOD_WANTS="PyTorch TensorFlow MPI Gloo"
+horovod_env=(HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1
+             HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MXNET=1)
+pip_cache=()
+if [ "$GPU" = 1 ]; then
+  HOROVOD_WANTS="$HOROVOD_WANTS NCCL"
+  # NCCL: HOROVOD_NCCL_HOME when given, else the one torch's CUDA wheels
+  # bring (the nvidia-nccl pip package), whose library has only its versioned
+  # name: CMake looks for libnccl.so, so a link to it goes into the venv.
+  if [ -z "${HOROVOD_NCCL_HOME:-}" ]; then
+    NCCL_PIP=$("$PY" -c "import nvidia.nccl as n; print(list(n.__path__)[0])" 2>/dev/null) \
+      || fail "GPU mode: no NCCL found; install it (NVIDIA's libnccl-dev) and set HOROVOD_NCCL_HOME"
+    mkdir -p "$VENV/nccl/lib"
+    ln -sfn "$NCCL_PIP/include" "$VENV/nccl/include"
+    ln -sf "$(ls "$NCCL_PIP"/lib/libnccl.so.* | head -n1)" "$VENV/nccl/lib/libnccl.so"
+    export HOROVOD_NCCL_HOME="$VENV/nccl"
+  fi
+  # The CUDA kernels' architectures (ScaleCom's and Horovod's): Ampere, Hopper.
+  CC_LIST=${HOROVOD_BUILD_CUDA_CC_LIST:-$(echo "${HOROVOD_SCALECOM_CUDA_ARCHS:-80;90}" | tr ';' ',')}
+  horovod_env+=(HOROVOD_GPU=CUDA HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_LINK=SHARED
+                HOROVOD_CUDA_HOME="$CUDA_HOME" HOROVOD_BUILD_CUDA_CC_LIST="$CC_LIST"
+                HOROVOD_NCCL_INCLUDE="$HOROVOD_NCCL_HOME/include" HOROVOD_NCCL_LIB="$HOROVOD_NCCL_HOME/lib"
+                LDFLAGS="${LDFLAGS:-} -Wl,-rpath,$(readlink -f "$HOROVOD_NCCL_HOME/lib/libnccl.so" | xargs dirname)")
+  # pip's wheel cache would hand back a Horovod built without NCCL.
+  pip_cache=(--no-cache-dir)
+fi
+step "Horovod $HOROVOD_VERSION with ${HOROVOD_WANTS// /, } (about 7 minutes the first time)"
 horovod_ok() {
-  "$VENV/bin/horovodrun" --check-build 2>/dev/null | awk '
-    /\[X\] PyTorch/ {t=1} /\[X\] TensorFlow/ {f=1} /\[X\] MPI/ {m=1} /\[X\] Gloo/ {g=1}
-    END {exit !(t && f && m && g)}'
+  local report
+  report=$("$VENV/bin/horovodrun" --check-build 2>/dev/null) || return 1
+  for want in $HOROVOD_WANTS; do grep -q "\[X\] $want" <<<"$report" || return 1; done
 }
 if have horovod==$HOROVOD_VERSION && horovod_ok; then
-  echo "already installed with all four"
+  echo "already installed with ${HOROVOD_WANTS// /, }"
 else
+  if [ "$GPU" = 1 ] && have horovod==$HOROVOD_VERSION; then
+    "$PY" -m pip uninstall -y -q horovod       # a CPU build, to be replaced
+  fi
   # Horovod's CMake asks for C++14; torch 2.13 needs C++17 (see cxx17-launcher.sh).
-  # The pip wheel cache stays on so that a rebuild on this machine takes seconds.
-  CMAKE_CXX_COMPILER_LAUNCHER="$ROOT/scripts/cxx17-launcher.sh" \
-  HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1 \
-  HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS="-j$(nproc)" \
-    "$PY" -m pip install --disable-pip-version-check --no-build-isolation \
+  # The pip wheel cache stays on (CPU mode) so that a rebuild on this machine takes seconds.
+  env CMAKE_CXX_COMPILER_LAUNCHER="$ROOT/scripts/cxx17-launcher.sh" "${horovod_env[@]}" \
+      MAKEFLAGS="-j$(nproc)" \
+    "$PY" -m pip install --disable-pip-version-check --no-build-isolation "${pip_cache[@]}" \
       "horovod==$HOROVOD_VERSION" \
     || fail "Horovod did not build; the compiler output above names the cause. A stale cached wheel can be dropped with: $PY -m pip cache remove horovod"
-  horovod_ok || fail "Horovod installed but 'horovodrun --check-build' lacks one of PyTorch/TensorFlow/MPI/Gloo; run: $PY -m pip cache remove horovod && $PY -m pip uninstall -y horovod, then this script again"
+  horovod_ok || fail "Horovod installed but 'horovodrun --check-build' lacks one of ${HOROVOD_WANTS// /, }; run: $PY -m pip cache remove horovod && $PY -m pip uninstall -y horovod, then this script again"
 fi
 
 step "horovod_scalecom and its C++ extensions"
 # Built in place by setup.py (incremental: only what changed is recompiled),
 # and put on the venv's path with a .pth file: an editable install without
 # pip's second, full rebuild of every extension in a scratch folder.
+# GPU mode: the CUDA kernels are required (a missing nvcc is an error, not a skip).
+[ "$GPU" = 1 ] && export HOROVOD_SCALECOM_CUDA=1
 "$PY" setup.py -q build_ext --inplace || fail "the C++ extensions did not compile; see the compiler output above"
 SITE=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 echo "$ROOT" > "$SITE/horovod_scalecom.pth"
@@ -107,3 +191,4 @@ echo "$ROOT" > "$SITE/horovod_scalecom.pth"
 
 echo
 echo "[setup] ready: $VENV"
+echo "[setup] check it: $PY -m horovod_scalecom.check$([ "$GPU" = 1 ] && echo "; the GPU kernels: bash scripts/gpu_check.sh")"

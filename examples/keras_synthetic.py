@@ -16,6 +16,7 @@ import tensorflow as tf  # noqa: E402
 
 import horovod.tensorflow.keras as hvd  # noqa: E402
 from horovod_scalecom.tensorflow import ScaleCom  # noqa: E402
+from horovod_scalecom.config import DEFAULTS  # noqa: E402
 from horovod_scalecom.tensorflow.keras import ScaleComCallback  # noqa: E402
 from horovod_scalecom.benchmarks.synthetic import make_data  # noqa: E402
 
@@ -23,7 +24,7 @@ from horovod_scalecom.benchmarks.synthetic import make_data  # noqa: E402
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratio", type=float, default=0.01)
-    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--beta", type=float, default=DEFAULTS.beta)
     parser.add_argument("--epochs", type=int, default=6)
     args = parser.parse_args()
 

@@ -22,6 +22,7 @@ import torch
 import horovod.torch as hvd
 from horovod_scalecom.benchmarks.tasks import digits, make_model
 from horovod_scalecom.torch import ScaleCom
+from horovod_scalecom.config import DEFAULTS
 
 
 BATCH = 16  # per rank: a step's global batch is 16 x hvd.size()
@@ -30,7 +31,7 @@ BATCH = 16  # per rank: a step's global batch is 16 x hvd.size()
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratio", type=float, default=0.01)
-    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--beta", type=float, default=DEFAULTS.beta)
     parser.add_argument("--lr", type=float, default=0.1, help="per rank; x hvd.size()")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--lr-warmup-epochs", type=float, default=0.0)

@@ -296,6 +296,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-per-rank", type=int, default=0,
                         help="per-worker batch (global batch = n x this); default: 256 / n")
     parser.add_argument("--json", help="write the runs here (appends to an existing file)")
+    parser.add_argument("--figures-every", type=int, default=8,
+                        help="steps between the diagnostics' samples (each costs n top-k)")
     parser.add_argument("--tag", default="", help="a label kept with each run (e.g. the regime)")
     return parser.parse_args()
 
@@ -352,7 +354,7 @@ def main() -> None:
     runs = saved_runs(args.json)
     for spec in run_specs(args):
         start = time.perf_counter()
-        run = dict(train(spec), regime=args.regime, tag=args.tag)
+        run = dict(train(spec, args.figures_every), regime=args.regime, tag=args.tag)
         print(summary_line(spec, run, time.perf_counter() - start), flush=True)
         if args.json:   # after every run, so an interrupted study keeps its runs
             runs.append(run)

@@ -14,12 +14,12 @@ the leader's index set I:
 * ``memory_ratio``: ||mean_r m_r|| / ||mean_r g_r||, how many steps' worth of
   gradient the memories hold.
 * ``lag``: ||sum over steps of (mean_r g_r - output)|| / ||mean_r g_r||, how
-  many steps' worth of gradient the optimizer has not been handed yet. With
-  beta = 1 the lag is the mean memory. With beta < 1 the filter takes in
-  only beta of an unsent entry and re-sends (1 - beta) of a sent entry's
-  memory at its next selections, so an entry's gradient arrives over about
-  1 / beta of its selections: the rarer the selections (small ratio, large
-  n), the longer the lag.
+  many steps' worth of gradient the optimizer has not been handed yet. It
+  is the mean memory divided by beta: the filter takes in only beta of an
+  unsent entry and keeps 1 - beta of a sent entry's memory for its next
+  selections, so an entry's gradient arrives over about 1 / beta of its
+  selections, and the rarer the selections (small ratio, large n), the
+  later.
 """
 
 from __future__ import annotations

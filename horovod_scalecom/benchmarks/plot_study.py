@@ -35,6 +35,8 @@ def variant(run: dict) -> str:
         extras.append(f"ratio warm-up {run['ratio_warmup_steps']}")
     if run.get("beta_warmup_steps"):
         extras.append(f"beta from 0.1 over {run['beta_warmup_steps']} steps")
+    if run.get("memory_factor"):
+        extras.append(f"memory bound {run['memory_factor']:g}")
     if run.get("memory_beta"):
         extras.append(f"memory beta {run['memory_beta']:g}")
     return ", ".join([name] + extras)

@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 
 from horovod_scalecom.config import DEFAULTS, ScaleComConfig
+from horovod_scalecom.torch.ddp_checks import check_bucket, model_and_module
 from horovod_scalecom.torch.ddp_exchange import BucketExchange, Part
 from horovod_scalecom.torch.dist_group import DistGroup
 from horovod_scalecom.torch.state import ScaleComState
@@ -84,21 +85,20 @@ class ScaleComHookState:
                  clip_factor: Optional[float] = DEFAULTS.clip_factor,
                  clip_norm: Optional[float] = DEFAULTS.clip_norm,
                  share_timeout: float = DEFAULTS.share_timeout) -> None:
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be the torch.nn.Module DDP wraps (or the DDP "
-                            f"wrapper), got {type(model).__name__}")
         config = ScaleComConfig(ratio=ratio, beta=beta, warmup_steps=warmup_steps,
                                 min_numel=min_numel, clip_factor=clip_factor, clip_norm=clip_norm,
                                 share_timeout=share_timeout)
-        ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-        module = model.module if ddp else model
-        if ddp:
+        ddp, module = model_and_module(model)
+        if ddp is not None:
             # The group DDP averages over; another one would mix other ranks' gradients in.
             if process_group is None:
-                process_group = model.process_group
-            elif process_group is not model.process_group:
-                raise ValueError("process_group differs from the DDP model's: pass the "
-                                 "group DDP was built with, or leave it out")
+                process_group = ddp.process_group
+            elif process_group is not ddp.process_group:
+                raise ValueError(
+                    "ScaleComHookState: process_group differs from the DDP model's (the "
+                    f"state's would be ranks {_ranks(process_group)}, DDP averages over ranks "
+                    f"{_ranks(ddp.process_group)}): pass the group DDP was built with, or "
+                    "leave it out")
         # DDP exchanges the gradients of the parameters that require one.
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         odd = [f"{n} ({p.dtype})" for n, p in named if not p.is_floating_point()]
@@ -121,6 +121,7 @@ class ScaleComHookState:
     def exchange(self, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
         """The bucket's gradients averaged over the ranks, ScaleCom-compressed
         (horovod_scalecom.torch.ddp_exchange)."""
+        check_bucket(bucket)
         buffer = bucket.buffer()
         if buffer.is_sparse or any(g.is_sparse for g in bucket.gradients()):
             names = ", ".join(self._name(p) for p in bucket.parameters())
@@ -162,18 +163,43 @@ class ScaleComHookState:
         (save one per rank); the same format as the Horovod paths'."""
         return self.state.state_dict()
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
         """Restore what state_dict() saved on this same rank of a job of the
-        same size. Collective: the ranks must have loaded the same steps (the
-        step picks the leader); otherwise every rank raises."""
-        self.state.load_state_dict(state_dict)
-        steps = "|".join(f"{n}:{s.step}" for n, s in self.state.tensors.items())
+        same size. Collective: every rank checks its own state first (its
+        rank and world size, the model's parameters, and with ``strict`` the
+        knobs: another ratio or beta built that memory), then the ranks
+        compare their steps (the step picks the leader); if any rank's check
+        fails, every rank raises and none loads. ``strict=False`` carries
+        the memory over to other knobs."""
+        error: Optional[BaseException] = None
+        steps = 0
+        try:
+            self.state.check_state_dict(state_dict)
+            differ = self.state.config_differences(state_dict) if strict else []
+            if differ:
+                raise ValueError(
+                    f"this ScaleCom state was saved with other knobs: {', '.join(differ)}. "
+                    "Its memory was built under them: build ScaleComHookState with the saved "
+                    "knobs, or load with strict=False to carry the memory over")
+            saved = state_dict["tensors"]
+            steps = zlib.crc32("|".join(
+                f"{n}:{int(saved[n]['step']) if n in saved else s.step}"
+                for n, s in self.state.tensors.items()).encode())
+        except Exception as exc:   # noqa: BLE001 - every rank must reach the allgather
+            error = exc
         every = self.group.allgather_row(
-            torch.tensor([zlib.crc32(steps.encode())], dtype=torch.float64),
-            "the step counters of every rank's loaded ScaleCom state", self.state.share_timeout)
-        if not (every == every[0]).all():
+            torch.tensor([float(error is not None), steps], dtype=torch.float64),
+            "every rank's check of its loaded ScaleCom state", self.state.share_timeout)
+        if error is not None:
+            raise error
+        failed = [r for r in range(len(every)) if every[r, 0]]
+        if failed:
+            raise ValueError(f"ScaleCom: rank(s) {failed} could not load their ScaleCom state "
+                             "(their own error says why); no rank loaded its state")
+        if not (every[:, 1] == every[0, 1]).all():
             raise ValueError("ScaleCom: the ranks loaded states saved at different steps; "
                              "load every rank's state of the same checkpoint")
+        self.state.load_state_dict(state_dict)
 
     def stats(self) -> dict[str, Any]:
         """Figures of each parameter's last exchange and their totals, under the
@@ -191,12 +217,22 @@ class ScaleComHookState:
         self._last[part.state.name].update(figures)
 
 
-def scalecom_hook(state: ScaleComHookState,
-                  bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+def scalecom_hook(state: ScaleComHookState, bucket: dist.GradBucket,
+                  *_other: Any) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: the bucket's gradients averaged over the ranks
     by ScaleCom (see the module's docstring). Register it with
-    ``ddp_model.register_comm_hook(ScaleComHookState(ddp_model, ...), scalecom_hook)``."""
+    ``ddp_model.register_comm_hook(ScaleComHookState(ddp_model, ...), scalecom_hook)``.
+    (``_other`` takes the third argument FSDP's hooks get, so that a hook
+    registered on FSDP raises ScaleCom's error naming FSDP, not Python's
+    about the number of arguments.)"""
     return state.exchange(bucket)
+
+
+def _ranks(group: Any) -> list[int]:
+    try:
+        return dist.get_process_group_ranks(group)
+    except Exception:   # noqa: BLE001 - only for the message; not a group at all
+        return [f"{group!r}, not a process group"]   # type: ignore[list-item]
 
 
 def _done(value: Any) -> torch.futures.Future:

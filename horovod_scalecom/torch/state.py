@@ -220,10 +220,34 @@ class ScaleComState:
         ``same_world=False`` skips that check: Horovod Elastic's restore, where
         this process takes back its own memory under whatever rank it has next.
         """
+        self.check_state_dict(state_dict, same_world)
+        for name, entry in state_dict["tensors"].items():
+            state = self.tensors[name]
+            state.step = int(entry["step"])
+            state.level = float(entry.get("level", math.nan))   # NaN: set at the next step
+            memory = entry["memory"]
+            state.memory = None if memory is None else (
+                memory.detach().to(torch.float32).reshape(-1).clone().contiguous())
+
+    def check_state_dict(self, state_dict: Mapping[str, Any], same_world: bool = True) -> None:
+        """Raises ValueError, naming the difference, unless load_state_dict()
+        can restore ``state_dict`` here; changes nothing (the DDP hook checks
+        every rank before any rank loads)."""
+        if not isinstance(state_dict, Mapping) or "tensors" not in state_dict:
+            raise ValueError(f"this is not a ScaleCom state (a {type(state_dict).__name__} "
+                             "without 'tensors'): load what ScaleCom's state_dict() returned")
         if state_dict.get("version") not in (1, STATE_VERSION):   # 1: before the clip levels
             raise ValueError(f"unknown ScaleCom state version {state_dict.get('version')!r}")
         here = (self.group.rank(), self.group.size()) if same_world else None
-        if here is not None and (state_dict["rank"], state_dict["size"]) != here:
+        if here is not None and state_dict["size"] != here[1]:
+            # The memory is what each rank's gradients left behind: it cannot be
+            # split or merged into another number of ranks.
+            raise ValueError(
+                f"this ScaleCom state was saved by a job of {state_dict['size']} ranks; this "
+                f"job has {here[1]}. The error-feedback memory is per rank and cannot be "
+                f"moved to another number of ranks: resume with {state_dict['size']} ranks, "
+                "or leave ScaleCom's state out of the load (it starts empty).")
+        if here is not None and state_dict["rank"] != here[0]:
             raise ValueError(
                 f"this ScaleCom state was saved by rank {state_dict['rank']} of "
                 f"{state_dict['size']}; it is being loaded on rank {here[0]} of {here[1]}. "
@@ -238,13 +262,15 @@ class ScaleComState:
             if memory is not None and memory.numel() != self.tensors[name].param.numel():
                 raise ValueError(f"{name}: saved memory has {memory.numel()} elements, the "
                                  f"parameter {self.tensors[name].param.numel()}")
-        for name, entry in saved.items():
-            state = self.tensors[name]
-            state.step = int(entry["step"])
-            state.level = float(entry.get("level", math.nan))   # NaN: set at the next step
-            memory = entry["memory"]
-            state.memory = None if memory is None else (
-                memory.detach().to(torch.float32).reshape(-1).clone().contiguous())
+
+    def config_differences(self, state_dict: Mapping[str, Any]) -> list[str]:
+        """The knobs every rank must agree on (config.AGREED) whose saved value
+        differs from this state's, as ``"ratio (saved 0.05, here 0.01)"``; an
+        old state without its configuration has none."""
+        saved = state_dict.get("config") or {}
+        here = self.config.as_dict()
+        return [f"{knob} (saved {saved[knob]!r}, here {here[knob]!r})"
+                for knob in AGREED if knob in saved and saved[knob] != here[knob]]
 
     def world_changed(self) -> None:
         """The world changed (Horovod Elastic: a rank joined or left, or the job

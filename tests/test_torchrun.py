@@ -1,0 +1,114 @@
+"""examples/pytorch_ddp_torchrun.py under the real torchrun (2 ranks, gloo):
+the run against the NumPy reference, and a worker killed mid-run that
+torch.distributed.elastic restarts (--max-restarts 1) from the last
+checkpoint, ending with the very parameters and hook memories of a run that
+never stopped. Bit for bit: on 2 ranks gloo's sum of two values is exact and
+every other operation is the same in the job and in the reference, and the
+checkpoint holds everything a step reads (parameters, momentum buffers, the
+hook's memory, step counters and clip levels; the data is a function of the
+step and the rank)."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from horovod_scalecom.config import ScaleComConfig
+from horovod_scalecom.reference import HorovodPathSimulator
+from mpi import requires
+from torchrun import EXAMPLES, run_torchrun
+
+requires("torch")
+
+EXAMPLE = EXAMPLES / "pytorch_ddp_torchrun.py"
+STEPS, EVERY, RATIO, LR, SEED = 12, 4, 0.05, 0.05, 0
+ARGS = ("--steps", str(STEPS), "--checkpoint-every", str(EVERY), "--ratio", str(RATIO),
+        "--lr", str(LR), "--seed", str(SEED), "--share-timeout", "30")
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("pytorch_ddp_torchrun", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The example's training on 2 simulated ranks in this process, each
+    averaged gradient from the NumPy reference of ScaleCom: (parameters,
+    simulator with every rank's memory)."""
+    torch = pytest.importorskip("torch")
+    example = load_example()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)            # the workers' count: the same sums, the same bits
+    try:
+        model = example.make_model(SEED)
+        opt = example.make_optimizer(model, LR)
+        sim = HorovodPathSimulator(2, ScaleComConfig(ratio=RATIO))
+        for step in range(STEPS):
+            grads = []
+            for rank in range(2):
+                model.zero_grad()
+                x, y = example.batch(SEED, step, rank)
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                grads.append({n: p.grad.reshape(-1).numpy().copy()
+                              for n, p in model.named_parameters()})
+            for name, p in model.named_parameters():
+                mean = sim.step(name, [g[name] for g in grads]).outputs[0]
+                p.grad = torch.from_numpy(mean.reshape(p.shape).copy())
+            opt.step()
+        params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    finally:
+        torch.set_num_threads(threads)
+    return params, sim
+
+
+def assert_matches(out_dir, reference):
+    import torch
+    params, sim = reference
+    for rank in range(2):
+        final = torch.load(out_dir / f"final-rank{rank}.pt", weights_only=True)
+        for name, ref in params.items():
+            got = final["params"][name].numpy()
+            np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32),
+                                          err_msg=f"{name} on rank {rank}")
+        for name, saved in final["scalecom"]["tensors"].items():
+            assert saved["step"] == STEPS, name
+            if saved["memory"] is not None:
+                np.testing.assert_array_equal(saved["memory"].numpy().view(np.uint32),
+                                              sim.memory(name, rank).view(np.uint32),
+                                              err_msg=f"memory of {name} on rank {rank}")
+    assert sum(t["memory"] is not None for t in final["scalecom"]["tensors"].values()) == 2
+
+
+def test_torchrun_run_matches_the_reference(tmp_path, reference):
+    job = run_torchrun(EXAMPLE, tmp_path, *ARGS, "--checkpoint-dir", str(tmp_path / "ckpt"),
+                       "--out", str(tmp_path / "out"), timeout=90).check_ok()
+    assert "resumed" not in job.output
+    assert_matches(tmp_path / "out", reference)
+
+
+def test_killed_worker_resumes_from_checkpoint_bit_for_bit(tmp_path, reference):
+    # Rank 1 is SIGKILLed before step 6 of the first attempt; torchrun stops
+    # rank 0, starts both again, and they resume from step 4's checkpoint.
+    # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: torch 2.13's torchrun otherwise
+    # hands the restarted workers a store that still holds the first
+    # attempt's gloo addresses, and they cannot connect (the example warns).
+    job = run_torchrun(EXAMPLE, tmp_path, *ARGS, "--checkpoint-dir", str(tmp_path / "ckpt"),
+                       "--out", str(tmp_path / "out"), "--fail-at-step", "6", "--fail-rank", "1",
+                       torchrun_args=("--max-restarts", "1", "--monitor-interval", "0.2"),
+                       env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}, timeout=120).check_ok()
+    assert "warning: --max-restarts needs" not in job.output
+    assert "rank 1: killed at step 6" in job.output, job.output
+    assert job.output.count("resumed from the checkpoint of step 4") == 1, job.output
+    assert_matches(tmp_path / "out", reference)
+
+
+def test_without_restarts_the_killed_worker_ends_the_job(tmp_path):
+    # --max-restarts 0: torchrun stops the survivor and reports the failure;
+    # nothing waits on the dead rank.
+    job = run_torchrun(EXAMPLE, tmp_path, *ARGS, "--checkpoint-dir", str(tmp_path / "ckpt"),
+                       "--fail-at-step", "6", timeout=90)
+    assert job.returncode != 0, job.output
+    assert "Signal 9 (SIGKILL)" in job.output, job.output

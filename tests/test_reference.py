@@ -54,7 +54,7 @@ def test_config_stagger_leaders_is_a_bool():
 
 def test_policy_dense_rule_and_agreement_row():
     # One rule for every frontend: the dtype by name, warm-up per step.
-    cfg = ScaleComConfig(warmup_steps=2, min_numel=10, clip_norm=5.0, clip_factor=None)
+    cfg = ScaleComConfig(beta=0.1, warmup_steps=2, min_numel=10, clip_norm=5.0, clip_factor=None)
     assert not cfg.always_dense(10, np.float32) and not cfg.always_dense(10, "bfloat16")
     assert cfg.always_dense(9, np.float32) and cfg.always_dense(None, np.float32)
     assert cfg.always_dense(100, np.float64) and cfg.always_dense(100, np.int32)

@@ -44,7 +44,7 @@ from horovod_scalecom import bytes_model
 from horovod_scalecom.benchmarks.batched import BatchedHorovodPath
 from horovod_scalecom.benchmarks.diagnostics import Tracker, step_figures
 from horovod_scalecom.benchmarks.tasks import MODELS, TASKS, load_task, make_model
-from horovod_scalecom.config import DEFAULT_CLIP_FACTOR, ScaleComConfig
+from horovod_scalecom.config import DEFAULT_CLIP_FACTOR, DEFAULTS, ScaleComConfig
 from horovod_scalecom.reference import TopkAllgatherSimulator
 from horovod_scalecom.reference.horovod_path import allreduce_mean
 
@@ -70,7 +70,7 @@ class RunSpec:
     train_size: int = 16384
     task: str = "synthetic"      # or "digits", "mnist1d" (benchmarks/tasks.py)
     model: str = "mlp"           # or "cnn"
-    beta: float | None = None    # None: the method's (ScaleCom 0.1, classic EF 1)
+    beta: float | None = None    # None: the method's (ScaleCom's default, classic EF 1)
     clip_factor: float | None = DEFAULT_CLIP_FACTOR   # ScaleCom's relative clip; None: off
     # Remedies under study (docs/convergence.md), all off by default:
     ratio_warmup_steps: int = 0  # DGC's exponential ratio warm-up: 1/4, 1/16, ... down to ratio
@@ -82,7 +82,7 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         if self.beta is None:
-            self.beta = {"scalecom": 0.1, "ef": 1.0}.get(self.method, float("nan"))
+            self.beta = {"scalecom": DEFAULTS.beta, "ef": 1.0}.get(self.method, float("nan"))
 
 
 def warmup_ratio(spec: RunSpec, step: int) -> float:

@@ -65,6 +65,31 @@ def table(runs: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def gap_table(runs: list[dict]) -> str:
+    """Per regime (tag): a row per variant, a column per data/model, n and
+    ratio, each the gap of the seeds' mean accuracy to dense's, in points."""
+    cells = groups(runs)
+    out = []
+    for regime in sorted({c[1] for c in cells}):
+        columns = [(task, n, ratio) for (task, reg, n), acc in sorted(cells.items())
+                   if reg == regime and ("dense", 1.0) in acc
+                   for ratio in sorted({r for _, r in acc if r < 1}, reverse=True)]
+        variants = sorted({v for (t, reg, n), acc in cells.items() if reg == regime
+                           for v, r in acc if v != "dense"})
+        head = [f"{regime}: variant"] + [f"{t} n={n} 1/{round(1 / r)}" for t, n, r in columns]
+        rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        for v in variants:
+            row = [v]
+            for t, n, r in columns:
+                acc = cells[(t, regime, n)]
+                values = acc.get((v, r))
+                row.append(f"{np.mean(values) - np.mean(acc[('dense', 1.0)]):+.1f}"
+                           if values else "-")
+            rows.append("| " + " | ".join(row) + " |")
+        out.append("\n".join(rows))
+    return "\n\n".join(out)
+
+
 def figures_table(runs: list[dict], regime: str = "normal") -> str:
     """The diagnostics of benchmarks/diagnostics.py on each run's largest
     tensor, mean over seeds, for one regime: the whole run / its last quarter."""
@@ -128,11 +153,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+")
     parser.add_argument("--out", help="write OUT_gap.png")
+    parser.add_argument("--gaps", action="store_true",
+                        help="print the gaps to dense instead: a row per variant, per regime")
     parser.add_argument("--figures", action="store_true",
                         help="also print the diagnostics of the normal regime's runs")
     args = parser.parse_args()
     runs = [r for path in args.files for r in json.load(open(path))]
-    print(table(runs))
+    print(gap_table(runs) if args.gaps else table(runs))
     if args.figures:
         print()
         print(figures_table(runs))

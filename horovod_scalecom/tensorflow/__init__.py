@@ -3,7 +3,7 @@
     import horovod.tensorflow as hvd
     from horovod_scalecom.tensorflow import ScaleCom
 
-    compression = ScaleCom(ratio=0.01, beta=0.1)
+    compression = ScaleCom(ratio=0.01)
     tape = hvd.DistributedGradientTape(tape, compression=compression)
 
 Importing this module loads horovod.tensorflow; never import horovod_scalecom.torch

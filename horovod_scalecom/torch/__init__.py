@@ -3,7 +3,7 @@
     import horovod.torch as hvd
     from horovod_scalecom.torch import ScaleCom
 
-    compression = ScaleCom(model, ratio=0.01, beta=0.1)
+    compression = ScaleCom(model, ratio=0.01)
     optimizer = hvd.DistributedOptimizer(
         optimizer, named_parameters=model.named_parameters(), compression=compression)
 

@@ -6,7 +6,7 @@
 
     dist.init_process_group("gloo")          # or "nccl"
     model = DDP(model)
-    model.register_comm_hook(ScaleComHookState(model, ratio=0.01, beta=0.1), scalecom_hook)
+    model.register_comm_hook(ScaleComHookState(model, ratio=0.01), scalecom_hook)
 
 For each gradient bucket DDP hands over, the hook runs ScaleCom on every
 parameter in it, exactly as the exchange through Horovod's allreduce does

@@ -3,7 +3,7 @@ gradients go through ScaleCom's ring allreduce over MPI.
 
     optimizer = horovod_scalecom.torch.DistributedOptimizer(
         optimizer, named_parameters=model.named_parameters(),
-        compression=ScaleCom(model, ratio=0.01, beta=0.1))
+        compression=ScaleCom(model, ratio=0.01))
 
 The parameters are cut into groups, the same on every rank (DDP's buckets:
 about 25 MB each, from the last registered parameter to the first). When

@@ -13,9 +13,12 @@ the others and starts all of them again; they resume from the last complete
 checkpoint, as does a job started again by hand with the same
 ``--checkpoint-dir``. (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: in torch 2.13
 torchrun's workers otherwise read the previous attempt's addresses from the
-store it shares with them, and a restarted job cannot connect.) The data of a step depends on the step and the rank
-only, so the resumed job ends with the very parameters of a job that never
-stopped.
+store it shares with them, and a restarted job cannot connect.) The data of
+a step depends on the step and the rank only, so the resumed job ends with
+the very parameters of a job that never stopped. A job that resumes on
+another number of ranks (``--nnodes MIN:MAX``, or started again with another
+``--nproc-per-node``) takes the model and optimizer from rank 0's file and
+starts ScaleCom's memory empty: it is per rank.
 
 ``--fail-at-step N`` kills rank ``--fail-rank`` (SIGKILL, as an out-of-memory
 kill would) before step N of the first attempt (torchrun's
@@ -113,7 +116,7 @@ def save_checkpoint(root: Path, step: int, model: DDP, opt: torch.optim.Optimize
     dist.barrier()
     if rank == 0:
         marker = root / "latest.tmp"
-        marker.write_text(str(step))
+        marker.write_text(f"{step} {dist.get_world_size()}")
         os.replace(marker, root / "latest")
         for old in root.glob("step*"):
             if old.name != path.parent.name:
@@ -122,19 +125,26 @@ def save_checkpoint(root: Path, step: int, model: DDP, opt: torch.optim.Optimize
                 old.rmdir()
 
 
-def latest_step(root: Path) -> int:
-    """The step of the last complete checkpoint, 0 when there is none."""
+def latest(root: Path) -> tuple[int, int]:
+    """(step, world size) of the last complete checkpoint; (0, 0) when there is none."""
     marker = root / "latest"
-    return int(marker.read_text()) if marker.exists() else 0
+    if not marker.exists():
+        return 0, 0
+    step, world = marker.read_text().split()
+    return int(step), int(world)
 
 
 def train(args: argparse.Namespace) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     root = Path(args.checkpoint_dir)
-    start = latest_step(root)
+    start, saved_world = latest(root)
     saved = None
     if start:
-        saved = torch.load(checkpoint_path(root, start, rank), weights_only=True)
+        # Another world size (torchrun --nnodes MIN:MAX let the job shrink or
+        # grow): the model and optimizer are the same on every rank, rank 0's
+        # file has them; ScaleCom's memory is per rank and starts empty.
+        same = saved_world == world
+        saved = torch.load(checkpoint_path(root, start, rank if same else 0), weights_only=True)
     net = make_model(args.seed)
     if saved is not None:
         net.load_state_dict(saved["model"])
@@ -144,8 +154,12 @@ def train(args: argparse.Namespace) -> None:
     opt = make_optimizer(model, args.lr)
     if saved is not None:
         opt.load_state_dict(saved["optimizer"])
-        # Collective: every rank checks its file (rank, world size, knobs, steps).
-        state.load_state_dict(saved["scalecom"])
+        if saved_world == world:
+            # Collective: every rank checks its file (rank, world size, knobs, steps).
+            state.load_state_dict(saved["scalecom"])
+        elif rank == 0:
+            print(f"the checkpoint is from {saved_world} ranks, this job has {world}: "
+                  "ScaleCom's memory starts empty (it is per rank)", flush=True)
         if rank == 0:
             print(f"resumed from the checkpoint of step {start}", flush=True)
     run = torch.compile(model, backend=args.compile_backend) if args.compile else model

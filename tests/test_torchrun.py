@@ -82,9 +82,12 @@ def assert_matches(out_dir, reference):
     assert sum(t["memory"] is not None for t in final["scalecom"]["tensors"].values()) == 2
 
 
-def test_torchrun_run_matches_the_reference(tmp_path, reference):
+@pytest.mark.parametrize("compile_args", [(), ("--compile", "--compile-backend", "aot_eager")],
+                         ids=["eager", "compiled"])
+def test_torchrun_run_matches_the_reference(tmp_path, reference, compile_args):
+    # Compiled with aot_eager, the model runs torch's eager kernels: the same bits.
     job = run_torchrun(EXAMPLE, tmp_path, *ARGS, "--checkpoint-dir", str(tmp_path / "ckpt"),
-                       "--out", str(tmp_path / "out"), timeout=90).check_ok()
+                       "--out", str(tmp_path / "out"), *compile_args, timeout=90).check_ok()
     assert "resumed" not in job.output
     assert_matches(tmp_path / "out", reference)
 
@@ -112,3 +115,18 @@ def test_without_restarts_the_killed_worker_ends_the_job(tmp_path):
                        "--fail-at-step", "6", timeout=90)
     assert job.returncode != 0, job.output
     assert "Signal 9 (SIGKILL)" in job.output, job.output
+
+
+def test_resume_on_another_number_of_ranks_starts_the_memory_empty(tmp_path):
+    # 2 ranks to step 8, then the same checkpoints on 1 rank to step 12
+    # (the last --steps wins).
+    ckpt = ("--checkpoint-dir", str(tmp_path / "ckpt"))
+    run_torchrun(EXAMPLE, tmp_path, *ARGS, "--steps", "8", *ckpt, timeout=90).check_ok()
+    job = run_torchrun(EXAMPLE, tmp_path, *ARGS, "--steps", "12", *ckpt, "--out",
+                       str(tmp_path / "out"), nproc=1, timeout=90).check_ok()
+    assert "the checkpoint is from 2 ranks, this job has 1" in job.output, job.output
+    assert "resumed from the checkpoint of step 8" in job.output, job.output
+    import torch
+    final = torch.load(tmp_path / "out" / "final-rank0.pt", weights_only=True)
+    assert final["scalecom"]["size"] == 1
+    assert all(t["step"] == 4 for t in final["scalecom"]["tensors"].values())

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from horovod_scalecom.config import ScaleComConfig
 from horovod_scalecom.guard import KINDS
 from mpi import ROOT, mpirun_command, requires
 
@@ -27,9 +28,11 @@ def digits(n, tmp_path, *args, timeout=300):
     return json.loads(out.read_text()), proc.stdout + proc.stderr
 
 
-def test_standard_recipe_trains_with_the_defaults(tmp_path):
-    run, output = digits(2, tmp_path, "--epochs", "4")
-    assert run["ranks"] == 2 and run["lr"] == 0.1         # 0.2 in all: the recipe
+@pytest.mark.parametrize("n", [2, 3])
+def test_standard_recipe_trains_with_the_defaults(n, tmp_path):
+    run, output = digits(n, tmp_path, "--epochs", "4")
+    assert run["ranks"] == n and run["lr"] == 0.1         # 0.1 x n in all: the recipe
+    assert run["beta"] == ScaleComConfig().beta and run["dense"] is False
     assert run["final_acc"] > 0.9, output
     assert run["warnings"] == [] and run["divergence"]["events"] == 0, output
 

@@ -1,30 +1,29 @@
 """Convergence study: n simulated workers in one process, exact to the reference.
 
-    python -m horovod_scalecom.benchmarks.convergence --ranks 4 8 \\
-        --ratios 0.04 0.01 0.0025 --seeds 0 1 2 --json docs/convergence/normal.json
-    python -m horovod_scalecom.benchmarks.convergence --task digits --ranks 4 \\
-        --batch-per-rank 16 --epochs 30 --lr 0.4 --betas 0.1 1 --json digits.json
+    python -m horovod_scalecom.benchmarks.convergence --task mnist1d --models mlp cnn \\
+        --ranks 4 16 --batch-per-rank 16 --steps 1500 --lr 0.05 --ratios 0.01 0.0025 \\
+        --methods dense scalecom topk --betas 0.1 0.5 1 --seeds 0 1 2 --tag normal --json F
 
-Two tasks: the synthetic one (horovod_scalecom.benchmarks.synthetic) and
-real data that ships inside scikit-learn, its 8x8 handwritten digits (1,797
-images; the first 1,200 of a fixed shuffle train, the other 597 test).
-Every step draws one global batch, splits it into n equal per-worker batches, takes each worker's gradient
-(torch.func.vmap) and hands the n gradients of every tensor to a simulator of
-``horovod_scalecom.reference``: HorovodPathSimulator (ScaleCom through Horovod's
-allreduce) for ScaleCom (beta 0.1) and classic error feedback (the same CLT-k
-with beta 1), TopkAllgatherSimulator for local top-k + allgather. The
-averaged gradient then goes to an ordinary torch SGD with momentum, as after
-hvd.DistributedOptimizer. The real ScaleCom compressor under
-hvd.DistributedOptimizer is bitwise equal to HorovodPathSimulator for n = 2 and
-equal up to MPI's summation order above (tests/test_torch_compressor.py), so
-the n workers here train as n real ranks would, at a cost that lets n reach
-256 on a laptop.
+Data sets and models are benchmarks/tasks.py's (scikit-learn's digits,
+MNIST-1D from the mnist1d package, the examples' synthetic task; an MLP and
+a CNN). Every step draws one global batch, splits it into n equal
+per-worker batches, takes each worker's gradient (torch.func.vmap) and
+hands the n gradients of every tensor to a simulator:
+``BatchedHorovodPath`` (the reference's HorovodPathSimulator to the bit,
+all workers at once) for ScaleCom at any beta, ``TopkAllgatherSimulator``
+for local top-k + allgather. The averaged gradient then goes to an
+ordinary torch SGD with momentum, as after hvd.DistributedOptimizer. The
+real compressor is bitwise equal to the reference for n = 2 and equal up to
+MPI's summation order above (tests/test_torch_compressor.py), so the n
+workers here train as n real ranks would.
 
 Per run it records the test accuracy and loss after every epoch, the train
-loss every 16 steps, the bytes per worker by the byte model, and for the
-CLT-k methods the overlap |I_leader & I_r| / k between the leader's index set
-and each worker's own top-k set of its p_r = m_r + g_r (the similarity the
-paper's contraction argument relies on), on the largest tensor.
+loss every 16 steps, the bytes per worker by the byte model, and per
+compressed tensor the diagnostics of benchmarks/diagnostics.py (overlaps,
+captured energy, memory, lag). The remedies of docs/convergence.md's
+screening (DGC's ratio warm-up, momentum correction and factor masking, a
+beta warm-up, a per-worker beta or bound from the memory's norm) are
+RunSpec fields, all off by default.
 """
 
 from __future__ import annotations
@@ -102,7 +101,7 @@ def make_simulator(spec: RunSpec):
                             clip_factor=spec.clip_factor if spec.method != "topk" else None)
     if spec.method == "topk":
         return TopkAllgatherSimulator(spec.ranks, config)
-    return BatchedHorovodPath(spec.ranks, config, memory_beta=spec.memory_beta)    # HorovodPathSimulator's numbers, faster
+    return BatchedHorovodPath(spec.ranks, config, memory_beta=spec.memory_beta)
 
 
 def total_steps(spec: RunSpec, train_len: int) -> int:

@@ -90,6 +90,35 @@ def gap_table(runs: list[dict]) -> str:
     return "\n\n".join(out)
 
 
+ALLOWED = {0.01: 0.5, 0.0025: 1.0}    # points below dense a ratio may lose (docs/convergence.md)
+
+
+def targets_table(runs: list[dict], default: str) -> str:
+    """Each cell's gap for the ``default`` variant against what its ratio is
+    allowed; cells where dense itself stayed below 50% are marked."""
+    cells = groups(runs)
+    head = ["data/model", "regime", "n", "ratio", "dense", "default", "allowed", "verdict"]
+    rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for (task, regime, n), acc in sorted(cells.items()):
+        dense = acc.get(("dense", 1.0))
+        for ratio in sorted({r for v, r in acc if v == default}, reverse=True):
+            if not dense:
+                continue
+            gap = np.mean(acc[(default, ratio)]) - np.mean(dense)
+            allowed = ALLOWED.get(ratio)
+            if np.mean(dense) < 50:
+                verdict = "dense did not train"
+            elif allowed is None:
+                verdict = "-"
+            else:
+                verdict = "met" if gap >= -allowed else f"missed by {-gap - allowed:.1f}"
+            rows.append("| " + " | ".join([task, regime, str(n), f"1/{round(1 / ratio)}",
+                                           f"{np.mean(dense):.1f}", f"{gap:+.1f}",
+                                           "-" if allowed is None else f"-{allowed:g}",
+                                           verdict]) + " |")
+    return "\n".join(rows)
+
+
 def figures_table(runs: list[dict], regime: str = "normal") -> str:
     """The diagnostics of benchmarks/diagnostics.py on each run's largest
     tensor, mean over seeds, for one regime: the whole run / its last quarter."""
@@ -155,11 +184,17 @@ def main() -> None:
     parser.add_argument("--out", help="write OUT_gap.png")
     parser.add_argument("--gaps", action="store_true",
                         help="print the gaps to dense instead: a row per variant, per regime")
+    parser.add_argument("--targets", metavar="VARIANT",
+                        help='print each cell against the targets for VARIANT '
+                             '(e.g. "beta 0.5, clip 2")')
     parser.add_argument("--figures", action="store_true",
                         help="also print the diagnostics of the normal regime's runs")
     args = parser.parse_args()
     runs = [r for path in args.files for r in json.load(open(path))]
     print(gap_table(runs) if args.gaps else table(runs))
+    if args.targets:
+        print()
+        print(targets_table(runs, args.targets))
     if args.figures:
         print()
         print(figures_table(runs))

@@ -161,13 +161,14 @@ def test_diagnostics_of_a_hand_made_step():
     memories = [np.zeros(4, np.float32), np.array([0, 0, 2, 0], np.float32)]
     grads = [np.array([3, 1, 0, 0], np.float32), np.array([3, -1, 0, 0.5], np.float32)]
     # p_0 = (3, 1, 0, 0), p_1 = (3, -1, 2, 0.5); mean p = (3, 0, 1, 0.25); mean g = (3, 0, 0, 0.25)
-    f = step_figures(memories, grads, np.array([0]), lag=np.array([0, 0, 0.5, 0.25]))
+    f = step_figures(memories, grads, np.array([0]), lag=np.array([0, 0, 0.5, 0.25]),
+                     after=np.array([0, 0, 1, 0]))
     assert f["overlap_own"] == 1.0 and f["overlap_mean"] == 1.0
     assert f["captured"] == pytest.approx(9 / (9 + 1 + 0.0625))
     assert f["memory_ratio"] == pytest.approx(1 / np.sqrt(9 + 0.0625))
     assert f["lag"] == pytest.approx(np.sqrt(0.25 + 0.0625) / np.sqrt(9 + 0.0625))
     # k = 2: worker 0's own pair is {0, 1}, worker 1's and the mean's {0, 2}.
-    pair = step_figures(memories, grads, np.array([0, 2]), lag=np.zeros(4))
+    pair = step_figures(memories, grads, np.array([0, 2]), lag=np.zeros(4), after=np.zeros(4))
     assert pair["overlap_own"] == 0.75 and pair["overlap_mean"] == 1.0
 
 
@@ -186,44 +187,71 @@ def test_momentum_correction_at_ratio_one_is_momentum_sgd():
     assert masked["test_loss"] != dense["test_loss"]     # masking every entry drops the momentum
 
 
-@pytest.mark.parametrize("clip_factor,warmup", [(2.0, 0), (None, 2), (1.0, 0)])
-def test_batched_workers_are_the_reference_to_the_bit(clip_factor, warmup):
+@pytest.mark.parametrize("clip_factor,warmup,stagger", [(2.0, 0, True), (None, 2, False),
+                                                         (1.0, 0, False)])
+def test_batched_workers_are_the_reference_to_the_bit(clip_factor, warmup, stagger):
     from horovod_scalecom.benchmarks.batched import BatchedHorovodPath
     from horovod_scalecom.reference import HorovodPathSimulator
     n = 5
     config = ScaleComConfig(ratio=0.03, beta=0.3, clip_factor=clip_factor, warmup_steps=warmup,
-                            min_numel=64, stagger_leaders=True)
+                            min_numel=64, stagger_leaders=stagger)
     ref, fast = HorovodPathSimulator(n, config), BatchedHorovodPath(n, config)
+    # memory_beta far above any memory's level count: the config's beta throughout.
+    unbounded = BatchedHorovodPath(n, config, memory_beta=1e30)
     rng = np.random.default_rng(1)
+    tensors = (("w", 5000, np.float32), ("h", 3000, np.float16), ("b", 40, np.float32),
+               ("i", 300, np.int32))
     for step in range(7):
-        for name, numel in (("w", 5000), ("b", 40), ("v", 300)):
-            # Growing gradients make the clip act; a NaN and an Inf try the memory.
-            grads = [(rng.standard_normal(numel) * (1 + step)).astype(np.float32)
+        for name, numel, dtype in tensors:
+            # Growing gradients make the clip act; a NaN and an Inf try the memory,
+            # and at step 4 a NaN in every row reaches the leader's selection.
+            grads = [(rng.standard_normal(numel) * 3 * (1 + step)).astype(dtype)
                      for _ in range(n)]
-            if step == 3:
+            if step == 3 and dtype != np.int32:
                 grads[1][7], grads[2][8] = np.nan, np.inf
+            if step == 4 and dtype != np.int32:
+                for g in grads:
+                    g[11] = np.nan
             want, got = ref.step(name, grads), fast.step(name, grads)
-            np.testing.assert_array_equal(got.outputs[0], want.outputs[0])
-            assert got.leader == want.leader and got.bytes_sent == want.bytes_sent
-            if want.indices is not None:
-                np.testing.assert_array_equal(got.indices, want.indices)
-            if name in ref.tensors:
-                for r in range(n):
-                    np.testing.assert_array_equal(fast.tensors[name].memory[r],
-                                                  ref.memory(name, r))
+            also = unbounded.step(name, grads)
+            for result in (got, also):
+                np.testing.assert_array_equal(result.outputs[0], want.outputs[0])
+                assert result.leader == want.leader and result.bytes_sent == want.bytes_sent
+                if want.indices is not None:
+                    np.testing.assert_array_equal(result.indices, want.indices)
+            if step == 4 and want.indices is not None:
+                assert 11 in want.indices.tolist() and np.isnan(want.outputs[0][11])
+            for r in range(n):
+                np.testing.assert_array_equal(fast.tensors[name].memory[r], ref.memory(name, r))
+
+
+def test_a_small_memory_beta_takes_in_less_of_the_residue():
+    from horovod_scalecom.benchmarks.batched import BatchedHorovodPath
+    config = ScaleComConfig(ratio=0.01, beta=1.0, min_numel=64)
+    plain, bounded = BatchedHorovodPath(3, config), BatchedHorovodPath(3, config, memory_beta=0.5)
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        grads = [rng.standard_normal(1000).astype(np.float32) for _ in range(3)]
+        plain.step("w", grads), bounded.step("w", grads)
+    # Beta 1 keeps every unsent entry whole; the bound lets in less, so the memory is smaller.
+    assert (np.linalg.norm(bounded.tensors["w"].memory, axis=1)
+            < 0.9 * np.linalg.norm(plain.tensors["w"].memory, axis=1)).all()
 
 
 def test_the_lag_is_the_mean_memory_over_beta():
     torch = pytest.importorskip("torch")
     from horovod_scalecom.benchmarks.convergence import RunSpec, train
     torch.set_num_threads(1)
-    common = dict(ranks=4, ratio=0.01, seed=0, lr=0.1, momentum=0.9, epochs=1, train_size=2048)
-    ef = train(RunSpec("scalecom", beta=1.0, **common))["figures"]
+    common = dict(ranks=4, ratio=0.01, seed=0, lr=0.1, momentum=0.9, epochs=1, steps=24,
+                  train_size=8192)
+    ef = train(RunSpec("scalecom", beta=1.0, **common), overlap_every=4)["figures"]
+    assert len(ef) == 3     # the three tensors above min_numel, sampled
     for figures in ef.values():
         assert figures["lag"] == pytest.approx(figures["memory_ratio"], rel=1e-3)
     # The filter takes in beta of an unsent entry and keeps 1 - beta of a sent
     # one, so the optimizer's backlog is the memory scaled up by 1 / beta.
-    lpf = train(RunSpec("scalecom", beta=0.1, **common))["figures"]
+    lpf = train(RunSpec("scalecom", beta=0.1, **common), overlap_every=4)["figures"]
+    assert len(lpf) == 3
     for figures in lpf.values():
         assert figures["lag"] == pytest.approx(figures["memory_ratio"] / 0.1, rel=1e-3)
 

@@ -36,9 +36,10 @@ def sum_squares_rows(x: np.ndarray) -> np.ndarray:
     blocks = -(-numel // NORM_BLOCK)
     squares = np.zeros((rows, blocks * NORM_BLOCK))
     np.square(x, out=squares[:, :numel], dtype=np.float64)
-    # Reducing a non-contiguous axis, numpy adds the slices one after the
-    # other (pairwise summation is only for the contiguous axis): each lane's
-    # own left-to-right sum, as the reference's cumsum.
+    # Reducing a non-contiguous axis, numpy (1.26's iterator) adds the slices
+    # one after the other; pairwise summation is only for the contiguous axis.
+    # So each lane is summed left to right, as the reference's cumsum does:
+    # tests/test_benchmarks.py checks it bit for bit.
     lanes = squares.reshape(rows, blocks, NORM_BLOCK // NORM_LANES, NORM_LANES).sum(axis=2)
     per_block = lanes[:, :, 0]
     for lane in range(1, NORM_LANES):
@@ -82,7 +83,9 @@ class _Tensor:
 
 
 class BatchedHorovodPath:
-    """``HorovodPathSimulator``'s interface and numbers, all workers at once."""
+    """``HorovodPathSimulator``'s numbers and its ``step``, all workers at
+    once. ``tensors[name].memory`` is an (n, numel) array, row r worker r's
+    memory; ``levels`` holds the clip levels as the reference's does."""
 
     def __init__(self, size: int, config: ScaleComConfig | None = None,
                  memory_beta: float = 0.0) -> None:
@@ -93,8 +96,9 @@ class BatchedHorovodPath:
         refuse_clip_norm(self.config)
         self.tensors: dict[str, _Tensor] = {}
         self.levels = _Levels(size, self.config.clip_factor)
-        # Under study (docs/convergence.md): each worker's beta falls below the
-        # config's where its memory holds more than ``memory_beta`` clip levels.
+        # A remedy of docs/convergence.md's screening: a worker whose memory
+        # holds more than ``memory_beta`` clip levels takes in less of its new
+        # residue, to bound the burst a late selection releases.
         self.memory_beta = memory_beta
 
     def step(self, name: str, grads: Sequence[np.ndarray]) -> StepResult:
@@ -106,13 +110,16 @@ class BatchedHorovodPath:
             check_numel(g.shape[1], name)
             offset = len(self.tensors) if self.config.stagger_leaders else 0
             state = self.tensors[name] = _Tensor(offset, g.shape[1], self.size)
+        if state.numel != g.shape[1]:
+            raise ValueError(f"{name}: numel changed from {state.numel} to {g.shape[1]}")
         cfg, t = self.config, state.step
         state.step += 1
         if (t < cfg.warmup_steps or state.numel < cfg.min_numel
                 or not np.issubdtype(g.dtype, np.floating)):
             out = rank_order_mean(g.astype(F32))
             nbytes = bytes_model.dense_ring_allreduce(state.numel, self.size)
-            return StepResult([out] * self.size, None, None, [nbytes] * self.size)
+            return StepResult([out.copy() for _ in range(self.size)], None, None,
+                              [nbytes] * self.size)
         g = self.levels.apply(name, g.astype(F32, copy=False))
         lead = leader(t, state.offset, self.size)
         k = cfg.k(state.numel)
@@ -129,7 +136,8 @@ class BatchedHorovodPath:
         out = np.zeros(state.numel, dtype=F32)
         out[idx.astype(np.int64)] = rank_order_mean(c)
         nbytes = bytes_model.horovod_path(k, self.size)
-        return StepResult([out] * self.size, idx, lead, [nbytes] * self.size)
+        return StepResult([out.copy() for _ in range(self.size)], idx, lead,
+                          [nbytes] * self.size)
 
     def _betas(self, name: str, m: np.ndarray):
         """beta and 1 - beta in float32: the config's, or per worker (a column)."""

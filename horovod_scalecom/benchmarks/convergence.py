@@ -80,6 +80,13 @@ class RunSpec:
     beta_warmup_steps: int = 0   # beta rises linearly from 0.1 to ``beta`` over these steps
 
     def __post_init__(self) -> None:
+        if self.factor_masking and not self.momentum_correction:
+            raise ValueError("factor masking zeroes the velocity of momentum correction: "
+                             "it needs momentum_correction")
+        if self.method in ("dense", "topk") and (
+                self.ratio_warmup_steps or self.momentum_correction or self.memory_factor
+                or self.memory_beta or self.beta_warmup_steps):
+            raise ValueError(f"the remedies are ScaleCom's; {self.method} takes none")
         if self.beta is None:
             self.beta = {"scalecom": DEFAULTS.beta, "ef": 1.0}.get(self.method, float("nan"))
 
@@ -215,7 +222,8 @@ class Training:
             lag = self.lag[name] = (self.lag.get(name, 0.0) + np.mean(clipped, axis=0)
                                     - result.outputs[0])
             if before is not None:
-                self.tracker.add(name, step_figures(before, clipped, result.indices, lag))
+                after = np.mean(self.sim.tensors[name].memory, axis=0)
+                self.tracker.add(name, step_figures(before, clipped, result.indices, lag, after))
         return result.outputs[0], result.indices
 
     def evaluate(self, x_test: torch.Tensor, y_test: torch.Tensor) -> None:
@@ -314,15 +322,19 @@ def run_specs(args: argparse.Namespace) -> Iterator[RunSpec]:
                                   warmup_steps=args.warmup_steps,
                                   lr_warmup_steps=args.lr_warmup_steps, clip=args.clip,
                                   task=args.task, model=model, beta=beta,
-                                  ratio_warmup_steps=args.ratio_warmup_steps if method != "dense" else 0,
-                                  momentum_correction=args.momentum_correction and method != "dense",
-                                  factor_masking=args.factor_masking and method != "dense",
-                                  memory_factor=args.memory_factor if method != "dense" else 0.0,
-                                  memory_beta=args.memory_beta if method != "dense" else 0.0,
-                                  beta_warmup_steps=args.beta_warmup_steps if method != "dense" else 0,
+                                  **(remedies(args) if method == "scalecom" else {}),
                                   clip_factor=args.clip_factor or None,
                                   **({"global_batch": args.batch_per_rank * ranks}
                                      if args.batch_per_rank else {}), **regime)
+
+
+def remedies(args: argparse.Namespace) -> dict:
+    """The remedies the command line asks for: ScaleCom's runs take them, the
+    baselines' do not."""
+    return dict(ratio_warmup_steps=args.ratio_warmup_steps,
+                momentum_correction=args.momentum_correction,
+                factor_masking=args.factor_masking, memory_factor=args.memory_factor,
+                memory_beta=args.memory_beta, beta_warmup_steps=args.beta_warmup_steps)
 
 
 def saved_runs(path: str | None) -> list:

@@ -11,11 +11,12 @@ the leader's index set I:
   top-k that a single machine holding every gradient would take.
 * ``captured``: ||(mean_r p_r)[I]||^2 / ||mean_r p_r||^2, the share of the
   accumulated gradient's energy that this step delivers.
-* ``memory_ratio``: ||mean_r m_r|| / ||mean_r g_r||, how many steps' worth of
-  gradient the memories hold.
+* ``memory_ratio``: ||mean_r m_r|| / ||mean_r g_r|| with the memories after
+  the step, how many steps' worth of gradient they hold.
 * ``lag``: ||sum over steps of (mean_r g_r - output)|| / ||mean_r g_r||, how
-  many steps' worth of gradient the optimizer has not been handed yet. It
-  is the mean memory divided by beta: the filter takes in only beta of an
+  many steps' worth of gradient the optimizer has not been handed yet. In
+  exact arithmetic it is the mean memory divided by beta (with a constant
+  beta and no update refused as non-finite): the filter takes in only beta of an
   unsent entry and keeps 1 - beta of a sent entry's memory for its next
   selections, so an entry's gradient arrives over about 1 / beta of its
   selections, and the rarer the selections (small ratio, large n), the
@@ -38,9 +39,10 @@ def _ratio(num: float, den: float) -> float:
 
 
 def step_figures(memories: list[np.ndarray], grads: list[np.ndarray], indices: np.ndarray,
-                 lag: np.ndarray) -> dict[str, float]:
-    """The figures above for one step of one tensor (``lag``: the summed
-    difference, this step included)."""
+                 lag: np.ndarray, after: np.ndarray) -> dict[str, float]:
+    """The figures above for one step of one tensor: ``memories`` before the
+    step, ``after`` their mean after it, ``lag`` the summed difference with
+    this step included."""
     k = len(indices)
     p = [m + g for m, g in zip(memories, grads)]
     p_mean = np.mean(p, axis=0)
@@ -52,7 +54,7 @@ def step_figures(memories: list[np.ndarray], grads: list[np.ndarray], indices: n
                                       for q in p])),
         "overlap_mean": len(chosen.intersection(_topk(p_mean, k).tolist())) / k,
         "captured": _ratio(float(np.sum(p_mean[indices] ** 2)), float(np.sum(p_mean ** 2))),
-        "memory_ratio": _ratio(float(np.linalg.norm(np.mean(memories, axis=0))), g_norm),
+        "memory_ratio": _ratio(float(np.linalg.norm(after)), g_norm),
         "lag": _ratio(float(np.linalg.norm(lag)), g_norm),
     }
 

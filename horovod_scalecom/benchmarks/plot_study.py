@@ -43,11 +43,16 @@ def variant(run: dict) -> str:
 
 
 def groups(runs: list[dict]) -> dict:
-    """(data/model, regime, n) -> {(variant, ratio): [accuracy per seed]}."""
+    """(data/model, regime, n) -> {(variant, ratio): [accuracy per seed]};
+    a seed run twice counts once (the first)."""
     out: dict = defaultdict(lambda: defaultdict(list))
+    seen = set()
     for r in runs:
         cell = (f"{r['task']}/{r.get('model', 'mlp')}", r.get("tag") or r["regime"], r["ranks"])
-        out[cell][(variant(r), r["ratio"])].append(100 * r["final_acc"])
+        key = (cell, variant(r), r["ratio"], r["seed"])
+        if key not in seen:
+            seen.add(key)
+            out[cell][(variant(r), r["ratio"])].append(100 * r["final_acc"])
     return out
 
 
@@ -101,8 +106,13 @@ def targets_table(runs: list[dict], default: str) -> str:
     rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for (task, regime, n), acc in sorted(cells.items()):
         dense = acc.get(("dense", 1.0))
-        for ratio in sorted({r for v, r in acc if v == default}, reverse=True):
+        for ratio in sorted({r for _, r in acc if r < 1}, reverse=True):
             if not dense:
+                continue
+            if (default, ratio) not in acc:
+                rows.append("| " + " | ".join([task, regime, str(n), f"1/{round(1 / ratio)}",
+                                               f"{np.mean(dense):.1f}", "not run", "-", "-"])
+                            + " |")
                 continue
             gap = np.mean(acc[(default, ratio)]) - np.mean(dense)
             allowed = ALLOWED.get(ratio)
@@ -142,7 +152,9 @@ def figures_table(runs: list[dict], regime: str = "normal") -> str:
 def fmt(values: list[float], dense: list[float] | None = None) -> str:
     if not values:
         return "-"
-    text = f"{np.mean(values):.1f} ± {np.std(values):.1f}"
+    # The sample sd over seeds, and how many seeds: one seed has no spread.
+    spread = f" ± {np.std(values, ddof=1):.1f}" if len(values) > 1 else ""
+    text = f"{np.mean(values):.1f}{spread} [{len(values)}]"
     if dense:
         text += f" ({np.mean(values) - np.mean(dense):+.1f})"
     return text
@@ -190,7 +202,12 @@ def main() -> None:
     parser.add_argument("--figures", action="store_true",
                         help="also print the diagnostics of the normal regime's runs")
     args = parser.parse_args()
-    runs = [r for path in args.files for r in json.load(open(path))]
+    runs = []
+    for path in args.files:
+        with open(path) as f:
+            data = json.load(f)
+        if isinstance(data, list):      # other JSON beside the runs (a both-ways check) is skipped
+            runs.extend(data)
     print(gap_table(runs) if args.gaps else table(runs))
     if args.targets:
         print()

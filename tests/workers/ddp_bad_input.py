@@ -18,7 +18,6 @@ own error. Cases:
 """
 
 import gc
-import os
 import sys
 import traceback
 from datetime import timedelta

@@ -84,7 +84,7 @@ def report(args, compression, acc, sent, dense, start):
     method = "dense" if compression is None else f"ScaleCom ratio={args.ratio} beta={args.beta}"
     if compression is not None:
         print(f"bytes sent per rank: {sent / 1e6:.2f} MB vs {dense / 1e6:.2f} MB dense "
-              f"({dense / sent:.1f}x less, byte model of DESIGN.md)")
+              f"({dense / sent:.1f}x less, by the byte model of docs/algorithm.md)")
     print(f"final: {method} on {hvd.size()} ranks, test accuracy {acc:.3f}, "
           f"{time.perf_counter() - start:.1f} s")
 

@@ -1,4 +1,4 @@
-"""Bytes each worker sends per step (DESIGN.md section 4).
+"""Bytes each worker sends per step (the byte model of docs/algorithm.md).
 
 float32 values and int32 indices, 4 bytes each; n workers; N elements in the
 tensor; k selected elements.

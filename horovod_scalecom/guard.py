@@ -5,7 +5,7 @@ at too high a learning rate can go on for epochs at chance accuracy with
 nothing in the log. The guard watches, per compressed tensor:
 
 * ``nonfinite_gradient``: this rank's gradient holds a NaN or Inf (the
-  memory refuses it, DESIGN's non-finite policy, but the step is lost);
+  memory refuses it, as README's "NaN and Inf" says, but the step is lost);
 * ``gradient_spike``: this rank's gradient norm is more than
   ``SPIKE_FACTOR`` times its running level (the relative clip's level), the
   mark of a run that diverges; with the clip on, the spike is clipped;

@@ -8,7 +8,7 @@ per tensor of its last exchange:
 =================  =====================================================
 key                meaning
 =================  =====================================================
-bytes_sent         bytes this rank sent, by DESIGN.md's byte model
+bytes_sent         bytes this rank sent, by the byte model (docs/algorithm.md)
 dense_bytes        what a dense ring allreduce of the same tensors sends
 compression        dense_bytes / bytes_sent
 select_s           seconds in the leader's top-k selection
@@ -41,7 +41,7 @@ TIMINGS = ("select_s", "share_s", "update_s", "clip_s", "decompress_s")
 def new_record(numel: int, k: Optional[int], lead: Optional[int], step: int, size: int,
                timed: bool = True, **figures: Any) -> dict[str, Any]:
     """One tensor's record of one exchange: ``k`` None for a dense one; bytes
-    by DESIGN.md's byte model (the index share and a ring allreduce of k
+    by the byte model of docs/algorithm.md (the index share and a ring allreduce of k
     values, or a dense ring allreduce); timings zero until ``figures`` or
     the caller fill them in (None when not ``timed``)."""
     dense = bytes_model.dense_ring_allreduce(numel, size)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU check (issue 6), for a machine with a GPU, nvcc and a
+# The one prepared GPU check, for a machine with a GPU, nvcc and a
 # CUDA build of torch (Horovod and TensorFlow not needed):
 #   1. builds the torch ops and libscalecom_cuda.so in place (sm_90 unless
 #      HOROVOD_SCALECOM_CUDA_ARCHS says otherwise),

@@ -1,4 +1,4 @@
-"""The NumPy oracle against brute force and against the algebra of DESIGN.md."""
+"""The NumPy oracle against brute force and against the algebra of docs/algorithm.md."""
 
 import math
 
@@ -141,7 +141,7 @@ def test_memory_update_elementwise():
         else:
             assert m_new[j] == m[j] + b32 * g[j]
     np.testing.assert_array_equal(c, (m + g)[idx])
-    # The same update written as the low-pass filter of DESIGN.md.
+    # The same update written as the low-pass filter of docs/algorithm.md.
     p = m + g
     filtered = (1 - beta) * m.astype(np.float64) + beta * (p - scatter(idx, c, 50))
     np.testing.assert_allclose(m_new, filtered, rtol=1e-5, atol=1e-6)

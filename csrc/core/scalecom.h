@@ -1,7 +1,7 @@
 // ScaleCom's framework-free core: exact top-k selection of |m + g|, the fused
 // gather + low-pass memory update, and the scatter. The torch and TensorFlow
 // bindings are thin adapters over these functions, so both frontends produce
-// the same bits. The canonical arithmetic (DESIGN.md section 1):
+// the same bits. The canonical arithmetic (docs/algorithm.md, "One step"):
 //
 //   p   = m + g                           float32
 //   I   = top-k of |p|, ties -> lower index, ascending

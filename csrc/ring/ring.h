@@ -1,5 +1,5 @@
 // The ScaleCom ring: a compressed ring allreduce over MPI with chunk-wise
-// cyclic owners (DESIGN.md section 2B), framework-free.
+// cyclic owners (docs/algorithm.md, "The ScaleCom ring"), framework-free.
 //
 // Each tensor is cut into n contiguous chunks (numpy.array_split); at the
 // tensor's step t chunk j is owned by rank (j + t) mod n.

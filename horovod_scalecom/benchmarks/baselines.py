@@ -2,7 +2,7 @@
 TopkAllgather, local top-k with error feedback and an allgather of the
 (index, value) pairs (the GRACE / DGC scheme), over Horovod. It takes the
 same list of gradients as the other methods and reports the bytes each rank
-sends by the byte model of DESIGN.md. PowerSGD, torch's own DDP hook, is in
+sends by the byte model of docs/algorithm.md. PowerSGD, torch's own DDP hook, is in
 benchmarks.ddp_hooks beside ScaleCom's hook.
 """
 

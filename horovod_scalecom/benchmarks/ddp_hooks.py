@@ -9,7 +9,7 @@ and no step copies 100 MB into them and back.
 
 Each takes the same list of gradients as the benchmark's other methods
 (benchmarks.baselines.Params: backward hands DDP exactly those) and reports
-the bytes each rank sends by the byte model of DESIGN.md (ring collectives).
+the bytes each rank sends by the byte model of docs/algorithm.md (ring collectives).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ time of its bytes at --line-rate (Gbit/s; 0: no wire time, loopback). The
 ring's ``breakdown`` (the engine's phases, Python, waits, the part hidden
 behind backward) and the Horovod path's (selection, index share, update)
 go to the JSON. Bytes: the engine's own count for the ring, the byte model
-of DESIGN.md for the others (ring collectives). Rank 0 prints a table;
+of docs/algorithm.md for the others (ring collectives). Rank 0 prints a table;
 --json writes every rank's figures. Under benchmarks.network the same
 command runs on a bandwidth-limited network.
 """

@@ -3,8 +3,8 @@
 ScaleCom's two exchanges are the methods ``"scalecom"`` (ScaleCom through
 Horovod's allreduce: ``hvd.DistributedOptimizer(opt, compression=ScaleCom(...))``)
 and ``"scalecom ring"`` (the ScaleCom ring, this package's
-``DistributedOptimizer``). Earlier releases called them ``"path A"`` and
-``"path B"``, the design card's words; commands and saved JSON (docs/data)
+``DistributedOptimizer``). Until 2026-12-03 the code called them ``"path A"``
+and ``"path B"``; commands and saved JSON (docs/data)
 that use those are read under the new names, so the published figures can
 be re-plotted without re-running them.
 """
@@ -30,8 +30,8 @@ def add_methods_option(parser: argparse.ArgumentParser, methods: Sequence[str]) 
     """``--methods``: some of ``methods`` (default: all), older names accepted."""
     parser.add_argument("--methods", nargs="+", type=method_name, choices=methods,
                         default=list(methods),
-                        help='the methods to run (the older "path A" and "path B" '
-                             f'mean "{SCALECOM}" and "{RING}")')
+                        help="the methods to run (files saved before 2026-12-03 "
+                             "name them differently; those names are accepted too)")
 
 
 def renamed_row(row: dict) -> dict:

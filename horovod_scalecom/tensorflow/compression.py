@@ -1,5 +1,5 @@
 """ScaleCom as a Horovod Compressor for TensorFlow (the cyclic-leader exchange
-of DESIGN.md).
+of docs/algorithm.md).
 
 The same algorithm, policy (horovod_scalecom.config) and C++ core as
 horovod_scalecom.torch.ScaleCom, so both frontends return the same bits for
@@ -270,7 +270,7 @@ class ScaleCom(tf.Module, Compressor):
     def stats(self) -> dict[str, Any]:
         """Each tensor's last exchange and the totals, under the keys of every
         frontend (horovod_scalecom.stats): bytes by the byte model of
-        DESIGN.md, memory entries that refused a NaN/Inf update, the relative
+        docs/algorithm.md, memory entries that refused a NaN/Inf update, the relative
         clip's norm and scale (``clipped`` counts the tensors it scaled down),
         the divergence guard's events. The timings are None: the exchange
         runs as graph ops.

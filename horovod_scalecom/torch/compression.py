@@ -242,7 +242,7 @@ class ScaleCom(Compressor):
     def stats(self) -> dict[str, Any]:
         """Figures of each tensor's last compress call and their totals.
 
-        ``bytes_sent`` follows the byte model of DESIGN.md section 4 (index
+        ``bytes_sent`` follows the byte model of docs/algorithm.md (index
         share + ring allreduce of k float32 values); ``dense_bytes`` is what a
         dense ring allreduce of the same tensors would send. For CUDA
         gradients ``select_s`` and ``update_s`` time the kernel launches, not

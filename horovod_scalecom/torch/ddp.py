@@ -203,7 +203,7 @@ class ScaleComHookState:
 
     def stats(self) -> dict[str, Any]:
         """Figures of each parameter's last exchange and their totals, under the
-        keys of ``ScaleCom.stats()``. Bytes follow DESIGN.md's byte model: the
+        keys of ``ScaleCom.stats()``. Bytes follow docs/algorithm.md's byte model: the
         index broadcast plus a ring allreduce of k values (dense parameters:
         a ring allreduce of all their elements)."""
         return last_step(self._last, self.state.watch.stats(), "torch.distributed broadcast")

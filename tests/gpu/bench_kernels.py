@@ -15,7 +15,7 @@ bitwise), then times with CUDA events (median of --repeats):
   k indices and values) at the device-to-device copy bandwidth measured in
   the same run.
 
-Targets of issue 6 at 25M, ratio 0.01: leader step within 3x of the bound
+Targets at 25M, ratio 0.01: leader step within 3x of the bound
 and at least 5x faster than torch.
 """
 

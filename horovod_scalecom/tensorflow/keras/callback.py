@@ -18,7 +18,7 @@ class ScaleComCallback(tf.keras.callbacks.Callback):
     * ``scalecom_ratio``: dense bytes / bytes sent over the epoch's steps, for
       the tensors ScaleCom handles (1.0 while dense);
     * ``scalecom_mb_per_step``: megabytes each rank sent per step for them, by
-      the byte model of DESIGN.md.
+      the byte model of docs/algorithm.md.
 
     Args:
         compression: the ScaleCom given to hvd.DistributedOptimizer.

@@ -121,7 +121,10 @@ def run_exchange(ranks: int, workdir: Path, exchange_args: list[str], out: Path,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Every other flag goes to each run of benchmarks.exchange "
+               "(python -m horovod_scalecom.benchmarks.exchange --help lists them).")
     parser.add_argument("--ranks", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--rate", nargs="+", default=["1gbit"], help="tc rates, e.g. 1gbit")
     parser.add_argument("--delay", help="netem delay per link direction, e.g. 100us")

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-# Indices travel as int32 (DESIGN.md section 1).
+# Indices travel as int32 (docs/algorithm.md).
 MAX_NUMEL = 2**31 - 1
 
 # The relative clip (docs/algorithm.md): each worker's gradient of a

@@ -12,9 +12,11 @@
 #                           (HOROVOD_GPU_OPERATIONS=NCCL) and ScaleCom's CUDA
 #                           kernels; needs the CUDA toolkit (nvcc on PATH or in
 #                           CUDA_HOME) and an NVIDIA driver
-#   SCALECOM_TORCH_INDEX=URL  a wheel index to try first for torch (e.g. torch's
-#                           CPU-only index); when it cannot serve torch, pip's
-#                           own indexes are used as without it
+#   SCALECOM_TORCH_INDEX=URL  a wheel index to try first for torch; default:
+#                           torch's CPU-only index (GPU mode: none), so a CPU
+#                           machine gets the CPU build, not PyPI's CUDA one;
+#                           when it cannot serve torch, pip's own indexes are
+#                           used as without it; empty: pip's indexes only
 #   HOROVOD_SCALECOM_CUDA=0 build no CUDA kernels (setup.py)
 set -euo pipefail
 export TF_CPP_MIN_LOG_LEVEL=3  # TensorFlow start-up chatter, not our business
@@ -24,6 +26,11 @@ VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 PYTHON=${PYTHON:-python3}
 GPU=${SCALECOM_GPU:-0}
+if [ "$GPU" = 1 ]; then
+  SCALECOM_TORCH_INDEX=${SCALECOM_TORCH_INDEX-}
+else
+  SCALECOM_TORCH_INDEX=${SCALECOM_TORCH_INDEX-https://download.pytorch.org/whl/cpu}
+fi
 
 TORCH_VERSION=2.13.0
 TF_VERSION=2.15.1

@@ -166,6 +166,11 @@ def plot(runs: list[dict], out: str) -> None:
     cells = groups(runs)
     tasks = sorted({t for t, _, _ in cells})
     ratios = sorted({r for c in cells.values() for _, r in c if r < 1}, reverse=True)
+    # One colour per variant and one line style per regime, the same in every panel.
+    variants = sorted({v for c in cells.values() for v, r in c if r < 1})
+    regimes = sorted({reg for _, reg, _ in cells})
+    colour = {v: f"C{i % 10}" for i, v in enumerate(variants)}
+    style = {reg: ("-", "--", ":", "-.")[i % 4] for i, reg in enumerate(regimes)}
     fig, axes = plt.subplots(len(tasks), len(ratios), figsize=(5 * len(ratios), 3.3 * len(tasks)),
                              squeeze=False)
     for i, task in enumerate(tasks):
@@ -179,15 +184,19 @@ def plot(runs: list[dict], out: str) -> None:
                         lines[(v, regime)][n] = np.mean(values) - np.mean(dense)
             for (v, regime), points in sorted(lines.items()):
                 ns = sorted(points)
-                ax.plot(ns, [points[n] for n in ns], marker="o", label=f"{v} ({regime})")
+                ax.plot(ns, [points[n] for n in ns], marker="o", color=colour[v],
+                        ls=style[regime])
             ax.axhline(0, color="black", lw=0.8)
             ax.set_xscale("log", base=2)
             ax.set_title(f"{task}, ratio 1/{round(1 / ratio)}", fontsize=10)
             ax.set_xlabel("workers n")
             ax.set_ylabel("accuracy - dense (points)")
             ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=6, loc="lower left")
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=colour[v], marker="o", ls="") for v in variants]
+    handles += [plt.Line2D([], [], color="gray", ls=style[reg]) for reg in regimes]
+    fig.legend(handles, variants + [f"regime: {reg}" for reg in regimes], loc="lower center",
+               ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(f"{out}_gap.png", dpi=100)
 
 

@@ -18,7 +18,6 @@ import subprocess
 import sys
 from functools import lru_cache
 
-import pytest
 
 from doc_commands import FLAG, Shown, shown_flags, shown_keywords
 from mpi import ROOT, requires

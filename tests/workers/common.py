@@ -55,6 +55,21 @@ def run(main, outdir: str) -> None:
         raise SystemExit(1)
 
 
+def finish_gloo(failed: bool) -> None:
+    """End a torch.distributed (gloo) worker: every rank reports before any
+    exits (mpirun and torchrun end the job at the first failed exit), bounded
+    in case a rank is gone; exit 1 if this rank failed or the barrier did."""
+    from datetime import timedelta
+
+    import torch.distributed as dist     # here: the TensorFlow workers import this module too
+    try:
+        dist.monitored_barrier(timeout=timedelta(seconds=30), wait_all_ranks=True)
+    except RuntimeError:
+        failed = True
+    dist.destroy_process_group()
+    sys.exit(1 if failed else 0)
+
+
 def route_through_kernels_library(compression, path, optimizer=None):
     """Every compressed tensor, CPU ones too, through the CUDA code path, over
     the host double at `path` (tests/abi_double.build_for_workers): torch's

@@ -20,7 +20,6 @@ own error. Cases:
 import gc
 import sys
 import traceback
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from horovod_scalecom.torch.ddp import ScaleComHookState, scalecom_hook
+
+from common import finish_gloo
 
 TIMEOUT = 60.0
 
@@ -103,13 +104,7 @@ def main():
         (outdir / f"rank{rank}.err").write_text(
             f"{type(exc).__name__}: {exc}\n" + traceback.format_exc())
     gc.collect()
-    try:
-        # Every rank reports before any exits; bounded, in case a rank is gone.
-        dist.monitored_barrier(timeout=timedelta(seconds=30), wait_all_ranks=True)
-    except RuntimeError:
-        failed = True
-    dist.destroy_process_group()
-    sys.exit(1 if failed else 0)
+    finish_gloo(failed)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import gc
 import os
 import sys
 import traceback
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from horovod_scalecom.torch.ddp import ScaleComHookState, scalecom_hook
 
-from common import SHAPES, gradient
+from common import SHAPES, finish_gloo, gradient
 
 STEPS = 6
 RATIO, BETA, MIN_NUMEL = 0.05, 0.1, 1024
@@ -172,14 +171,7 @@ def main():
         (Path(outdir) / f"rank{rank}.err").write_text(
             f"{type(exc).__name__}: {exc}\n" + traceback.format_exc())
         sys.stderr.write(f"[rank {rank}] {type(exc).__name__}: {exc}\n")
-    try:
-        # Every rank reports before any exits (mpirun ends the job at the first
-        # failed exit); bounded, in case a rank is gone.
-        dist.monitored_barrier(timeout=timedelta(seconds=30), wait_all_ranks=True)
-    except RuntimeError:
-        failed = True
-    dist.destroy_process_group()
-    sys.exit(1 if failed else 0)
+    finish_gloo(failed)
 
 
 def train_and_save(outdir, cases):

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from horovod_scalecom.check import launch
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = Path(__file__).resolve().parent / "workers"
@@ -127,19 +127,7 @@ def run_mpi(n: int, worker: str, outdir: Path, *args: str, timeout: float = 180,
 def run_bounded(cmd: list[str], env: dict[str, str],
                 timeout: float) -> tuple[int, str, bool]:
     """(return code, output, whether it was killed): ``cmd`` in a process
-    group of its own, ended at the deadline with everything it started."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, cwd=ROOT, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, output, False
-    except subprocess.TimeoutExpired:
-        # SIGTERM first: horovodrun ends the workers it started in sessions of
-        # their own only when it is asked to; then SIGKILL whatever is left.
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            output, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-        return proc.returncode, output, True
+    group of its own, ended at the deadline with everything it started
+    (horovod_scalecom.check's bounded run, with 15 s between SIGTERM and
+    SIGKILL)."""
+    return launch.run_bounded(cmd, env, ROOT, timeout, grace=15.0)

@@ -69,16 +69,25 @@ def run_job(cmd: list[str], cwd: Path, timeout: float) -> JobResult:
     hang it."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONUNBUFFERED="1", PYTHONPATH=_pythonpath())
+    return JobResult(*run_bounded(cmd, env, cwd, timeout, grace=10.0))
+
+
+def run_bounded(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float,
+                grace: float) -> tuple[int, str, bool]:
+    """(return code, output, whether it was killed): ``cmd`` in a process
+    group of its own, ended at the deadline with everything it started.
+    SIGTERM first (horovodrun ends the workers it started in sessions of
+    their own only when asked to), SIGKILL after ``grace`` seconds."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=cwd, env=env, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=timeout)
-        return JobResult(proc.returncode, output, False)
+        return proc.returncode, output, False
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            output, _ = proc.communicate(timeout=10)
+            output, _ = proc.communicate(timeout=grace)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             output, _ = proc.communicate()
-        return JobResult(proc.returncode, output, True)
+        return proc.returncode, output, True

@@ -221,7 +221,15 @@ setup(
     python_requires=">=3.9",
     install_requires=["numpy"],
     # The benchmarks' plot scripts and the convergence study's data sets only.
-    extras_require={"plots": ["matplotlib"], "study": ["scikit-learn", "mnist1d"]},
+    extras_require={
+        "plots": ["matplotlib"],
+        "study": ["scikit-learn", "mnist1d"],
+        # The DDP hook where users train (docs/usage.md). scripts/setup.sh pins
+        # the tested versions (and pyarrow < 20 beside TensorFlow's numpy 1).
+        "lightning": ["lightning>=2.4"],
+        "accelerate": ["accelerate>=1.0"],
+        "ray": ["ray[train]>=2.40"],
+    },
     package_data={"horovod_scalecom": ["libscalecom_cuda.so"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -37,6 +37,11 @@ TF_VERSION=2.15.1
 NUMPY_VERSION=1.26.4
 SKLEARN_VERSION=1.9.1
 MNIST1D_VERSION=0.0.2.post1
+LIGHTNING_VERSION=2.6.6
+ACCELERATE_VERSION=1.16.0
+RAY_VERSION=2.60.0
+# pyarrow (Ray Train) 20 and later need numpy 2; TensorFlow 2.15 needs numpy 1.
+PYARROW_VERSION=19.0.1
 MPI4PY_VERSION=4.1.2
 HOROVOD_VERSION=0.28.1
 
@@ -127,6 +132,18 @@ fi
 # ships (make_dataset; its download is never used).
 have mnist1d==$MNIST1D_VERSION || pip_install "mnist1d==$MNIST1D_VERSION" \
   || fail "pip could not install mnist1d; is PyPI reachable?"
+
+# Where PyTorch users train today: the DDP hook's tests run it under
+# Lightning, Accelerate and Ray Train. numpy is held at the version above,
+# which TensorFlow 2.15 needs; their newest dependencies would lift it to 2.x.
+step "Lightning $LIGHTNING_VERSION, Accelerate $ACCELERATE_VERSION, Ray Train $RAY_VERSION"
+if have lightning==$LIGHTNING_VERSION accelerate==$ACCELERATE_VERSION ray==$RAY_VERSION pyarrow==$PYARROW_VERSION numpy==$NUMPY_VERSION; then
+  echo "already installed"
+else
+  pip_install "lightning==$LIGHTNING_VERSION" "accelerate==$ACCELERATE_VERSION" "ray[train]==$RAY_VERSION" \
+    "pyarrow==$PYARROW_VERSION" "numpy==$NUMPY_VERSION" \
+    || fail "pip could not install lightning/accelerate/ray[train]; is PyPI reachable?"
+fi
 
 step "mpi4py $MPI4PY_VERSION built against the system Open MPI (a few minutes the first time)"
 if have mpi4py==$MPI4PY_VERSION && "$PY" -c "import mpi4py.MPI" 2>/dev/null; then

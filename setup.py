@@ -220,7 +220,7 @@ setup(
     packages=find_packages(include=["horovod_scalecom", "horovod_scalecom.*"]),
     python_requires=">=3.9",
     install_requires=["numpy"],
-    # The benchmarks' plot scripts and the convergence study's data sets only.
+    # Optional: plots, the convergence study's data sets, the DDP integrations.
     extras_require={
         "plots": ["matplotlib"],
         "study": ["scikit-learn", "mnist1d"],

@@ -1,7 +1,7 @@
 """Worker: gradient accumulation with ScaleCom's DDP hook, through Hugging
 Face Accelerate or through plain DDP, on the same data.
 
-usage: accelerate_ddp.py OUTDIR MODE
+usage: accelerate_ddp.py OUTDIR MODE [MODE ...]
 
   accelerate  under ``accelerate launch --multi_gpu --num_processes 2``:
               Accelerator(cpu=True, gradient_accumulation_steps=2),
@@ -14,13 +14,15 @@ usage: accelerate_ddp.py OUTDIR MODE
   alone       as accelerate, but Accelerator() without cpu=True: on a
               machine without GPUs each process runs alone, and
               register_scalecom must refuse it
-  plain       under torchrun: DDP, ScaleComHookState + scalecom_hook, and
-              the accumulating micro-batches under ``model.no_sync()`` with
-              the loss divided by 2, as Accelerate does
+  plain       DDP, ScaleComHookState + scalecom_hook, and the accumulating
+              micro-batches under ``model.no_sync()`` with the loss divided
+              by 2, as Accelerate does; on the gloo group of the modes
+              before it, else under torchrun's
 
-Micro-batch m of rank r is sixteen digits picked by (m, r) alone. Each rank
-writes OUTDIR/rank{r}.npz: the final parameters, the hook's memories and
-steps, and its step count after every micro-batch.
+Micro-batch m of rank r is sixteen digits picked by (m, r) alone. For each
+mode every rank writes OUTDIR/MODE/rank{r}.npz: the final parameters, the
+hook's memories and steps, and its step count after every micro-batch (or
+OUTDIR/MODE/rank{r}.err, and the modes after it do not run).
 """
 
 import contextlib
@@ -91,8 +93,7 @@ def run_accelerate(outdir: Path, cpu: bool = True) -> tuple[int, dict]:
     result["loaded_exchanges"] = np.array(exchanges(state))
     steps, _ = train(range(SAVE_AT, MICRO))
     result.update(record(net, state, steps, prefix="again/"))
-    del model, opt, state
-    return rank, result
+    return rank, result      # the DDP model goes with this frame (and the Accelerator)
 
 
 def run_plain(outdir: Path) -> tuple[int, dict]:
@@ -101,7 +102,8 @@ def run_plain(outdir: Path) -> tuple[int, dict]:
 
     from horovod_scalecom.torch.ddp import ScaleComHookState, scalecom_hook
 
-    dist.init_process_group("gloo")
+    if not dist.is_initialized():           # else: the group Accelerate's run made
+        dist.init_process_group("gloo")
     rank = dist.get_rank()
     net = make_model("digits", "mlp", SEED)
     model = DDP(net)
@@ -125,24 +127,27 @@ def run_plain(outdir: Path) -> tuple[int, dict]:
 
 
 def main() -> None:
-    outdir, mode = Path(sys.argv[1]), sys.argv[2]
+    outdir, modes = Path(sys.argv[1]), sys.argv[2:]
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", "0"))
     failed = False
-    try:
-        if mode == "plain":
-            rank, result = run_plain(outdir)
-        else:
-            rank, result = run_accelerate(outdir, cpu=mode == "accelerate")
-        np.savez(outdir / f"rank{rank}.npz", **result)
-    except Exception as exc:  # noqa: BLE001 - reported to the test
-        failed = True
-        (outdir / f"rank{rank}.err").write_text(
-            f"{type(exc).__name__}: {exc}\n" + traceback.format_exc())
-        sys.stderr.write(f"[rank {rank}] {type(exc).__name__}: {exc}\n")
-    # Python comm hooks can abort the process at exit when DDP's reducer
-    # outlives destroy_process_group(): the models are dropped above.
-    gc.collect()
+    for mode in modes:
+        (outdir / mode).mkdir(parents=True, exist_ok=True)
+        try:
+            if mode == "plain":
+                rank, result = run_plain(outdir)
+            else:
+                rank, result = run_accelerate(outdir, cpu=mode == "accelerate")
+            np.savez(outdir / mode / f"rank{rank}.npz", **result)
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            failed = True
+            (outdir / mode / f"rank{rank}.err").write_text(
+                f"{type(exc).__name__}: {exc}\n" + traceback.format_exc())
+            sys.stderr.write(f"[rank {rank}] {type(exc).__name__}: {exc}\n")
+            break
+        # Python comm hooks can abort the process at exit when DDP's reducer
+        # outlives destroy_process_group(): the models went with run_*'s frame.
+        gc.collect()
     if not torch.distributed.is_initialized():
         sys.exit(1 if failed else 0)
     from common import finish_gloo

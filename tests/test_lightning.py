@@ -9,7 +9,8 @@ batches with the same torch kernels on one thread). A run stopped after 2
 epochs, checkpointed by Lightning's ModelCheckpoint and resumed ends with
 the very parameters and memories of the uninterrupted one; the logged
 metrics carry the hook's figures; a checkpoint of another number of ranks
-is refused on every rank."""
+is refused on every rank; with accumulate_grad_batches the hook runs once per
+optimizer step."""
 
 import os
 import sys
@@ -48,13 +49,13 @@ def run_worker(outdir, devices, *phases, env=None, timeout=150) -> str:
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory):
     """A 1-rank job's checkpoint, then the 2-rank job: uninterrupted, stopped
-    and resumed, and resumed from the 1-rank checkpoint."""
+    and resumed, resumed from the 1-rank checkpoint, and accumulating."""
     root = tmp_path_factory.mktemp("lightning")
     run_worker(root / "one", 1, "half")
     foreign = {"FOREIGN_CKPT": str(root / "one" / "ckpt" / "last.ckpt")}
-    output = run_worker(root / "two", 2, "full", "half", "resumed", "foreign", env=foreign)
-    return {phase: Job(0, output, root / "two" / phase, 2)
-            for phase in ("full", "half", "resumed", "foreign")}
+    phases = ("full", "half", "resumed", "foreign", "accumulate")
+    output = run_worker(root / "two", 2, *phases, env=foreign)
+    return {phase: Job(0, output, root / "two" / phase, 2) for phase in phases}
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +158,14 @@ def test_checkpoint_of_another_world_size_refused_on_every_rank(jobs):
         assert ("ValueError: this checkpoint holds the ScaleCom hook states of 1 rank(s); "
                 "this job has 2") in err, err
         assert not (job.outdir / f"rank{rank}.npz").exists()
+
+
+def test_accumulating_batches_exchange_nothing(jobs):
+    # accumulate_grad_batches=2 over 5 batches an epoch: Lightning steps after
+    # batches 2, 4 and 5 (the epoch's last), and runs the others under DDP's
+    # no_sync(): one exchange per optimizer step, one logged figure each.
+    for rank in range(2):
+        result = jobs["accumulate"].result(rank)
+        assert int(result["global_step"]) == EPOCHS * 3
+        assert all(int(result[k]) == EPOCHS * 3 for k in result if k.startswith("step/"))
+        assert float(result["logged/scalecom/exchanges"]) == EPOCHS * 3

@@ -13,6 +13,7 @@ and steps, its stats, the logged metrics) or OUTDIR/PHASE/rank{r}.err:
   half      EPOCHS / 2 epochs, ModelCheckpoint's last.ckpt in OUTDIR/ckpt
   resumed   EPOCHS epochs from OUTDIR/ckpt/last.ckpt
   foreign   EPOCHS epochs from $FOREIGN_CKPT (another job's checkpoint)
+  accumulate  EPOCHS epochs with accumulate_grad_batches=2
 """
 
 import gc
@@ -45,7 +46,7 @@ def fit(example, outdir: Path, devices: int, phase: str) -> dict:
 
     scalecom = ScaleComCallback(ratio=RATIO, share_timeout=30)
     callbacks = [scalecom]
-    epochs, ckpt_path = EPOCHS, None
+    epochs, ckpt_path, options = EPOCHS, None, {}
     if phase == "half":
         epochs = EPOCHS // 2
         callbacks.append(ModelCheckpoint(dirpath=outdir / "ckpt", save_last=True))
@@ -53,10 +54,12 @@ def fit(example, outdir: Path, devices: int, phase: str) -> dict:
         ckpt_path = outdir / "ckpt" / "last.ckpt"
     elif phase == "foreign":
         ckpt_path = os.environ["FOREIGN_CKPT"]
+    elif phase == "accumulate":
+        options["accumulate_grad_batches"] = 2
     trainer = example.make_trainer(
         devices, epochs, callbacks, limit_train_batches=BATCHES, num_sanity_val_steps=0,
         limit_val_batches=0, enable_checkpointing=phase == "half",
-        logger=CSVLogger(outdir / phase, name="logs"), log_every_n_steps=1)
+        logger=CSVLogger(outdir / phase, name="logs"), log_every_n_steps=1, **options)
     module = example.DigitsModule(LR, SEED)
     train, _ = example.loaders()
     trainer.fit(module, train, ckpt_path=ckpt_path)

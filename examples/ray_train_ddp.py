@@ -159,6 +159,11 @@ def train_config(steps: int = 40, checkpoint_every: int = 10, ratio: float = 0.0
                  lr: float = 0.05, seed: int = 0, share_timeout: float = 60.0,
                  kill_at_step: Optional[int] = None, kill_rank: int = 1,
                  kill_marker: str = "") -> dict[str, Any]:
+    """train_loop's configuration; ``kill_marker``: the file that says the
+    kill happened (needed with ``kill_at_step``: a restarted worker reads it)."""
+    if kill_at_step is not None and not kill_marker:
+        raise ValueError("train_config: kill_at_step needs a kill_marker path (the file "
+                         "that keeps the restarted worker from killing itself again)")
     return {"steps": steps, "checkpoint_every": checkpoint_every, "ratio": ratio, "lr": lr,
             "seed": seed, "share_timeout": share_timeout, "kill_at_step": kill_at_step,
             "kill_rank": kill_rank, "kill_marker": kill_marker}

@@ -1,12 +1,14 @@
 """examples/ray_train_ddp.py under the real Ray Train (TorchTrainer, 2 CPU
 workers, gloo) on a local Ray cluster that one bounded driver process starts
-and stops (tests/workers/ray_train_runs.py): the run against the NumPy
-reference, bit for bit (on 2 ranks gloo's sum of two values is exact, and the
-checkpoint holds everything a step reads); a worker SIGKILLed mid-run that
-Ray Train restarts (FailureConfig(max_failures=1)) from the last checkpoint,
-ending on the same bits; every rank's hook state in every checkpoint; the
-hook's figures in the reported metrics; a checkpoint of 2 workers refused
-on 1, and (by file names, as every rank judges it) one of 1 refused on 2.
+and stops (tests/workers/ray_train_runs.py). A worker is SIGKILLed mid-run
+and Ray Train restarts the group (FailureConfig(max_failures=1)) from the
+last checkpoint; the run ends on the NumPy reference of the uninterrupted
+training, bit for bit (on 2 ranks gloo's sum of two values is exact, and
+the checkpoint holds everything a step reads). Every checkpoint holds every
+rank's hook state; the reported metrics carry the hook's figures; the run
+resumed on 1 worker refuses the 2 workers' checkpoint, and a checkpoint of 1
+worker is refused alike on both ranks of 2 (by file names, before any
+collective).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from mpi import ROOT, WORKERS                                               # no
 from workers.ray_train_runs import (EVERY, KILL_AT, LR, RATIO, SEED, STEPS,  # noqa: E402
                                     load_example)
 
-DRIVER_TIMEOUT = 240          # the three runs take about a minute here
+DRIVER_TIMEOUT = 240          # the two runs take under a minute here
 CHECKPOINT_STEPS = list(range(EVERY, STEPS + 1, EVERY))
 
 
@@ -178,15 +180,9 @@ def test_the_driver_ends_and_leaves_no_ray_process(runs):
     assert runs.left_behind == [], f"Ray processes outlived the driver: {runs.left_behind}"
 
 
-def test_ray_train_run_matches_the_reference(runs, reference):
-    record = trained(runs, "plain")
-    assert checkpoint_steps(record) == CHECKPOINT_STEPS
-    assert not (runs.out / "store" / "plain.killed").exists()
-    assert_matches(Path(record["checkpoint"]), reference)
-
-
 def test_every_checkpoint_holds_every_ranks_hook_state(runs):
-    record = trained(runs, "plain")
+    # Step 4's checkpoint is the first attempt's, the others the second's.
+    record = trained(runs, "killed")
     for path, metrics in record["checkpoints"]:
         path = Path(path)
         assert sorted(p.name for p in path.iterdir()) == [
@@ -202,7 +198,7 @@ def test_every_checkpoint_holds_every_ranks_hook_state(runs):
 
 
 def test_metrics_carry_the_hook_figures(runs):
-    record = trained(runs, "plain")
+    record = trained(runs, "killed")
     config = ScaleComConfig(ratio=RATIO)
     k = {"fc1.weight": config.k(64 * 256), "fc2.weight": config.k(256 * 10)}
     sent = (sum(bytes_model.horovod_path(v, 2) for v in k.values())
@@ -220,7 +216,7 @@ def test_metrics_carry_the_hook_figures(runs):
     assert record["metrics"]["step"] == STEPS
 
 
-def test_killed_worker_resumes_from_the_last_checkpoint_bit_for_bit(runs, reference):
+def test_killed_worker_resumes_and_ends_on_the_reference_bit_for_bit(runs, reference):
     # Rank 1 dies two reports after the checkpoint of step 4, and a report
     # waits until Ray Train's controller has taken the worker's previous one:
     # both ranks' reports of step 4 were taken, so the checkpoint counts. The

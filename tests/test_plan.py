@@ -26,7 +26,7 @@ from horovod_scalecom.plan.workload import MODELS, load_shapes, model_shapes, nu
 from mpi import ROOT
 
 CALIBRATION = ROOT / "docs/data/plan/calibration.json"
-FIXED = Constants(select_s=1.0e-9, update_s=4e-10, scatter_s=1.5e-9, reduce_s=2e-10,
+FIXED = Constants(select_s=1.0e-9, update_s=4e-10, scatter_s=1.5e-9, clip_s=3e-10, reduce_s=2e-10,
                   copy_s=1.5e-10, half_s=3e-10, half_reduce_s=1e-10, powersgd_s=4e-9,
                   pass_s=1.5e-10, call_s=2e-5, tcp_s_per_byte=3e-10, latency_s=1e-5, cores=2,
                   source="fixed figures for the tests")
@@ -213,7 +213,8 @@ def test_calibrate_writes_a_loadable_file(tmp_path):
     calibrate(["--out", str(path), "--numel", "4096", "--repeats", "1"])
     c = load(str(path))
     assert c.device == "cpu" and c.cores >= 1
-    for name in ("select_s", "update_s", "reduce_s", "powersgd_s", "call_s", "tcp_s_per_byte",
+    for name in ("select_s", "update_s", "clip_s", "reduce_s", "powersgd_s", "call_s",
+                 "tcp_s_per_byte",
                  "latency_s"):
         assert getattr(c, name) > 0, name
 

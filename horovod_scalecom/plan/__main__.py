@@ -2,7 +2,9 @@
 
     python -m horovod_scalecom.plan --model resnet50 --workers 64 --gbit 25 --backward-ms 30
 
-Prints each method's predicted step and speedup over dense, the ratio it
+Prints each method's predicted step and speedup over dense and its parts
+(compute, wire, the TCP stack, latency, and "host ms", the bound set by the
+ranks of a host sharing its cores), the ratio it
 recommends and the bandwidth below which ScaleCom pays. The costs come from
 --constants (a file written by ``python -m horovod_scalecom.plan.calibrate``)
 or, without it, from a calibration run now on this host (a few seconds);
@@ -128,11 +130,12 @@ def show(args: argparse.Namespace, r: dict) -> None:
           f"ratio {args.ratio}")
     print(f"# constants ({r['device']}): {r['constants']}")
     print(f"{'method':>14} {'step ms':>9} {'speedup':>8} {'compute ms':>10} {'wire ms':>9} "
-          f"{'tcp ms':>8} {'latency ms':>10} {'MB/rank':>9}")
+          f"{'tcp ms':>8} {'latency ms':>10} {'host ms':>8} {'MB/rank':>9}")
     for m, p in r["predictions"].items():
         print(f"{m:>14} {1e3 * p['step_s']:>9.1f} {p['speedup']:>7.2f}x "
               f"{1e3 * p['compute_s']:>10.1f} {1e3 * p['wire_s']:>9.1f} {1e3 * p['tcp_s']:>8.1f} "
-              f"{1e3 * p['latency_s']:>10.2f} {p['bytes_per_rank'] / 1e6:>9.3f}")
+              f"{1e3 * p['latency_s']:>10.2f} {1e3 * p['shared_s']:>8.1f} "
+              f"{p['bytes_per_rank'] / 1e6:>9.3f}")
     if not r["best"]:
         return
     best = r["best"]

@@ -27,6 +27,7 @@ class Constants:
     select_s: float          # the leader's select_topk, per element of p = m + g, at `ratio`
     update_s: float          # gather_update_: gather p at the indices, low-pass memory update
     scatter_s: float         # the dense output from k values (zero the tensor, scatter)
+    clip_s: float            # the relative clip's norm (sum_squares), on by default
     reduce_s: float          # a float32 reduction, a += b, per element (dense allreduce)
     copy_s: float            # a float32 copy per element (Horovod's fusion buffer in and out)
     half_s: float            # float32 -> float16 -> float32 per element (fp16's casts)
@@ -98,6 +99,7 @@ def gpu_projection(cpu: Constants, hbm_bytes_per_s: float, call_s: float = 30e-6
         return value / cpu.pass_s * per_pass
 
     return cpu.replace(select_s=scaled(cpu.select_s), update_s=scaled(cpu.update_s),
+                       clip_s=scaled(cpu.clip_s),
                        scatter_s=scaled(cpu.scatter_s), reduce_s=scaled(cpu.reduce_s),
                        copy_s=scaled(cpu.copy_s), half_s=scaled(cpu.half_s),
                        half_reduce_s=scaled(cpu.reduce_s) / 2,

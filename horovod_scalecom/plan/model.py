@@ -1,35 +1,43 @@
 """One training step of each method, predicted from shapes, a network and costs.
 
 A rank's step is backward followed (or overlapped, see below) by the
-exchange of its gradient groups. Each group costs
+exchange of its gradient groups, one after the other. Each group costs
 
-    compute  = s * (per-element costs of what the method runs on the group)
+    compute  = the per-element costs of what the method runs on the group
     network  = max(wire, tcp) + messages * latency
     wire     = bytes / (link bandwidth * wire_efficiency)
-    tcp      = h * bytes * tcp_s_per_byte          (the host's TCP stack; 0 on RDMA)
+    tcp      = min(1, h) * bytes * tcp_s_per_byte    (the host's TCP stack; 0 on RDMA)
 
 where bytes are the byte model of docs/algorithm.md (horovod_scalecom.
 bytes_model), messages the sequential latencies of the method's collectives
-(a flat ring allreduce: 2 (n - 1) hops), and s = max(1, ranks_per_host /
-cores) on a CPU host: ranks sharing cores pay every CPU cost that many times
-over (1 on a GPU); h = ranks_per_host / cores, the kernel's network stack
-spreading over every core of the host. Per method, per group of E elements (E_c in tensors of at
-least min_numel elements, which are compressed; the rest is sent dense):
+(a flat ring allreduce: 2 (n - 1) hops) and h = ranks_per_host / cores (the
+kernel's stack spreads over the host's spare cores). The ranks of one host
+also share its cores, so the step is at least
+
+    shared   = [backward] + h * (sum of compute [on a CPU] + sum of tcp work)
+
+(the bracketed terms where backward and the compression run on the CPU):
+ranks on two cores each with a core's worth of work take twice as long. The
+step is the larger of the two. Per method, per group of E elements (E_c in
+tensors of at least min_numel elements, which are compressed; the rest is
+sent dense):
 
 * dense: reduce E (n-1)/n + copy 2E (Horovod's fusion buffer in and out);
   64 MB fusion groups, 2 (n-1) messages each.
 * fp16: cast E + half-reduce E (n-1)/n + copy E; bytes halved.
-* PowerSGD (rank 4): powersgd_s per element of each compressed matrix (the
-  hook's min_compression_rate 2), the rest dense; P then Q: 4 (n-1) messages
-  per bucket, plus 2 (n-1) for the dense rest.
+* PowerSGD (rank 4): powersgd_s per element and call_s per compressed
+  matrix (the hook's min_compression_rate 2), the rest dense; P then Q:
+  4 (n-1) messages per bucket, plus 2 (n-1) for the dense rest.
+* all three ScaleCom exchanges: the relative clip's norm (on by default)
+  and the memory update of E_c, call_s per compressed tensor;
 * scalecom (the Horovod path): the selection of all E_c (each tensor's
   followers wait for its leader's indices before the next tensor, so the
-  leaders' selections add up along the step even when staggered), update +
-  scatter of E_c, call_s per tensor, the allreduce of the k values; one
-  index message per tensor plus 2 (n-1) per fusion group.
-* scalecom ring: selection of E_c / n (chunk-wise owners, balanced), update
-  + scatter of E_c, call_s per tensor; per 25 MB group 2 (n-1) hops plus a
-  2 log2 n agreement allreduce.
+  leaders' selections add up along the step even when staggered), the
+  dense output of E_c, the allreduce of the k values; one index message
+  per tensor plus 2 (n-1) per fusion group.
+* scalecom ring: selection of E_c / n (chunk-wise owners, balanced), the
+  mean written in the memory update's pass (a copy's cost); per 25 MB
+  group 2 (n-1) hops plus a 2 log2 n agreement allreduce.
 * ddp hook: as the Horovod path (one leader selects the whole bucket), one
   broadcast (log2 n) + 2 (n-1) messages per bucket.
 
@@ -126,11 +134,12 @@ class Prediction:
     tcp_s: float
     latency_s: float
     bytes_per_rank: float
+    shared_s: float           # the bound of the host's shared cores (0 where none)
 
 
 @dataclass
 class _Group:
-    compute: float = 0.0      # CPU- or GPU-seconds of one rank, before oversubscription
+    compute: float = 0.0      # CPU- or GPU-seconds of one rank
     bytes: float = 0.0
     messages: float = 0.0
     elements: int = 0
@@ -176,12 +185,16 @@ def _method_groups(method: str, shapes: Sequence[Sequence[int]], sizes: Sequence
                 _dense_part(g, numel, n, c)
             ks = [num_selected(x, ratio) for x in compressed]
             e_c = sum(compressed)
-            g.compute += e_c * (c.update_s + c.scatter_s) + len(compressed) * c.call_s
+            g.compute += e_c * (c.clip_s + c.update_s) + len(compressed) * c.call_s
             if method == RING:
+                # The mean is written into the gradient in the memory update's pass
+                # (update_and_scatter): one more write, charged as a copy.
+                g.compute += e_c * c.copy_s
                 g.compute += c.select_s * e_c / n
                 g.bytes += sum(bytes_model.ring(k, n) for k in ks)
                 g.messages = hops + 2 * log2n
             else:
+                g.compute += e_c * c.scatter_s      # the dense output, a new tensor
                 # Every tensor's followers wait for its leader's indices before they go on
                 # to the next tensor, so the leaders' selections run one after the other:
                 # staggering spreads the work over the ranks, not the wait.
@@ -205,7 +218,8 @@ def _powersgd_group(g: _Group, shapes: list[Sequence[int]], n: int, c: Constants
         rows, cols = (shape[0], numel // shape[0]) if len(shape) > 1 else (numel, 1)
         compressed = (rows + cols) * r
         if cols > 1 and 2 * compressed < numel:
-            g.compute += numel * c.powersgd_s + compressed * (c.reduce_s + 2 * c.copy_s)
+            g.compute += (numel * c.powersgd_s + compressed * (c.reduce_s + 2 * c.copy_s)
+                          + c.call_s)
             g.bytes += bytes_model.dense_ring_allreduce(compressed, n)
         else:
             _dense_part(g, numel, n, c)
@@ -221,8 +235,7 @@ def predict(method: str, shapes: Sequence[Sequence[int]], cluster: Cluster, c: C
         raise ValueError("shapes: need at least one tensor, every one non-empty")
     n = cluster.workers
     cpu = c.device == "cpu"
-    oversub = max(1.0, cluster.ranks_per_host / c.cores) if cpu else 1.0
-    stack = cluster.ranks_per_host / c.cores
+    share = cluster.ranks_per_host / c.cores
     latency = c.latency_s if cluster.latency_s is None else cluster.latency_s
     link = cluster.gbit * 1e9 / 8 * cluster.wire_efficiency
     overlap = not cpu or cluster.ranks_per_host < c.cores
@@ -232,18 +245,21 @@ def predict(method: str, shapes: Sequence[Sequence[int]], cluster: Cluster, c: C
     for g in _method_groups(method, shapes, sizes, n, c, settings):
         produced += g.elements
         ready = cluster.backward_s * produced / total if overlap else cluster.backward_s
-        compute = oversub * g.compute
+        compute = g.compute
         wire = g.bytes / link
-        tcp = stack * g.bytes * c.tcp_s_per_byte if cluster.tcp else 0.0
+        tcp = min(1.0, share) * g.bytes * c.tcp_s_per_byte if cluster.tcp else 0.0
         lat = g.messages * latency
         end = max(ready, end) + compute + max(wire, tcp) + lat
         for key, value in (("compute", compute), ("wire", wire), ("tcp", tcp),
                            ("latency", lat), ("bytes", g.bytes)):
             parts[key] += value
-    return Prediction(method=method, step_s=max(cluster.backward_s, end),
+    host_work = (parts["bytes"] * c.tcp_s_per_byte if cluster.tcp else 0.0) + (
+        parts["compute"] if cpu else 0.0)
+    shared = (cluster.backward_s if cpu else 0.0) + share * host_work
+    return Prediction(method=method, step_s=max(cluster.backward_s, end, shared),
                       backward_s=cluster.backward_s, compute_s=parts["compute"],
                       wire_s=parts["wire"], tcp_s=parts["tcp"], latency_s=parts["latency"],
-                      bytes_per_rank=parts["bytes"])
+                      bytes_per_rank=parts["bytes"], shared_s=shared)
 
 
 def predict_all(shapes, cluster: Cluster, c: Constants, settings: Settings = Settings(),

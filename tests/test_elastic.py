@@ -42,10 +42,8 @@ TOTAL = 300
 ONE_RUN_BOUND = 0.03    # accuracy a single elastic run may trail the unchanged world's
 TIMEOUT = 240           # seconds, the whole job
 
-FRAMEWORKS = {"torch": ("horovod.torch", "elastic_torch.py",
-                        ROOT / "horovod_scalecom" / "torch" / "elastic.py"),
-              "tf": ("horovod.tensorflow", "elastic_tf.py",
-                     ROOT / "horovod_scalecom" / "tensorflow" / "elastic.py")}
+FRAMEWORKS = {"torch": ("horovod.torch", "elastic_torch.py"),
+              "tf": ("horovod.tensorflow", "elastic_tf.py")}
 
 # np, hosts before / after the trigger, final world, Gloo timeout (s).
 # kill: a survivor blocked in a receive from the dead rank's neighbour learns
@@ -104,7 +102,7 @@ def run_elastic(framework: str, mode: str, scenario: str, tmp: Path,
                 timeout: float = TIMEOUT, seed: int | None = None) -> ElasticJob:
     """One horovodrun elastic job; raises with its output if it outlives ``timeout``."""
     np_, before, after, _, gloo_timeout = SCENARIOS[scenario]
-    _, worker, _ = FRAMEWORKS[framework]
+    _, worker = FRAMEWORKS[framework]
     outdir = tmp / "out"
     outdir.mkdir(parents=True, exist_ok=True)
     (tmp / "hosts.before").write_text(before + "\n")
@@ -142,11 +140,8 @@ def run_elastic(framework: str, mode: str, scenario: str, tmp: Path,
     return job
 
 
-def needs(framework: str, mode: str) -> None:
-    module, _, state_file = FRAMEWORKS[framework]
-    requires(module)
-    if mode == "scalecom" and not state_file.exists():
-        pytest.skip(f"{state_file.relative_to(ROOT)} (ScaleCom's elastic State) is not there")
+def needs(framework: str) -> None:
+    requires(FRAMEWORKS[framework][0])
 
 
 def check_world(job: ElasticJob, final: int) -> list[dict[str, np.ndarray]]:
@@ -184,7 +179,7 @@ def baseline(tmp_path_factory):
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_baseline(framework, baseline):
-    needs(framework, "scalecom")
+    needs(framework)
     job = baseline(framework)
     results = check_world(job, 2)
     assert job.summary()["resets"] == 0, job.report()
@@ -197,7 +192,7 @@ def test_baseline(framework, baseline):
 @pytest.mark.parametrize("mode", ["dense", "scalecom"])
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_elastic(framework, mode, scenario, tmp_path, baseline):
-    needs(framework, mode)
+    needs(framework)
     final = SCENARIOS[scenario][3]
     job = run_elastic(framework, mode, scenario, tmp_path)
     results = check_world(job, final)
@@ -227,7 +222,7 @@ def test_elastic(framework, mode, scenario, tmp_path, baseline):
 def test_scalecom_without_its_state_is_refused(framework, tmp_path):
     # ScaleCom with Horovod's own State would keep the old world's leaders and
     # configuration after a reset (and wait): refused at the first step.
-    needs(framework, "scalecom")
+    needs(framework)
     job = run_elastic(framework, "unheld", "none", tmp_path)
     assert job.returncode != 0, job.report()
     errors = [p.read_text() for p in job.outdir.glob("error-*.err")]

@@ -208,7 +208,9 @@ LOCAL_REFUSALS = {
     "compression=ScaleCom(share_timeout=...) instead",
     "keras_ring_timeout": "horovod_scalecom.tensorflow.keras.DistributedOptimizer does "
     "not take timeout: the ring waits the ScaleCom's share_timeout",
-    "ring_arguments": "DistributedGradientTape does not take op: the ring averages",
+    "ring_arguments": "horovod_scalecom.tensorflow.DistributedGradientTape: op=hvd.Sum is not "
+    "supported: the ScaleCom ring averages, op must be hvd.Average; for op=hvd.Sum use "
+    "hvd.DistributedGradientTape(..., op=hvd.Sum, compression=ScaleCom(...))",
 }
 
 

@@ -10,7 +10,7 @@ Importing this module loads horovod.tensorflow; never import horovod_scalecom.to
 in the same process.
 """
 
-__all__ = ["ScaleCom", "DistributedGradientTape"]
+__all__ = ["ScaleCom", "DistributedGradientTape", "PartialDistributedGradientTape"]
 
 
 def __getattr__(name: str):
@@ -18,7 +18,7 @@ def __getattr__(name: str):
     if name == "ScaleCom":
         from horovod_scalecom.tensorflow.compression import ScaleCom
         return ScaleCom
-    if name == "DistributedGradientTape":
-        from horovod_scalecom.tensorflow.ring import DistributedGradientTape
-        return DistributedGradientTape
+    if name in ("DistributedGradientTape", "PartialDistributedGradientTape"):
+        from horovod_scalecom.tensorflow import ring
+        return getattr(ring, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

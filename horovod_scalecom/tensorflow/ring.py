@@ -1,40 +1,32 @@
 """The compressed ring allreduce (horovod_scalecom._ring) for TensorFlow,
-behind a DistributedGradientTape and, in .keras, a DistributedOptimizer.
+behind a DistributedGradientTape (and PartialDistributedGradientTape) with
+Horovod's tape arguments and methods; .keras has the DistributedOptimizer.
 
-All compressible gradients of a step travel in one fused ring exchange, run
-through ``tf.numpy_function`` so that it works in eager code and inside
-tf.function alike; the others go through Horovod's allreduce. The memory and
-step counters are the ScaleCom object's variables (keyed by the gradient's
-position in the list and its shape), so ``tf.train.Checkpoint(scalecom=...)``
-saves the ring's state as well. The gradients exchanged together share their
-step counter, so warm-up switches the whole group between Horovod's dense
-allreduce and the ring. The ScaleCom's knobs are the ring's: its
-``share_timeout`` bounds each wait for the other ranks.
+The exchange itself is horovod_scalecom.tensorflow.ring_exchange's. What
+the ring cannot do is refused when the tape is built, in the PyTorch ring's
+words (horovod_scalecom.ring_arguments): ``op`` other than hvd.Average,
+``gradient_predivide_factor`` other than 1, a ``process_set`` other than
+the global one, Horovod on Gloo or under Elastic.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any, Sequence
+from typing import Any, Iterable
 
-import numpy as np
 import tensorflow as tf
 import horovod.tensorflow as hvd
 
 from horovod_scalecom.ring import refuse_without_mpi
+from horovod_scalecom.ring_arguments import (
+    check_groups, refuse_op, refuse_predivide, refuse_process_set, require_scalecom)
 from horovod_scalecom.tensorflow.compression import ScaleCom
+from horovod_scalecom.tensorflow.ring_exchange import RingExchange, source_ref
+
+TAPE = "horovod_scalecom.tensorflow.DistributedGradientTape"
 
 
-# The arguments of Horovod 0.28.1's DistributedGradientTape and Keras
-# DistributedOptimizer (beyond the compression).
-HOROVOD_ARGUMENTS = frozenset((
-    "device_dense", "device_sparse", "sparse_as_dense", "op", "gradient_predivide_factor",
-    "num_groups", "groups", "process_set", "scale_local_gradients", "name",
-    "backward_passes_per_step", "average_aggregated_gradients"))
-
-
-def refuse_unknown(ours: str, given: dict[str, Any], known: frozenset = frozenset()) -> None:
-    """A keyword outside ``known`` is refused as Python would, except
+def refuse_unknown(ours: str, given: dict[str, Any]) -> None:
+    """A keyword the wrapper does not take is refused as Python would, except
     ``timeout=``, which the ring's wrappers took before the ScaleCom held
     every knob: it is refused with where it went (silently dropped, a
     caller's shorter timeout would leave a stalled job hanging for the
@@ -43,130 +35,28 @@ def refuse_unknown(ours: str, given: dict[str, Any], known: frozenset = frozense
         raise TypeError(f"{ours} does not take timeout: the ring waits the ScaleCom's "
                         "share_timeout for the other ranks; pass "
                         "compression=ScaleCom(share_timeout=...) instead")
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise TypeError(f"{ours} got an unexpected keyword argument {unknown[0]!r}")
-
-
-def refuse_horovod_arguments(ours: str, horovods: str, given: dict[str, Any]) -> None:
-    """The ring takes none of Horovod's wrapper arguments: each is refused by
-    name, with the wrapper that does take it; anything else as by
-    refuse_unknown."""
-    refuse_unknown(ours, given, HOROVOD_ARGUMENTS)
     if given:
-        names = ", ".join(sorted(given))
-        raise TypeError(f"{ours} does not take {names}: the ring averages over every rank "
-                        f"and runs no Horovod allreduce for them. Use {horovods}(..., {names}, "
-                        "compression=ScaleCom(...)) for those.")
+        raise TypeError(f"{ours} got an unexpected keyword argument {sorted(given)[0]!r}")
 
 
-class RingExchange:
-    """Averages a list of gradients: the compressible ones through the ring,
-    each wait for the other ranks bounded by ``compression.share_timeout``."""
-
-    def __init__(self, compression: ScaleCom, **unexpected: Any) -> None:
-        refuse_unknown("horovod_scalecom.tensorflow.ring.RingExchange", unexpected)
-        if not isinstance(compression, ScaleCom):
-            raise TypeError("the ScaleCom ring needs compression=horovod_scalecom.tensorflow."
-                            "ScaleCom(...)")
-        if compression.process_set.process_set_id != 0:
-            raise ValueError("horovod_scalecom.tensorflow.DistributedGradientTape runs its ring "
-                             "over every rank; for a process set use "
-                             "hvd.DistributedGradientTape(..., process_set=ps) with "
-                             "compression=ScaleCom(process_set=ps)")
-        refuse_without_mpi("horovod_scalecom.tensorflow.DistributedGradientTape",
-                           "hvd.DistributedGradientTape", hvd.size(), hvd.mpi_enabled())
-        self.compression = compression
-        compression.use_in_ring()
-        self.last_bytes = 0
-        self.last_nonfinite = 0     # memory entries that refused a NaN/Inf update, last step
-
-    def stats(self) -> dict:
-        """The last exchange: bytes this rank sent in the ring (the engine's
-        count) and memory entries that refused a NaN/Inf update."""
-        return {"ring_bytes": int(self.last_bytes), "nonfinite_kept": int(self.last_nonfinite),
-                "divergence": self.compression.stats()["divergence"]}
-
-    def _exchange(self, step, *arrays):
-        # Runs in Python (tf.numpy_function).
-        engine = self.compression.ring_engine()
-        count = len(arrays) // 2
-        memories = [np.array(a, dtype=np.float32, copy=True).reshape(-1) for a in arrays[:count]]
-        grads = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in arrays[count:]]
-        outs = [np.empty_like(g) for g in grads]
-        cfg = self.compression.config
-        threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1
-        engine.start(memories, grads, outs, [int(step)] * count, float(cfg.ratio),
-                     float(cfg.beta), threads)
-        try:
-            self.last_bytes = engine.wait(self.compression.share_timeout)
-        except TimeoutError as exc:
-            raise RuntimeError(f"ScaleCom ring on rank {hvd.rank()}: {exc}") from exc
-        self.last_nonfinite = engine.last_nonfinite()
-        return memories + outs
-
-    def _dense_or_ring(self, grads: Sequence[tf.Tensor | None]) -> tuple[list, list]:
-        """The gradients never compressed, averaged by Horovod's allreduce in
-        place in the returned list; the others as (position, gradient,
-        entry), for the ring."""
-        compression = self.compression
-        out: list[tf.Tensor | None] = list(grads)
-        ring = []
-        for i, grad in enumerate(grads):
-            if grad is None:
-                continue
-            if isinstance(grad, tf.IndexedSlices):
-                grad = tf.convert_to_tensor(grad)
-            grad = compression.clip(grad)
-            if hvd.size() == 1 or compression.always_dense(grad):
-                out[i] = hvd.allreduce(grad, op=hvd.Average, name=f"scalecom_dense_{i}")
-                continue
-            key = compression.key_of(i, grad.shape)
-            entry = compression.prepare(key, grad.name if hasattr(grad, "name") else key,
-                                        grad.shape.num_elements(), i)
-            ring.append((i, grad, entry))
-        return out, ring
-
-    def allreduce(self, grads: Sequence[tf.Tensor | None],
-                  variables: Sequence[tf.Variable] | None = None) -> list[tf.Tensor | None]:
-        compression, cfg = self.compression, self.compression.config
-        compression.check_config()
-        out, ring = self._dense_or_ring(grads)
-        if not ring:
-            return out
-
-        first_step = compression.steps[ring[0][2].key]
-        step = first_step.read_value()
-        warm = tf.logical_or(tf.logical_not(compression.enabled.read_value()),
-                             step < cfg.warmup_steps)
-        memories = [compression.memory[e.key] for _, _, e in ring]
-
-        def dense():
-            return [hvd.allreduce(tf.cast(g, tf.float32), op=hvd.Average,
-                                  name=f"scalecom_warm_{i}") for i, g, _ in ring]
-
-        def compressed():
-            flat, watching = [], []
-            for _, g, e in ring:   # ScaleCom's relative clip, as in the compressor
-                clipped, clip_ops = compression.watch[e.key].clip(
-                    tf.reshape(tf.cast(g, tf.float32), [-1]), step, cfg.clip_factor_or_zero)
-                flat.append(clipped)
-                watching += clip_ops
-            results = tf.numpy_function(self._exchange, [step] + [m.read_value() for m in memories]
-                                        + flat, [tf.float32] * (2 * len(ring)), stateful=True)
-            means = results[len(ring):]
-            updates = [m.assign(tf.reshape(r, [-1])) for m, r in zip(memories, results[:len(ring)])]
-            updates += [compression.watch[e.key].exchange(r, step) for (_, _, e), r in zip(ring, means)]
-            with tf.control_dependencies(updates + watching):
-                return [tf.identity(r) for r in means]
-
-        averaged = tf.cond(warm, dense, compressed)
-        with tf.control_dependencies(averaged):
-            for _, _, e in ring:
-                compression.steps[e.key].assign_add(1)
-        for (i, g, _), a in zip(ring, averaged):
-            out[i] = tf.cast(tf.reshape(a, g.shape), g.dtype)
-        return out
+def ring_exchange(ours: str, horovods: str, compression: Any, *, op: Any,
+                  gradient_predivide_factor: float, process_set: Any, num_groups: int,
+                  groups: Any, sparse_as_dense: bool, device_dense: str, device_sparse: str,
+                  scale_local_gradients: bool) -> RingExchange:
+    """The exchange of a ring wrapper (``ours``; ``horovods``: Horovod's, the
+    alternative named in each refusal), once Horovod's arguments are checked:
+    those the ring cannot honour are refused here, when it is built."""
+    require_scalecom(ours, horovods, compression, ScaleCom)
+    refuse_op(ours, horovods, hvd, op)
+    refuse_predivide(ours, horovods, gradient_predivide_factor)
+    refuse_process_set(ours, horovods,
+                       None if process_set is None else process_set.process_set_id,
+                       compression.process_set.process_set_id)
+    refuse_without_mpi(ours, horovods, hvd.size(), hvd.mpi_enabled())
+    return RingExchange(compression, ours, sparse_as_dense=sparse_as_dense,
+                        groups=check_groups(ours, num_groups, groups),
+                        device_dense=device_dense, device_sparse=device_sparse,
+                        scale_local_gradients=scale_local_gradients)
 
 
 class DistributedGradientTape(tf.GradientTape):
@@ -177,26 +67,87 @@ class DistributedGradientTape(tf.GradientTape):
             tape, compression=ScaleCom(ratio=0.01))
         grads = tape.gradient(loss, model.trainable_variables)
 
-    Every knob is the ScaleCom's, ``share_timeout`` (the ring's wait for the
-    other ranks) included; Horovod's wrapper arguments are refused by name.
+    Horovod's tape arguments, with Horovod's meaning: ``sparse_as_dense``
+    (IndexedSlices densified and compressed in the ring; without it they go
+    through Horovod's sparse allreduce, uncompressed, with a warning),
+    ``groups``/``num_groups`` (the ring's fused messages, which change no
+    number), ``device_dense``/``device_sparse`` (Horovod's allreduces of the
+    gradients that do not go through the ring), ``scale_local_gradients``
+    (the gradients of ``register_local_source``'s sources divided by the
+    number of ranks). ``op`` must be hvd.Average, ``gradient_predivide_factor``
+    1 and ``process_set`` the global one: the ring averages over every rank;
+    anything else is refused here, naming Horovod's tape, which does it.
+    Every ScaleCom knob is the ScaleCom's, ``share_timeout`` (the ring's wait
+    for the other ranks) included.
     """
 
-    def __init__(self, gradtape: tf.GradientTape, compression: ScaleCom,
-                 **horovod_arguments: Any) -> None:
-        refuse_horovod_arguments("horovod_scalecom.tensorflow.DistributedGradientTape",
-                                 "hvd.DistributedGradientTape", horovod_arguments)
+    def __init__(self, gradtape: tf.GradientTape, compression: ScaleCom, *,
+                 device_dense: str = "", device_sparse: str = "", sparse_as_dense: bool = False,
+                 op: Any = hvd.Average, gradient_predivide_factor: float = 1.0,
+                 num_groups: int = 0, groups: Any = None, process_set: Any = None,
+                 scale_local_gradients: bool = True, **unexpected: Any) -> None:
+        refuse_unknown(TAPE, unexpected)
+        self._exchange = ring_exchange(
+            TAPE, "hvd.DistributedGradientTape", compression, op=op,
+            gradient_predivide_factor=gradient_predivide_factor, process_set=process_set,
+            num_groups=num_groups, groups=groups, sparse_as_dense=sparse_as_dense,
+            device_dense=device_dense, device_sparse=device_sparse,
+            scale_local_gradients=scale_local_gradients)
         super().__init__(gradtape._persistent, gradtape._watch_accessed_variables)
         self._tape = gradtape._tape
         self._recording = gradtape._recording
-        self._exchange = RingExchange(compression)
+        self._local_sources: set = set()
 
     @property
     def exchange(self) -> RingExchange:
         """The ring exchange behind this tape; ``tape.exchange.stats()``."""
         return self._exchange
 
-    def gradient(self, target, sources, output_gradients=None, **kwargs):
+    def register_local_source(self, source: tf.Variable) -> None:
+        """As Horovod's: ``source``'s gradient stays on this rank (never in the
+        ring nor in Horovod's allreduce; model-parallel variables, which may
+        differ in shape from rank to rank), divided by the number of ranks
+        with ``scale_local_gradients``."""
+        self._local_sources.add(source.ref())
+
+    def gradient(self, target, sources, output_gradients=None, use_generic_names: bool = False,
+                 **kwargs):
+        """The tape's gradients averaged over every rank (local sources'
+        kept). ``use_generic_names`` is Horovod's: this tape names its
+        Horovod allreduces by position on every rank whatever it is."""
         grads = super().gradient(target, sources, output_gradients, **kwargs)
-        flat_sources = tf.nest.flatten(sources)
-        flat = self._exchange.allreduce(tf.nest.flatten(grads), flat_sources)
+        flat = self._exchange.allreduce(tf.nest.flatten(grads), tf.nest.flatten(sources),
+                                        frozenset(self._local_sources))
         return tf.nest.pack_sequence_as(grads, flat)
+
+    def get_local_and_global_gradients(self, target, sources, output_gradients=None,
+                                       use_generic_names: bool = False):
+        """As Horovod's: ([(source, gradient)] of the local sources,
+        [(source, gradient)] of the others), from one ``gradient()``."""
+        flat_sources = tf.nest.flatten(sources)
+        grads = tf.nest.flatten(self.gradient(target, sources, output_gradients))
+        local, exchanged = [], []
+        for s, g in zip(flat_sources, grads):
+            (local if source_ref(s) in self._local_sources else exchanged).append((s, g))
+        return local, exchanged
+
+
+def PartialDistributedGradientTape(gradtape: tf.GradientTape, compression: ScaleCom, *,
+                                   local_layers: Iterable[tf.keras.layers.Layer] | None = None,
+                                   **tape_arguments: Any) -> DistributedGradientTape:
+    """Horovod's PartialDistributedGradientTape with the ring: the trainable
+    weights of ``local_layers`` are registered as local sources; the other
+    arguments are DistributedGradientTape's."""
+    if local_layers is None:
+        local_layers = []
+    elif isinstance(local_layers, tf.keras.layers.Layer):
+        local_layers = [local_layers]
+    local_layers = list(local_layers)
+    if not all(isinstance(layer, tf.keras.layers.Layer) for layer in local_layers):
+        raise ValueError("horovod_scalecom.tensorflow.PartialDistributedGradientTape: "
+                         "local_layers must be tf.keras.layers.Layer objects")
+    tape = DistributedGradientTape(gradtape, compression, **tape_arguments)
+    for layer in local_layers:
+        for var in layer.trainable_weights:
+            tape.register_local_source(var)
+    return tape

@@ -36,6 +36,9 @@ import horovod.torch as hvd
 
 from horovod_scalecom.buckets import DEFAULT_BUCKET_CAP_MB, make_groups
 from horovod_scalecom.ring import close_at_exit, load_ring, refuse_without_mpi
+from horovod_scalecom.ring_arguments import (
+    check_backward_passes, check_groups, refuse_op, refuse_predivide, refuse_process_set,
+    require_scalecom, sparse_gradient_error)
 from horovod_scalecom.torch._exit import horovod_barrier
 from horovod_scalecom.torch.compression import ScaleCom
 from horovod_scalecom.torch.ring_start import RingStart, ring_device
@@ -45,6 +48,10 @@ from horovod_scalecom.torch.ring_start import RingStart, ring_device
 # recognises a distributed optimizer by it (Horovod 0.28.1). Written out, so
 # that a wrapper of hvd.DistributedOptimizer cannot change what is read.
 HOROVOD_OPTIMIZER_MODULE = "horovod.torch.optimizer"
+
+# Who refuses, and what to use instead (horovod_scalecom.ring_arguments).
+OURS = "horovod_scalecom.torch.DistributedOptimizer"
+HOROVODS = "hvd.DistributedOptimizer"
 
 
 class _Group:
@@ -201,9 +208,8 @@ class _RingOptimizer(torch.optim.Optimizer):
             p.grad = torch.zeros_like(p)   # another rank may have a gradient for it
         if p.grad.is_sparse:
             if not self._sparse_as_dense:
-                raise ValueError(f"ScaleCom: the gradient of {name} is sparse; the ring "
-                                 "exchanges dense gradients: pass sparse_as_dense=True "
-                                 "(or use a dense embedding, sparse=False)")
+                raise sparse_gradient_error(OURS, name, " (or use a dense embedding, "
+                                                  "sparse=False)")
             p.grad = p.grad.to_dense()
             self._densified.append(p)
 
@@ -319,38 +325,22 @@ class _RingOptimizer(torch.optim.Optimizer):
 
 
 def _check_arguments(compression: Any, op: Any, backward_passes_per_step: int) -> None:
-    if not isinstance(compression, ScaleCom):
-        raise TypeError("horovod_scalecom.torch.DistributedOptimizer needs compression="
-                        "ScaleCom(...); for other compressors use hvd.DistributedOptimizer")
-    if op != hvd.Average:
-        raise ValueError("the ScaleCom ring averages; op must be hvd.Average (for op=hvd.Sum "
-                         "use hvd.DistributedOptimizer with compression=ScaleCom(...))")
-    if compression.process_set.process_set_id != 0:
-        raise ValueError("horovod_scalecom.torch.DistributedOptimizer runs its ring over every "
-                         "rank, but ScaleCom was given a process_set; for a process set use "
-                         "hvd.DistributedOptimizer(..., process_set=ps) with "
-                         "compression=ScaleCom(..., process_set=ps)")
-    if backward_passes_per_step < 1:
-        raise ValueError("backward_passes_per_step must be >= 1")
+    require_scalecom(OURS, HOROVODS, compression, ScaleCom)
+    refuse_op(OURS, HOROVODS, hvd, op)
+    refuse_process_set(OURS, HOROVODS, None, compression.process_set.process_set_id)
+    check_backward_passes(OURS, backward_passes_per_step)
 
 
 def _refuse_what_the_ring_cannot_do(compression, process_set, gradient_predivide_factor,
                                     num_groups, groups) -> None:
-    if compression is None:
-        raise TypeError("compression=ScaleCom(...) is required")
-    if process_set is not None and process_set.process_set_id != 0:
-        raise ValueError("horovod_scalecom.torch.DistributedOptimizer: process_set is not "
-                         "supported (the ring runs over every rank); for a process set use "
-                         "hvd.DistributedOptimizer(..., process_set=ps) with "
-                         "compression=ScaleCom(..., process_set=ps)")
-    refuse_without_mpi("horovod_scalecom.torch.DistributedOptimizer", "hvd.DistributedOptimizer",
-                       hvd.size(), hvd.mpi_enabled())
-    if gradient_predivide_factor != 1.0:
-        raise ValueError("horovod_scalecom.torch.DistributedOptimizer: gradient_predivide_factor "
-                         f"={gradient_predivide_factor!r} is not supported (the ring averages); "
-                         "scale the loss instead")
-    if num_groups and groups is not None:
-        raise ValueError("pass num_groups or groups, not both")
+    # The same words as TensorFlow's ring (horovod_scalecom.ring_arguments).
+    require_scalecom(OURS, HOROVODS, compression, ScaleCom)
+    refuse_process_set(OURS, HOROVODS,
+                       None if process_set is None else process_set.process_set_id,
+                       compression.process_set.process_set_id)
+    refuse_without_mpi(OURS, HOROVODS, hvd.size(), hvd.mpi_enabled())
+    refuse_predivide(OURS, HOROVODS, gradient_predivide_factor)
+    check_groups(OURS, num_groups, groups)
 
 
 def DistributedOptimizer(optimizer: torch.optim.Optimizer,

@@ -33,8 +33,8 @@ torch = pytest.importorskip("torch")
 from horovod_scalecom import bytes_model                                   # noqa: E402
 from horovod_scalecom.check.launch import run_bounded                      # noqa: E402
 from horovod_scalecom.config import ScaleComConfig                          # noqa: E402
-from horovod_scalecom.reference import HorovodPathSimulator                 # noqa: E402
 from horovod_scalecom.torch.ray_train import hook_state_path                # noqa: E402
+from example_reference import replay                                        # noqa: E402
 from mpi import ROOT, WORKERS                                               # noqa: E402
 from workers.ray_train_runs import (EVERY, KILL_AT, LR, RATIO, SEED, STEPS,  # noqa: E402
                                     load_example)
@@ -117,29 +117,7 @@ def reference():
     """The example's training on 2 simulated ranks in this process, each
     averaged gradient from the NumPy reference of ScaleCom: (parameters,
     simulator with every rank's memory)."""
-    example = load_example()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)            # the workers' count: the same sums, the same bits
-    try:
-        model = example.make_model(SEED)
-        opt = example.make_optimizer(model, LR)
-        sim = HorovodPathSimulator(2, ScaleComConfig(ratio=RATIO))
-        for step in range(STEPS):
-            grads = []
-            for rank in range(2):
-                model.zero_grad()
-                x, y = example.batch(SEED, step, rank)
-                torch.nn.functional.cross_entropy(model(x), y).backward()
-                grads.append({n: p.grad.reshape(-1).numpy().copy()
-                              for n, p in model.named_parameters()})
-            for name, p in model.named_parameters():
-                mean = sim.step(name, [g[name] for g in grads]).outputs[0]
-                p.grad = torch.from_numpy(mean.reshape(p.shape).copy())
-            opt.step()
-        params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
-    finally:
-        torch.set_num_threads(threads)
-    return params, sim
+    return replay(load_example(), SEED, STEPS, LR, RATIO)
 
 
 def trained(runs: Runs, name: str) -> dict:

@@ -13,12 +13,11 @@ import importlib.util
 import numpy as np
 import pytest
 
-from horovod_scalecom.config import ScaleComConfig
-from horovod_scalecom.reference import HorovodPathSimulator
 from mpi import requires
 from torchrun import EXAMPLES, run_torchrun
 
 requires("torch")
+from example_reference import replay  # noqa: E402
 
 EXAMPLE = EXAMPLES / "pytorch_ddp_torchrun.py"
 STEPS, EVERY, RATIO, LR, SEED = 12, 4, 0.05, 0.05, 0
@@ -38,30 +37,7 @@ def reference():
     """The example's training on 2 simulated ranks in this process, each
     averaged gradient from the NumPy reference of ScaleCom: (parameters,
     simulator with every rank's memory)."""
-    torch = pytest.importorskip("torch")
-    example = load_example()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)            # the workers' count: the same sums, the same bits
-    try:
-        model = example.make_model(SEED)
-        opt = example.make_optimizer(model, LR)
-        sim = HorovodPathSimulator(2, ScaleComConfig(ratio=RATIO))
-        for step in range(STEPS):
-            grads = []
-            for rank in range(2):
-                model.zero_grad()
-                x, y = example.batch(SEED, step, rank)
-                torch.nn.functional.cross_entropy(model(x), y).backward()
-                grads.append({n: p.grad.reshape(-1).numpy().copy()
-                              for n, p in model.named_parameters()})
-            for name, p in model.named_parameters():
-                mean = sim.step(name, [g[name] for g in grads]).outputs[0]
-                p.grad = torch.from_numpy(mean.reshape(p.shape).copy())
-            opt.step()
-        params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
-    finally:
-        torch.set_num_threads(threads)
-    return params, sim
+    return replay(load_example(), SEED, STEPS, LR, RATIO)
 
 
 def assert_matches(out_dir, reference):

@@ -265,3 +265,54 @@ def test_batched_sum_of_squares_keeps_the_reference_order():
         x = (rng.standard_normal((3, numel)) * 10.0 ** rng.integers(-6, 6, (3, numel)))
         x = x.astype(np.float32)
         assert sum_squares_rows(x).tolist() == [sum_squares(row) for row in x]
+
+
+@pytest.mark.parametrize("numels,ratio", [
+    ({"0.weight": 10240, "2.weight": 65536, "4.weight": 2560, "0.bias": 256}, 0.0025),  # the MLP
+    ({"3.weight": 3072, "5.weight": 3072, "8.weight": 1600, "1.weight": 160}, 0.01),    # the CNN
+    ({"a": 1024, "b": 5000, "c": 1_000_000, "d": 1023}, 0.001)])
+def test_per_layer_k_policies(numels, ratio):
+    from horovod_scalecom.benchmarks.batched import layer_k
+    config = ScaleComConfig(ratio=ratio)
+    compressed = {name: n for name, n in numels.items() if n >= config.min_numel}
+    by_ratio = layer_k(numels, config, "ratio")
+    assert by_ratio == {name: config.k(n) for name, n in compressed.items()}
+    floor = layer_k(numels, config, "floor", k_floor=40)
+    assert floor == {name: min(n, max(40, config.k(n))) for name, n in compressed.items()}
+    assert sum(floor.values()) > sum(by_ratio.values())
+    shared = layer_k(numels, config, "equal-bytes")
+    assert shared.keys() == by_ratio.keys()
+    assert sum(shared.values()) == sum(by_ratio.values())
+    # Each k is its sqrt(numel) share of the budget, rounded either way.
+    budget, total = sum(by_ratio.values()), sum(np.sqrt(n) for n in compressed.values())
+    for name, n in compressed.items():
+        assert abs(shared[name] - budget * np.sqrt(n) / total) < 1
+    smallest, largest = min(compressed, key=compressed.get), max(compressed, key=compressed.get)
+    assert shared[smallest] >= by_ratio[smallest] and shared[largest] < by_ratio[largest]
+    with pytest.raises(ValueError, match="unknown k policy"):
+        layer_k(numels, config, "sqrt")
+
+
+def test_the_batched_path_sends_the_per_layer_k():
+    from horovod_scalecom import bytes_model
+    from horovod_scalecom.benchmarks.batched import BatchedHorovodPath
+    config = ScaleComConfig(ratio=0.01, min_numel=64)
+    sim = BatchedHorovodPath(3, config, k={"w": 37})
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        grads = [rng.standard_normal(1000).astype(np.float32) for _ in range(3)]
+        w, v = sim.step("w", grads), sim.step("v", grads)
+        assert len(w.indices) == 37 and w.bytes_sent[0] == bytes_model.horovod_path(37, 3)
+        assert len(v.indices) == config.k(1000)     # a tensor k does not name: the ratio's
+
+
+def test_the_study_refuses_a_per_layer_k_it_cannot_run():
+    pytest.importorskip("torch")
+    from horovod_scalecom.benchmarks.convergence import RunSpec
+    common = dict(ranks=4, ratio=0.01, seed=0, lr=0.1, momentum=0.9, epochs=1)
+    with pytest.raises(ValueError, match="dense takes none"):
+        RunSpec("dense", k_policy="floor", **common)
+    with pytest.raises(ValueError, match="ratio warm-up"):
+        RunSpec("scalecom", k_policy="equal-bytes", ratio_warmup_steps=8, **common)
+    with pytest.raises(ValueError, match="unknown k policy"):
+        RunSpec("scalecom", k_policy="sqrt", **common)

@@ -9,12 +9,17 @@ float32 operations, the sums keep the reference's order (the clip's blocks
 and lanes per row, the allreduce in rank order), and the leader's top-k is
 the reference's own function, so the outputs and memories are the
 reference's to the bit (tests/test_benchmarks.py checks it).
+
+``layer_k`` gives a per-layer k other than the config's ratio x numel, a
+remedy of docs/convergence.md's study: a floor on every compressed
+tensor's k, or the ratio's total k shared out by sqrt(numel). Passed as
+``BatchedHorovodPath(k=...)``; without it the path is the reference's.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -58,6 +63,51 @@ def rank_order_mean(rows: np.ndarray) -> np.ndarray:
     return total / F32(len(rows))
 
 
+K_POLICIES = ("ratio", "floor", "equal-bytes")
+
+
+def layer_k(numels: Mapping[str, int], config: ScaleComConfig, policy: str = "ratio",
+            k_floor: int = 32) -> dict[str, int]:
+    """k for every tensor of ``numels`` that ScaleCom compresses (numel >= min_numel).
+
+    * ``ratio``: the config's k = max(1, ceil(ratio x numel)), the library's rule;
+    * ``floor``: max(k_floor, the ratio's k), at most numel: more bytes;
+    * ``equal-bytes``: the ratio's total k over these tensors, shared in
+      proportion to sqrt(numel) (largest remainders, ties in name order), so
+      small tensors get more and large ones less at the same bytes.
+    """
+    if policy not in K_POLICIES:
+        raise ValueError(f"unknown k policy {policy!r}; choose one of {', '.join(K_POLICIES)}")
+    if k_floor < 1:
+        raise ValueError(f"k_floor must be >= 1, got {k_floor}")
+    sizes = {name: int(n) for name, n in numels.items() if n >= config.min_numel}
+    ks = {name: config.k(n) for name, n in sizes.items()}
+    if policy == "floor":
+        return {name: min(sizes[name], max(k_floor, k)) for name, k in ks.items()}
+    if policy == "ratio" or not ks:
+        return ks
+    budget, weights = sum(ks.values()), {name: math.sqrt(n) for name, n in sizes.items()}
+    total = sum(weights.values())
+    quota = {name: budget * w / total for name, w in weights.items()}
+    shared = {name: max(1, math.floor(q)) for name, q in quota.items()}
+    # The remainder goes to the largest fractional parts (taken back from the
+    # smallest where the floor of 1 overspent), so the total is the budget.
+    by_fraction = sorted(sizes, key=lambda name: (shared[name] - quota[name], name))
+    left = budget - sum(shared.values())
+    for name in by_fraction[:max(left, 0)]:
+        shared[name] += 1
+    for name in reversed(by_fraction):
+        if left >= 0:
+            break
+        if shared[name] > 1:
+            shared[name], left = shared[name] - 1, left + 1
+    over = [name for name in sizes if shared[name] > sizes[name]]
+    if over:
+        raise ValueError(f"equal-bytes would give {', '.join(over)} more than its numel values; "
+                         "use a smaller ratio")
+    return shared
+
+
 class _Levels:
     """The relative clip's per-worker levels, as reference.clip.Levels keeps them."""
 
@@ -85,10 +135,12 @@ class _Tensor:
 class BatchedHorovodPath:
     """``HorovodPathSimulator``'s numbers and its ``step``, all workers at
     once. ``tensors[name].memory`` is an (n, numel) array, row r worker r's
-    memory; ``levels`` holds the clip levels as the reference's does."""
+    memory; ``levels`` holds the clip levels as the reference's does.
+    ``k`` (from ``layer_k``) sets a tensor's k in place of the config's
+    ratio x numel; a tensor it does not name takes the config's."""
 
     def __init__(self, size: int, config: ScaleComConfig | None = None,
-                 memory_beta: float = 0.0) -> None:
+                 memory_beta: float = 0.0, k: Mapping[str, int] | None = None) -> None:
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         self.size = size
@@ -100,6 +152,7 @@ class BatchedHorovodPath:
         # holds more than ``memory_beta`` clip levels takes in less of its new
         # residue, to bound the burst a late selection releases.
         self.memory_beta = memory_beta
+        self.k = dict(k or {})
 
     def step(self, name: str, grads: Sequence[np.ndarray]) -> StepResult:
         g = np.stack([np.asarray(x).reshape(-1) for x in grads])
@@ -122,7 +175,7 @@ class BatchedHorovodPath:
                               [nbytes] * self.size)
         g = self.levels.apply(name, g.astype(F32, copy=False))
         lead = leader(t, state.offset, self.size)
-        k = cfg.k(state.numel)
+        k = self.k[name] if name in self.k else cfg.k(state.numel)
         m = state.memory
         idx = topk_indices(m[lead] + g[lead], k)
         beta32, decay32 = self._betas(name, m)

@@ -22,8 +22,9 @@ loss every 16 steps, the bytes per worker by the byte model, and per
 compressed tensor the diagnostics of benchmarks/diagnostics.py (overlaps,
 captured energy, memory, lag). The remedies of docs/convergence.md's
 screening (DGC's ratio warm-up, momentum correction and factor masking, a
-beta warm-up, a per-worker beta or bound from the memory's norm) are
-RunSpec fields, all off by default.
+beta warm-up, a per-worker beta or bound from the memory's norm, per-layer
+k: ``--k-policy floor`` or ``equal-bytes``, benchmarks/batched.py's
+``layer_k``) are RunSpec fields, all off by default.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import torch
 from torch.func import functional_call, grad_and_value, vmap
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.benchmarks.batched import BatchedHorovodPath
+from horovod_scalecom.benchmarks.batched import K_POLICIES, BatchedHorovodPath, layer_k
 from horovod_scalecom.benchmarks.diagnostics import Tracker, step_figures
 from horovod_scalecom.benchmarks.tasks import MODELS, TASKS, load_task, make_model
 from horovod_scalecom.config import DEFAULT_CLIP_FACTOR, DEFAULTS, ScaleComConfig
@@ -78,6 +79,8 @@ class RunSpec:
     memory_factor: float = 0.0   # bound each memory's norm to this x the clip's level; 0: off
     memory_beta: float = 0.0     # each worker's beta falls where its memory holds more levels
     beta_warmup_steps: int = 0   # beta rises linearly from 0.1 to ``beta`` over these steps
+    k_policy: str = "ratio"      # per-layer k (batched.layer_k): "ratio", "floor", "equal-bytes"
+    k_floor: int = 32            # the floor policy's least k per compressed tensor
 
     def __post_init__(self) -> None:
         if self.factor_masking and not self.momentum_correction:
@@ -85,8 +88,14 @@ class RunSpec:
                              "it needs momentum_correction")
         if self.method in ("dense", "topk") and (
                 self.ratio_warmup_steps or self.momentum_correction or self.memory_factor
-                or self.memory_beta or self.beta_warmup_steps):
+                or self.memory_beta or self.beta_warmup_steps or self.k_policy != "ratio"):
             raise ValueError(f"the remedies are ScaleCom's; {self.method} takes none")
+        if self.k_policy not in K_POLICIES:
+            raise ValueError(f"unknown k policy {self.k_policy!r}; "
+                             f"choose one of {', '.join(K_POLICIES)}")
+        if self.k_policy != "ratio" and self.ratio_warmup_steps:
+            raise ValueError("a per-layer k is fixed for the run: it cannot follow the ratio "
+                             "warm-up; use one or the other")
         if self.beta is None:
             self.beta = {"scalecom": DEFAULTS.beta, "ef": 1.0}.get(self.method, float("nan"))
 
@@ -100,7 +109,8 @@ def warmup_ratio(spec: RunSpec, step: int) -> float:
     return max(spec.ratio, 0.25 ** (stage + 1))
 
 
-def make_simulator(spec: RunSpec):
+def make_simulator(spec: RunSpec, numels: dict[str, int]):
+    """The run's exchange for tensors of these sizes; None for dense."""
     if spec.method == "dense":
         return None
     config = ScaleComConfig(ratio=spec.ratio, beta=spec.beta if spec.method != "topk" else 1.0,
@@ -108,7 +118,9 @@ def make_simulator(spec: RunSpec):
                             clip_factor=spec.clip_factor if spec.method != "topk" else None)
     if spec.method == "topk":
         return TopkAllgatherSimulator(spec.ranks, config)
-    return BatchedHorovodPath(spec.ranks, config, memory_beta=spec.memory_beta)
+    k = None if spec.k_policy == "ratio" else layer_k(numels, config, spec.k_policy,
+                                                            spec.k_floor)
+    return BatchedHorovodPath(spec.ranks, config, memory_beta=spec.memory_beta, k=k)
 
 
 def total_steps(spec: RunSpec, train_len: int) -> int:
@@ -165,7 +177,7 @@ class Training:
         self.tracker = Tracker()
         self.lag: dict[str, np.ndarray] = {}     # per tensor: sum of (mean gradient - output)
         self.schedule = cosine_schedule(self.opt, spec, train_len)
-        self.sim = make_simulator(spec)
+        self.sim = make_simulator(spec, {n: p.numel() for n, p in params.items()})
         self.n, self.b = spec.ranks, spec.global_batch // spec.ranks
         self.worker_grads = worker_gradients(self.model)
         self.record = {"test_acc": [], "test_loss": [], "train_loss": []}
@@ -296,6 +308,11 @@ def parse_args() -> argparse.Namespace:
                         help="beta rises linearly from 0.1 to --betas' over this many steps")
     parser.add_argument("--factor-masking", action="store_true",
                         help="with --momentum-correction: zero the velocity where it was sent")
+    parser.add_argument("--k-policies", nargs="+", choices=K_POLICIES, default=["ratio"],
+                        help="per-layer k of ScaleCom's runs: ratio x numel (the library's), "
+                             "a floor of --k-floor, or the ratio's total k by sqrt(numel)")
+    parser.add_argument("--k-floor", type=int, default=32,
+                        help="the floor policy's least k per compressed tensor")
     parser.add_argument("--betas", type=float, nargs="+",
                         help="ScaleCom's beta values to run (default: the method's)")
     parser.add_argument("--clip-factor", type=float, default=DEFAULT_CLIP_FACTOR,
@@ -315,14 +332,16 @@ def run_specs(args: argparse.Namespace) -> Iterator[RunSpec]:
     for ranks, model in [(n, m) for n in args.ranks for m in args.models]:
         for seed in args.seeds:
             for method in args.methods:
-                betas = args.betas if method == "scalecom" and args.betas else [None]
-                for ratio, beta in [(r, b) for r in ([1.0] if method == "dense" else args.ratios)
-                                    for b in betas]:
+                scalecom = method == "scalecom"
+                betas = args.betas if scalecom and args.betas else [None]
+                for ratio, beta, policy in [
+                        (r, b, p) for r in ([1.0] if method == "dense" else args.ratios)
+                        for b in betas for p in (args.k_policies if scalecom else ["ratio"])]:
                     yield RunSpec(method, ranks, ratio, seed, epochs=args.epochs, steps=args.steps,
                                   warmup_steps=args.warmup_steps,
                                   lr_warmup_steps=args.lr_warmup_steps, clip=args.clip,
                                   task=args.task, model=model, beta=beta,
-                                  **(remedies(args) if method == "scalecom" else {}),
+                                  **(dict(remedies(args), k_policy=policy) if scalecom else {}),
                                   clip_factor=args.clip_factor or None,
                                   **({"global_batch": args.batch_per_rank * ranks}
                                      if args.batch_per_rank else {}), **regime)
@@ -334,7 +353,8 @@ def remedies(args: argparse.Namespace) -> dict:
     return dict(ratio_warmup_steps=args.ratio_warmup_steps,
                 momentum_correction=args.momentum_correction,
                 factor_masking=args.factor_masking, memory_factor=args.memory_factor,
-                memory_beta=args.memory_beta, beta_warmup_steps=args.beta_warmup_steps)
+                memory_beta=args.memory_beta, beta_warmup_steps=args.beta_warmup_steps,
+                k_floor=args.k_floor)
 
 
 def saved_runs(path: str | None) -> list:
@@ -352,7 +372,7 @@ def summary_line(spec: RunSpec, run: dict, seconds: float) -> str:
     overlap = run["mean_overlap"]
     return (f"{spec.task}/{spec.model} n={spec.ranks:<3} seed={spec.seed} {spec.method:>8} "
             f"ratio={spec.ratio:<7g} "
-            f"beta={spec.beta:<5g} clip_factor={spec.clip_factor} "
+            f"beta={spec.beta:<5g} clip_factor={spec.clip_factor} k={spec.k_policy} "
             f"acc {run['final_acc']:.3f}  loss {run['final_test_loss']:.3f}  "
             f"{run['bytes_per_worker'] / 1e6:8.2f} MB/worker  "
             f"overlap {'-' if overlap is None else f'{overlap:.2f}'}  "

@@ -7,7 +7,8 @@ set, model, regime (the runs' ``--tag``), n and ratio, and prints one
 Markdown row per group: dense, then each variant as mean ± sd over seeds and
 its gap to dense's mean in points. Writes OUT_gap.png: the gap to dense
 against n, one panel per data set/model and ratio, a line per variant and
-regime.
+regime. ``--k-table`` prints the per-layer k policies of the study
+(``--k-policies``) side by side instead, with their bytes.
 """
 
 from __future__ import annotations
@@ -39,7 +40,50 @@ def variant(run: dict) -> str:
         extras.append(f"memory bound {run['memory_factor']:g}")
     if run.get("memory_beta"):
         extras.append(f"memory beta {run['memory_beta']:g}")
+    if run.get("k_policy", "ratio") != "ratio":
+        extras.append(k_label(run))
     return ", ".join([name] + extras)
+
+
+def k_label(run: dict) -> str:
+    """A run's per-layer k policy, in words."""
+    policy = run.get("k_policy", "ratio")
+    return {"floor": f"k floor {run.get('k_floor')}",
+            "equal-bytes": "k by sqrt(numel), equal bytes"}.get(policy, "k = ratio x numel")
+
+
+def k_table(runs: list[dict]) -> str:
+    """A row per data/model, n, ratio, beta and k policy: the accuracy over
+    seeds with its gap to dense, and the bytes per worker against the ratio
+    policy's in the same cell (mean over seeds)."""
+    acc: dict = defaultdict(dict)
+    sent: dict = defaultdict(dict)
+    for r in runs:
+        cell = (f"{r['task']}/{r.get('model', 'mlp')}", r["ranks"])
+        key = ("dense", 1.0, None) if r["method"] == "dense" else (
+            k_label(r), r["ratio"], r["beta"])
+        if r["method"] in ("dense", "scalecom"):
+            acc[cell].setdefault(key, {}).setdefault(r["seed"], 100 * r["final_acc"])
+            sent[cell].setdefault(key, {}).setdefault(r["seed"], r["bytes_per_worker"])
+    head = ["data/model", "n", "ratio", "beta", "k policy", "accuracy (gap to dense)",
+            "bytes/worker vs ratio"]
+    rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    by_ratio = k_label({})
+    for cell in sorted(acc):
+        dense = list(acc[cell].get(("dense", 1.0, None), {}).values())
+        rows.append("| " + " | ".join([cell[0], str(cell[1]), "-", "-", "dense",
+                                       fmt(dense), "-"]) + " |")
+        keys = sorted((k for k in acc[cell] if k[0] != "dense"),
+                      key=lambda k: (-k[1], k[2], k[0] != by_ratio, k[0]))
+        for label, ratio, beta in keys:
+            base = sent[cell].get((by_ratio, ratio, beta))
+            mine = sent[cell][(label, ratio, beta)]
+            relative = (f"{np.mean(list(mine.values())) / np.mean(list(base.values())):.2f}x"
+                        if base else "-")
+            rows.append("| " + " | ".join([
+                cell[0], str(cell[1]), f"1/{round(1 / ratio)}", f"{beta:g}", label,
+                fmt(list(acc[cell][(label, ratio, beta)].values()), dense), relative]) + " |")
+    return "\n".join(rows)
 
 
 def groups(runs: list[dict]) -> dict:
@@ -209,6 +253,8 @@ def main() -> None:
     parser.add_argument("--targets", metavar="VARIANT",
                         help='print each cell against the targets for VARIANT '
                              '(e.g. "beta 0.5, clip 2")')
+    parser.add_argument("--k-table", action="store_true",
+                        help="print the per-layer k policies side by side, with their bytes")
     parser.add_argument("--figures", action="store_true",
                         help="also print the diagnostics of the normal regime's runs")
     args = parser.parse_args()
@@ -218,7 +264,10 @@ def main() -> None:
             data = json.load(f)
         if isinstance(data, list):      # other JSON beside the runs (a both-ways check) is skipped
             runs.extend(data)
-    print(gap_table(runs) if args.gaps else table(runs))
+    if args.k_table:
+        print(k_table(runs))
+    else:
+        print(gap_table(runs) if args.gaps else table(runs))
     if args.targets:
         print()
         print(targets_table(runs, args.targets))

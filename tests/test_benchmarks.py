@@ -93,12 +93,17 @@ def test_exchange_benchmark_runs_every_method(tmp_path):
     code, output, killed = run_bounded(cmd, env, 240)
     assert code == 0 and not killed, output
     rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"powersgd", "ddp hook", "dense", "fp16", "topk", "scalecom",
-                         "scalecom ring"}
+    assert set(rows) == {"ddp dense", "ddp fp16", "powersgd", "ddp hook", "dense", "fp16",
+                         "topk", "scalecom", "scalecom ring"}
+    dense = rows["dense"]["bytes_per_rank"]
     for name, row in rows.items():
         assert row["step_s"] > 0, name
-        if name not in ("dense", "fp16"):
-            assert row["bytes_per_rank"] < rows["dense"]["bytes_per_rank"] / 10, name
+        if name in ("fp16", "ddp fp16"):
+            assert row["bytes_per_rank"] == dense / 2, name
+        elif name == "ddp dense":
+            assert row["bytes_per_rank"] == dense, name
+        elif name != "dense":
+            assert row["bytes_per_rank"] < dense / 10, name
 
 
 def test_older_method_names_are_read_under_the_new_ones(tmp_path):

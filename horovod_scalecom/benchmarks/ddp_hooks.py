@@ -1,5 +1,9 @@
 """The DDP communication hooks the exchange benchmark times, over one gloo group.
 
+* DDP dense: DDP's own allreduce, no hook: what a DDP user runs today.
+* DDP fp16: torch's fp16_compress_hook, half the bytes: the first compression
+  a DDP user would try. (torch's bf16_compress_hook sends the same bytes but
+  refuses gloo: it needs NCCL or XCCL.)
 * PowerSGD: torch's powerSGD_hook (Vogels et al.), rank 4, in one bucket.
 * ScaleCom: horovod_scalecom.torch.ddp's hook, in DDP's own buckets (25 MB,
   the first 1 MB), so that the exchange of early buckets overlaps backward.
@@ -27,6 +31,35 @@ def init_gloo(rank: int, size: int, master: str) -> None:
     if not dist.is_initialized():
         dist.init_process_group("gloo", init_method=f"tcp://{master}", rank=rank,
                                 world_size=size)
+
+
+class TorchDDP:
+    """torch DDP over gloo with its default allreduce (``hook=None``) or
+    torch's fp16 compression hook (``hook="fp16"``), in DDP's own buckets;
+    ``step(grads)`` runs one backward."""
+
+    def __init__(self, shapes, rank: int, size: int, master: str,
+                 hook: str | None = None) -> None:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        if hook not in (None, "fp16"):
+            raise ValueError(f"unknown torch DDP hook {hook!r}: None or 'fp16'")
+        init_gloo(rank, size, master)
+        self.shapes, self.hook = shapes, hook
+        self.module = Params(shapes)
+        self.ddp = DistributedDataParallel(self.module, gradient_as_bucket_view=True)
+        if hook == "fp16":
+            self.ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        self.ddp(grads).backward()
+        self.module.zero_grad()
+
+    def bytes_per_rank(self, size: int) -> float:
+        """Every gradient by ring allreduce, in 2-byte values with fp16."""
+        dense = sum(bytes_model.dense_ring_allreduce(int(np.prod(s)), size)
+                    for s in self.shapes)
+        return dense / 2 if self.hook == "fp16" else dense
 
 
 class PowerSGD:

@@ -3,7 +3,8 @@
     mpirun -np 4 python -m horovod_scalecom.benchmarks.exchange --model resnet50 \\
         --rounds 5 --json exchange.json
 
-Methods: PowerSGD (torch DDP hook over gloo, rank 4), ScaleCom's DDP hook
+Methods: plain DDP and DDP with torch's fp16 compression hook (over gloo),
+PowerSGD (torch DDP hook over gloo, rank 4), ScaleCom's DDP hook
 (over gloo, at --hook-ratio), Horovod dense allreduce, Horovod fp16, local
 top-k + allgather with error feedback (GRACE/DGC), "scalecom" (ScaleCom
 through Horovod's allreduce: hvd.DistributedOptimizer + ScaleCom) and
@@ -47,12 +48,13 @@ import horovod.torch as hvd
 from horovod_scalecom import bytes_model
 from horovod_scalecom.buckets import DEFAULT_BUCKET_CAP_MB
 from horovod_scalecom.benchmarks.baselines import Params, TopkAllgather
-from horovod_scalecom.benchmarks.ddp_hooks import PowerSGD, ScaleComHook
+from horovod_scalecom.benchmarks.ddp_hooks import PowerSGD, ScaleComHook, TorchDDP
 from horovod_scalecom.benchmarks.methods import RING, SCALECOM, add_methods_option
 from horovod_scalecom.benchmarks.shapes import MODELS
 from horovod_scalecom.torch import DistributedOptimizer, ScaleCom
 
-METHODS = ("powersgd", "ddp hook", "dense", "fp16", "topk", SCALECOM, RING)
+METHODS = ("ddp dense", "ddp fp16", "powersgd", "ddp hook", "dense", "fp16", "topk",
+           SCALECOM, RING)
 
 
 def master() -> str:
@@ -79,7 +81,8 @@ class Method:
         self.breakdowns: list[dict] = []        # per step: ScaleCom's exchanges, the DDP hook
         build = {"backward": self._backward, "dense": self._horovod, "fp16": self._horovod,
                  SCALECOM: self._scalecom, RING: self._scalecom, "topk": self._topk,
-                 "powersgd": self._powersgd, "ddp hook": self._ddp_hook}.get(method)
+                 "powersgd": self._powersgd, "ddp hook": self._ddp_hook,
+                 "ddp dense": self._torch_ddp, "ddp fp16": self._torch_ddp}.get(method)
         if build is None:
             raise ValueError(f"unknown method {method!r}")
         self.step, self.sent = build()
@@ -158,6 +161,11 @@ class Method:
             raise ValueError("PowerSGD's first 2 steps are plain allreduce: use --warmup >= 2")
         psgd = PowerSGD(self.shapes, hvd.rank(), hvd.size(), master(), warmup=2)
         return lambda: psgd.step(self.grads), lambda: psgd.bytes_per_rank(hvd.size())
+
+    def _torch_ddp(self):
+        ddp = TorchDDP(self.shapes, hvd.rank(), hvd.size(), master(),
+                       hook="fp16" if self.name == "ddp fp16" else None)
+        return lambda: ddp.step(self.grads), lambda: ddp.bytes_per_rank(hvd.size())
 
     def _ddp_hook(self):
         hook = ScaleComHook(self.shapes, hvd.rank(), hvd.size(), master(),

@@ -20,14 +20,16 @@ from horovod_scalecom.benchmarks.methods import RING, SCALECOM, renamed_row
 from horovod_scalecom.benchmarks.plot_convergence import label, save
 from horovod_scalecom.benchmarks._pyplot import pyplot
 
-ORDER = ("dense", "fp16", "topk", "powersgd", "ddp hook", SCALECOM, RING)
+ORDER = ("dense", "fp16", "topk", "ddp dense", "ddp fp16", "powersgd", "ddp hook", SCALECOM,
+         RING)
 NAMES = {"dense": "Horovod dense", "fp16": "Horovod fp16", "topk": "top-k + allgather",
+         "ddp dense": "DDP dense", "ddp fp16": "DDP fp16 hook",
          "powersgd": "PowerSGD (rank 4)", "ddp hook": "ScaleCom DDP hook",
          SCALECOM: "ScaleCom (Horovod path)", RING: "ScaleCom ring"}
 # One colour per method, fixed: the published figures' colours, from before "ddp hook"
 # joined ORDER (a colour by position in ORDER would have shifted ScaleCom's two).
 COLOURS = {"dense": "C0", "fp16": "C1", "topk": "C2", "powersgd": "C3", SCALECOM: "C4",
-           RING: "C5", "ddp hook": "C6"}
+           RING: "C5", "ddp hook": "C6", "ddp dense": "C7", "ddp fp16": "C8"}
 
 
 def load(paths):

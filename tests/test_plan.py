@@ -171,6 +171,10 @@ def test_state_dict_shapes(tmp_path):
     (["--model", "resnet50", "--workers", "4", "--gbit", "1", "--backward-ms", "1",
       "--constant", "nonsense=1"], "--constant"),
     (["--model", "resnet50", "--workers", "4", "--gbit", "1", "--backward-ms", "1",
+      "--bucket-cap-mb", "0"], "--bucket-cap-mb"),
+    (["--model", "resnet50", "--workers", "4", "--gbit", "1", "--backward-ms", "1",
+      "--ratio", "1.5"], "--ratio"),
+    (["--model", "resnet50", "--workers", "4", "--gbit", "1", "--backward-ms", "1",
       "--constants", "/no/such/file.json"], "--constants"),
 ])
 def test_bad_input_names_the_argument(capsys, argv, names):

@@ -177,6 +177,7 @@ def calibrate(numel: int = 1 << 23, ratio: float = 0.01, repeats: int = 15,
     net = loopback(mss)
     extra = {"load_before": load_before, "load_after": os.getloadavg(),
              "seconds": time.perf_counter() - started, "numel": numel, "threads": threads,
+             "repeats": repeats,
              "machine": platform.machine(), "processor": platform.processor(),
              "torch": torch.__version__, "python": platform.python_version(),
              "tcp_bytes_per_s": net["tcp_bytes_per_s"], "mss": mss}

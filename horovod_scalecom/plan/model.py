@@ -116,6 +116,10 @@ class Settings:
     powersgd_bucket_mb: float | None = DEFAULT_BUCKET_CAP_MB   # None: one bucket
 
     def __post_init__(self) -> None:
+        for name in ("bucket_cap_mb", "fusion_mb", "powersgd_bucket_mb"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value!r}")
         for name in ("ratio", "hook_ratio"):
             value = getattr(self, name)
             if value is not None and not 0 < value <= 1:

@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="payload per byte on the wire (default: TCP over 1500-byte "
                              "Ethernet)")
     parser.add_argument("--ratio", type=float, default=0.01, help="ScaleCom's ratio")
+    parser.add_argument("--hook-ratio", type=float, help="the DDP hook's ratio (default: --ratio)")
     parser.add_argument("--bucket-cap-mb", type=float, default=25.0,
                         help="the ring's groups and DDP's buckets")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
@@ -102,7 +103,8 @@ def plan(args: argparse.Namespace) -> dict:
                       ranks_per_host=args.ranks_per_host,
                       latency_s=None if args.latency_us is None else args.latency_us / 1e6,
                       wire_efficiency=args.wire_efficiency, tcp=not args.rdma)
-    settings = Settings(ratio=args.ratio, bucket_cap_mb=args.bucket_cap_mb)
+    settings = Settings(ratio=args.ratio, hook_ratio=args.hook_ratio,
+                        bucket_cap_mb=args.bucket_cap_mb)
     c = constants(args)
     methods = list(dict.fromkeys([DENSE, *args.methods]))
     preds = predict_all(shapes, cluster, c, settings, methods)

@@ -38,7 +38,8 @@ from horovod_scalecom.tensorflow import ScaleCom
 MODE = os.environ.get("SCALECOM_SUITE_MODE", "none")
 
 # Horovod's wrapper -> the ring's (module, name).
-RING = {(hvd, "DistributedGradientTape"): ("horovod_scalecom.tensorflow", "DistributedGradientTape"),
+RING = {(hvd, "DistributedGradientTape"):
+            ("horovod_scalecom.tensorflow", "DistributedGradientTape"),
         (hvd, "PartialDistributedGradientTape"):
             ("horovod_scalecom.tensorflow", "PartialDistributedGradientTape"),
         (hvd_tf_keras, "DistributedOptimizer"):

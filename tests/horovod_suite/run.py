@@ -39,9 +39,10 @@ DEFAULT_SOURCE = Path("/work/.mirror/horovod+horovod/repo")
 TAG = "v0.28.1"
 FILES = ["test/parallel/test_tensorflow2_keras.py", "test/parallel/test_tensorflow.py",
          "test/parallel/base_test_tensorflow.py", "test/utils/common.py"]
+TF_TESTS = "test/parallel/test_tensorflow.py::TensorFlowTests::"
 SELECTED = ["test/parallel/test_tensorflow2_keras.py",
-            "test/parallel/test_tensorflow.py::TensorFlowTests::test_partial_distributed_gradient_tape",
-            "test/parallel/test_tensorflow.py::TensorFlowTests::test_model_parallel_model"]
+            TF_TESTS + "test_partial_distributed_gradient_tape",
+            TF_TESTS + "test_model_parallel_model"]
 CONFTEST = """import sys
 sys.path[:0] = [{shims!r}, {utils!r}, {here!r}]
 from inject import install

@@ -1,8 +1,10 @@
-"""One process, one rank (no mpirun): what each ring wrapper of one framework
-says when it is built with an argument the ring cannot take. Prints
-``REFUSALS {json}``: per wrapper and case, the exception's type and message
-with the wrapper's own name and Horovod's replaced by <ring> and <horovod>,
-so that the frameworks' words can be compared.
+"""What each ring wrapper of one framework says when it is built with an
+argument the ring cannot take: per wrapper and case, the exception's type
+and message with the wrapper's own name and Horovod's replaced by <ring> and
+<horovod>, so that the frameworks' words can be compared
+(tests/test_tf_ring.py). torch's run as this script, one rank without
+mpirun (prints ``REFUSALS {json}``); TensorFlow's in tests/workers/tf_ring.py's
+job (its ``refusals`` case).
 
 usage: ring_refusals.py torch|tensorflow
 """

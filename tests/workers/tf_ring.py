@@ -10,6 +10,7 @@ backward_passes_per_step the float32 sum of its passes), ``out/{step}/{name}``
 """
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -252,7 +253,14 @@ def keras_loop(args, out):
     save(out, result)
 
 
-CASES = {"num_groups": lambda a, o: tape_steps(a, o, num_groups=2),
+def refusals(args, out):
+    """What the tape and the Keras optimizer say when built with what the ring
+    cannot take (tests/workers/ring_refusals.py), on every rank."""
+    from ring_refusals import tensorflow_refusals
+    save(out, {"json": np.array(json.dumps(tensorflow_refusals()))})
+
+
+CASES = {"num_groups": lambda a, o: tape_steps(a, o, num_groups=2), "refusals": refusals,
          "groups_list": groups_list, "sparse": sparse, "local": local,
          "keras_fit": keras_fit, "keras_loop": keras_loop}
 

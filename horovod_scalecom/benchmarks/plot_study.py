@@ -54,8 +54,8 @@ def k_label(run: dict) -> str:
 
 def k_table(runs: list[dict]) -> str:
     """A row per data/model, n, ratio, beta and k policy: the accuracy over
-    seeds with its gap to dense, and the bytes per worker against the ratio
-    policy's in the same cell (mean over seeds)."""
+    seeds with its gap to dense, and the bytes per worker over the run (mean
+    over seeds, in MB) and against the ratio policy's in the same cell."""
     acc: dict = defaultdict(dict)
     sent: dict = defaultdict(dict)
     for r in runs:
@@ -66,23 +66,24 @@ def k_table(runs: list[dict]) -> str:
             acc[cell].setdefault(key, {}).setdefault(r["seed"], 100 * r["final_acc"])
             sent[cell].setdefault(key, {}).setdefault(r["seed"], r["bytes_per_worker"])
     head = ["data/model", "n", "ratio", "beta", "k policy", "accuracy (gap to dense)",
-            "bytes/worker vs ratio"]
+            "MB/worker", "vs ratio"]
     rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     by_ratio = k_label({})
     for cell in sorted(acc):
         dense = list(acc[cell].get(("dense", 1.0, None), {}).values())
         rows.append("| " + " | ".join([cell[0], str(cell[1]), "-", "-", "dense",
-                                       fmt(dense), "-"]) + " |")
+                                       fmt(dense), "-", "-"]) + " |")
         keys = sorted((k for k in acc[cell] if k[0] != "dense"),
                       key=lambda k: (-k[1], k[2], k[0] != by_ratio, k[0]))
         for label, ratio, beta in keys:
             base = sent[cell].get((by_ratio, ratio, beta))
             mine = sent[cell][(label, ratio, beta)]
-            relative = (f"{np.mean(list(mine.values())) / np.mean(list(base.values())):.2f}x"
-                        if base else "-")
+            mean = np.mean(list(mine.values()))
+            relative = f"{mean / np.mean(list(base.values())):.2f}x" if base else "-"
             rows.append("| " + " | ".join([
                 cell[0], str(cell[1]), f"1/{round(1 / ratio)}", f"{beta:g}", label,
-                fmt(list(acc[cell][(label, ratio, beta)].values()), dense), relative]) + " |")
+                fmt(list(acc[cell][(label, ratio, beta)].values()), dense), f"{mean / 1e6:.2f}",
+                relative]) + " |")
     return "\n".join(rows)
 
 

@@ -311,11 +311,33 @@ def test_the_batched_path_sends_the_per_layer_k():
         assert len(v.indices) == config.k(1000)     # a tensor k does not name: the ratio's
 
 
+def test_the_topk_baseline_takes_the_per_layer_k():
+    from horovod_scalecom import bytes_model
+    from horovod_scalecom.benchmarks.batched import LayerKTopk
+    config = ScaleComConfig(ratio=0.01, min_numel=64)
+    # k as the ratio gives it: the reference's baseline to the bit.
+    ref = TopkAllgatherSimulator(3, config)
+    same = LayerKTopk(3, config, {"w": config.k(1000)})
+    other = LayerKTopk(3, config, {"w": 37})
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        grads = [rng.standard_normal(1000).astype(np.float32) for _ in range(3)]
+        want, got = ref.step("w", grads), same.step("w", grads)
+        np.testing.assert_array_equal(got.outputs[0], want.outputs[0])
+        out = other.step("w", grads)
+        # Each worker sends its own 37; the supports overlap in part.
+        assert 37 <= np.count_nonzero(out.outputs[0]) <= 3 * 37
+        assert out.bytes_sent[0] == bytes_model.topk_allgather(37, 3)
+        assert other.step("v", grads).bytes_sent[0] == bytes_model.topk_allgather(config.k(1000), 3)
+    for r in range(3):
+        np.testing.assert_array_equal(same.memory["w"][r], ref.memory["w"][r])
+
+
 def test_the_study_refuses_a_per_layer_k_it_cannot_run():
     pytest.importorskip("torch")
     from horovod_scalecom.benchmarks.convergence import RunSpec
     common = dict(ranks=4, ratio=0.01, seed=0, lr=0.1, momentum=0.9, epochs=1)
-    with pytest.raises(ValueError, match="dense takes none"):
+    with pytest.raises(ValueError, match="dense sends every value"):
         RunSpec("dense", k_policy="floor", **common)
     with pytest.raises(ValueError, match="ratio warm-up"):
         RunSpec("scalecom", k_policy="equal-bytes", ratio_warmup_steps=8, **common)

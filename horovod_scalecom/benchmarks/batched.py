@@ -14,10 +14,13 @@ reference's to the bit (tests/test_benchmarks.py checks it).
 remedy of docs/convergence.md's study: a floor on every compressed
 tensor's k, or the ratio's total k shared out by sqrt(numel). Passed as
 ``BatchedHorovodPath(k=...)``; without it the path is the reference's.
+``LayerKTopk`` is the reference's top-k + allgather baseline with the same
+per-layer k.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Mapping, Sequence
 
@@ -28,6 +31,7 @@ from horovod_scalecom.config import CLIP_RHO, ScaleComConfig, check_numel
 from horovod_scalecom.reference.clip import NORM_BLOCK, NORM_LANES, clip_step, refuse_clip_norm
 from horovod_scalecom.reference.core import F32, topk_indices
 from horovod_scalecom.reference.horovod_path import StepResult
+from horovod_scalecom.reference.topk_allgather import TopkAllgatherSimulator
 from horovod_scalecom.schedule import leader
 
 
@@ -106,6 +110,31 @@ def layer_k(numels: Mapping[str, int], config: ScaleComConfig, policy: str = "ra
         raise ValueError(f"equal-bytes would give {', '.join(over)} more than its numel values; "
                          "use a smaller ratio")
     return shared
+
+
+@dataclasses.dataclass(frozen=True)
+class _TensorK(ScaleComConfig):
+    """A config whose k is one tensor's, whatever the numel."""
+    fixed_k: int = 0
+
+    def k(self, numel: int) -> int:
+        return self.fixed_k
+
+
+class LayerKTopk(TopkAllgatherSimulator):
+    """The reference's local top-k + allgather, with ``k`` (from ``layer_k``)
+    per tensor; a tensor it does not name takes the config's ratio x numel."""
+
+    def __init__(self, size: int, config: ScaleComConfig, k: Mapping[str, int]) -> None:
+        super().__init__(size, config)
+        self.base = self.config
+        knobs = {f.name: getattr(config, f.name) for f in dataclasses.fields(ScaleComConfig)}
+        self.per_tensor = {name: _TensorK(**knobs, fixed_k=v) for name, v in k.items()}
+
+    def step(self, name: str, grads: Sequence[np.ndarray]) -> StepResult:
+        # The reference reads its k from self.config: that tensor's, for this step.
+        self.config = self.per_tensor.get(name, self.base)
+        return super().step(name, grads)
 
 
 class _Levels:

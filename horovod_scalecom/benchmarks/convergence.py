@@ -41,7 +41,8 @@ import torch
 from torch.func import functional_call, grad_and_value, vmap
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.benchmarks.batched import K_POLICIES, BatchedHorovodPath, layer_k
+from horovod_scalecom.benchmarks.batched import (K_POLICIES, BatchedHorovodPath, LayerKTopk,
+                                                 layer_k)
 from horovod_scalecom.benchmarks.diagnostics import Tracker, step_figures
 from horovod_scalecom.benchmarks.tasks import MODELS, TASKS, load_task, make_model
 from horovod_scalecom.config import DEFAULT_CLIP_FACTOR, DEFAULTS, ScaleComConfig
@@ -88,8 +89,10 @@ class RunSpec:
                              "it needs momentum_correction")
         if self.method in ("dense", "topk") and (
                 self.ratio_warmup_steps or self.momentum_correction or self.memory_factor
-                or self.memory_beta or self.beta_warmup_steps or self.k_policy != "ratio"):
+                or self.memory_beta or self.beta_warmup_steps):
             raise ValueError(f"the remedies are ScaleCom's; {self.method} takes none")
+        if self.method == "dense" and self.k_policy != "ratio":
+            raise ValueError("dense sends every value: it takes no k policy")
         if self.k_policy not in K_POLICIES:
             raise ValueError(f"unknown k policy {self.k_policy!r}; "
                              f"choose one of {', '.join(K_POLICIES)}")
@@ -116,10 +119,11 @@ def make_simulator(spec: RunSpec, numels: dict[str, int]):
     config = ScaleComConfig(ratio=spec.ratio, beta=spec.beta if spec.method != "topk" else 1.0,
                             warmup_steps=spec.warmup_steps,
                             clip_factor=spec.clip_factor if spec.method != "topk" else None)
-    if spec.method == "topk":
-        return TopkAllgatherSimulator(spec.ranks, config)
     k = None if spec.k_policy == "ratio" else layer_k(numels, config, spec.k_policy,
                                                             spec.k_floor)
+    if spec.method == "topk":
+        return TopkAllgatherSimulator(spec.ranks, config) if k is None else \
+            LayerKTopk(spec.ranks, config, k)
     return BatchedHorovodPath(spec.ranks, config, memory_beta=spec.memory_beta, k=k)
 
 
@@ -309,8 +313,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--factor-masking", action="store_true",
                         help="with --momentum-correction: zero the velocity where it was sent")
     parser.add_argument("--k-policies", nargs="+", choices=K_POLICIES, default=["ratio"],
-                        help="per-layer k of ScaleCom's runs: ratio x numel (the library's), "
-                             "a floor of --k-floor, or the ratio's total k by sqrt(numel)")
+                        help="per-layer k of ScaleCom's and top-k's runs: ratio x numel "
+                             "(the library's), a floor of --k-floor, or the ratio's total k "
+                             "shared by sqrt(numel)")
     parser.add_argument("--k-floor", type=int, default=32,
                         help="the floor policy's least k per compressed tensor")
     parser.add_argument("--betas", type=float, nargs="+",
@@ -336,12 +341,14 @@ def run_specs(args: argparse.Namespace) -> Iterator[RunSpec]:
                 betas = args.betas if scalecom and args.betas else [None]
                 for ratio, beta, policy in [
                         (r, b, p) for r in ([1.0] if method == "dense" else args.ratios)
-                        for b in betas for p in (args.k_policies if scalecom else ["ratio"])]:
+                        for b in betas for p in (["ratio"] if method == "dense"
+                                                 else args.k_policies)]:
                     yield RunSpec(method, ranks, ratio, seed, epochs=args.epochs, steps=args.steps,
                                   warmup_steps=args.warmup_steps,
                                   lr_warmup_steps=args.lr_warmup_steps, clip=args.clip,
                                   task=args.task, model=model, beta=beta,
-                                  **(dict(remedies(args), k_policy=policy) if scalecom else {}),
+                                  **(remedies(args) if scalecom else {}),
+                                  k_policy=policy, k_floor=args.k_floor,
                                   clip_factor=args.clip_factor or None,
                                   **({"global_batch": args.batch_per_rank * ranks}
                                      if args.batch_per_rank else {}), **regime)
@@ -353,8 +360,7 @@ def remedies(args: argparse.Namespace) -> dict:
     return dict(ratio_warmup_steps=args.ratio_warmup_steps,
                 momentum_correction=args.momentum_correction,
                 factor_masking=args.factor_masking, memory_factor=args.memory_factor,
-                memory_beta=args.memory_beta, beta_warmup_steps=args.beta_warmup_steps,
-                k_floor=args.k_floor)
+                memory_beta=args.memory_beta, beta_warmup_steps=args.beta_warmup_steps)
 
 
 def saved_runs(path: str | None) -> list:

@@ -352,9 +352,13 @@ def test_the_k_table_compares_policies_at_their_bytes():
             for s, a in ((0, 0.90), (1, 0.92))]
     runs += [dict(base, method="scalecom", k_policy=p, seed=s, final_acc=a, bytes_per_worker=b)
              for p, b in (("ratio", 1e6), ("floor", 2.5e6)) for s, a in ((0, 0.80), (1, 0.84))]
+    runs += [dict(base, method="topk", beta=float("nan"), k_policy="ratio", seed=0,
+                  final_acc=0.88, bytes_per_worker=3e6)]
     rows = k_table(runs).splitlines()
     assert rows[2].startswith("| mnist1d/cnn | 4 | - | - | dense | 91.0 ± 1.4 [2] |")
     assert rows[3] == ("| mnist1d/cnn | 4 | 1/400 | 1 | k = ratio x numel | 82.0 ± 2.8 [2] (-9.0)"
                        " | 1.00 | 1.00x |")
     assert rows[4] == ("| mnist1d/cnn | 4 | 1/400 | 1 | k floor 32 | 82.0 ± 2.8 [2] (-9.0)"
                        " | 2.50 | 2.50x |")
+    assert rows[5] == ("| mnist1d/cnn | 4 | 1/400 | - | top-k allgather, k = ratio x numel"
+                       " | 88.0 [1] (-3.0) | 3.00 | 1.00x |")

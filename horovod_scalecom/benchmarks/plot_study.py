@@ -53,37 +53,41 @@ def k_label(run: dict) -> str:
 
 
 def k_table(runs: list[dict]) -> str:
-    """A row per data/model, n, ratio, beta and k policy: the accuracy over
-    seeds with its gap to dense, and the bytes per worker over the run (mean
-    over seeds, in MB) and against the ratio policy's in the same cell."""
+    """A row per data/model, n, ratio, method, beta and k policy: the
+    accuracy over seeds with its gap to dense, and the bytes per worker over
+    the run (mean over seeds, in MB) and against the same method's ratio
+    policy in the same cell."""
     acc: dict = defaultdict(dict)
     sent: dict = defaultdict(dict)
     for r in runs:
+        if r["method"] not in ("dense", "scalecom", "topk"):
+            continue
         cell = (f"{r['task']}/{r.get('model', 'mlp')}", r["ranks"])
-        key = ("dense", 1.0, None) if r["method"] == "dense" else (
-            k_label(r), r["ratio"], r["beta"])
-        if r["method"] in ("dense", "scalecom"):
-            acc[cell].setdefault(key, {}).setdefault(r["seed"], 100 * r["final_acc"])
-            sent[cell].setdefault(key, {}).setdefault(r["seed"], r["bytes_per_worker"])
+        # Only ScaleCom has a beta; 0 keeps the others' keys sortable.
+        key = (r["method"], k_label(r), r["ratio"],
+               r["beta"] if r["method"] == "scalecom" else 0.0)
+        acc[cell].setdefault(key, {}).setdefault(r["seed"], 100 * r["final_acc"])
+        sent[cell].setdefault(key, {}).setdefault(r["seed"], r["bytes_per_worker"])
     head = ["data/model", "n", "ratio", "beta", "k policy", "accuracy (gap to dense)",
             "MB/worker", "vs ratio"]
     rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     by_ratio = k_label({})
     for cell in sorted(acc):
-        dense = list(acc[cell].get(("dense", 1.0, None), {}).values())
+        dense = [v for k, seeds in acc[cell].items() if k[0] == "dense" for v in seeds.values()]
         rows.append("| " + " | ".join([cell[0], str(cell[1]), "-", "-", "dense",
                                        fmt(dense), "-", "-"]) + " |")
         keys = sorted((k for k in acc[cell] if k[0] != "dense"),
-                      key=lambda k: (-k[1], k[2], k[0] != by_ratio, k[0]))
-        for label, ratio, beta in keys:
-            base = sent[cell].get((by_ratio, ratio, beta))
-            mine = sent[cell][(label, ratio, beta)]
-            mean = np.mean(list(mine.values()))
+                      key=lambda k: (-k[2], k[0] != "scalecom", k[3], k[1] != by_ratio, k[1]))
+        for method, label, ratio, beta in keys:
+            base = sent[cell].get((method, by_ratio, ratio, beta))
+            mean = np.mean(list(sent[cell][(method, label, ratio, beta)].values()))
             relative = f"{mean / np.mean(list(base.values())):.2f}x" if base else "-"
             rows.append("| " + " | ".join([
-                cell[0], str(cell[1]), f"1/{round(1 / ratio)}", f"{beta:g}", label,
-                fmt(list(acc[cell][(label, ratio, beta)].values()), dense), f"{mean / 1e6:.2f}",
-                relative]) + " |")
+                cell[0], str(cell[1]), f"1/{round(1 / ratio)}",
+                f"{beta:g}" if method == "scalecom" else "-",
+                label if method == "scalecom" else f"top-k allgather, {label}",
+                fmt(list(acc[cell][(method, label, ratio, beta)].values()), dense),
+                f"{mean / 1e6:.2f}", relative]) + " |")
     return "\n".join(rows)
 
 

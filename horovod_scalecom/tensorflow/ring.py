@@ -138,16 +138,22 @@ def PartialDistributedGradientTape(gradtape: tf.GradientTape, compression: Scale
     """Horovod's PartialDistributedGradientTape with the ring: the trainable
     weights of ``local_layers`` are registered as local sources; the other
     arguments are DistributedGradientTape's."""
+    weights = local_weights("horovod_scalecom.tensorflow.PartialDistributedGradientTape",
+                            local_layers)
+    tape = DistributedGradientTape(gradtape, compression, **tape_arguments)
+    for var in weights:
+        tape.register_local_source(var)
+    return tape
+
+
+def local_weights(ours: str, local_layers: Any) -> list:
+    """The trainable weights of Horovod's ``local_layers`` argument (None, a
+    Keras layer or layers), which the Partial wrappers keep out of the ring."""
     if local_layers is None:
         local_layers = []
     elif isinstance(local_layers, tf.keras.layers.Layer):
         local_layers = [local_layers]
     local_layers = list(local_layers)
     if not all(isinstance(layer, tf.keras.layers.Layer) for layer in local_layers):
-        raise ValueError("horovod_scalecom.tensorflow.PartialDistributedGradientTape: "
-                         "local_layers must be tf.keras.layers.Layer objects")
-    tape = DistributedGradientTape(gradtape, compression, **tape_arguments)
-    for layer in local_layers:
-        for var in layer.trainable_weights:
-            tape.register_local_source(var)
-    return tape
+        raise ValueError(f"{ours}: local_layers must be tf.keras.layers.Layer objects")
+    return [var for layer in local_layers for var in layer.trainable_weights]

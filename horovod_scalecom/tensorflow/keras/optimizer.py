@@ -22,7 +22,7 @@ import horovod.tensorflow as hvd
 from horovod_scalecom.ring_arguments import check_backward_passes
 from horovod_scalecom.tensorflow.aggregation import LocalAggregation
 from horovod_scalecom.tensorflow.compression import ScaleCom
-from horovod_scalecom.tensorflow.ring import refuse_unknown, ring_exchange
+from horovod_scalecom.tensorflow.ring import local_weights, refuse_unknown, ring_exchange
 
 OURS = "horovod_scalecom.tensorflow.keras.DistributedOptimizer"
 HOROVODS = "horovod.tensorflow.keras.DistributedOptimizer"
@@ -164,16 +164,9 @@ def PartialDistributedOptimizer(optimizer: tf.keras.optimizers.Optimizer,
     """Horovod's PartialDistributedOptimizer with the ring: the trainable
     weights of ``local_layers`` are registered as local variables; the other
     arguments are DistributedOptimizer's."""
-    if local_layers is None:
-        local_layers = []
-    elif isinstance(local_layers, tf.keras.layers.Layer):
-        local_layers = [local_layers]
-    local_layers = list(local_layers)
-    if not all(isinstance(layer, tf.keras.layers.Layer) for layer in local_layers):
-        raise ValueError("horovod_scalecom.tensorflow.keras.PartialDistributedOptimizer: "
-                         "local_layers must be tf.keras.layers.Layer objects")
+    weights = local_weights("horovod_scalecom.tensorflow.keras.PartialDistributedOptimizer",
+                            local_layers)
     opt = DistributedOptimizer(optimizer, compression, **optimizer_arguments)
-    for layer in local_layers:
-        for var in layer.trainable_weights:
-            opt.register_local_var(var)
+    for var in weights:
+        opt.register_local_var(var)
     return opt

@@ -26,7 +26,6 @@ import argparse
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -38,21 +37,10 @@ CHUNK = 1 << 20
 PINGS = 2000
 
 
-def _median_time(fn, repeats: int) -> float:
-    """The median of ``repeats`` runs after a warm-up, as the benchmarks
-    report their figures (docs/benchmarks.md)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def kernels(numel: int, ratio: float, repeats: int) -> dict[str, float]:
     """Per-element seconds of the kernels and torch passes, and per-tensor call cost."""
     import torch
+    from horovod_scalecom.benchmarks.core_step import timeit    # imports torch: lazily too
     from horovod_scalecom.config import num_selected
     from horovod_scalecom.torch._ops import ops
 
@@ -65,15 +53,15 @@ def kernels(numel: int, ratio: float, repeats: int) -> dict[str, float]:
     a, b = g.clone(), m.clone()
     ah, bh = a.half(), b.half()
     per = {
-        "select_s": _median_time(lambda: ops.select_topk(m, g, k), repeats),
-        "update_s": _median_time(lambda: ops.gather_update_(m, g, idx, 0.1), repeats),
-        "scatter_s": _median_time(lambda: ops.scatter(idx, values, numel), repeats),
-        "clip_s": _median_time(lambda: ops.sum_squares(g), repeats),
-        "reduce_s": _median_time(lambda: a.add_(b), repeats),
-        "copy_s": _median_time(lambda: a.copy_(b), repeats),
-        "half_s": _median_time(lambda: b.half().float(), repeats),
-        "half_reduce_s": _median_time(lambda: ah.add_(bh), repeats),
-        "pass_s": _median_time(lambda: m.add_(g, alpha=0.1), repeats),
+        "select_s": timeit(lambda: ops.select_topk(m, g, k), repeats),
+        "update_s": timeit(lambda: ops.gather_update_(m, g, idx, 0.1), repeats),
+        "scatter_s": timeit(lambda: ops.scatter(idx, values, numel), repeats),
+        "clip_s": timeit(lambda: ops.sum_squares(g), repeats),
+        "reduce_s": timeit(lambda: a.add_(b), repeats),
+        "copy_s": timeit(lambda: a.copy_(b), repeats),
+        "half_s": timeit(lambda: b.half().float(), repeats),
+        "half_reduce_s": timeit(lambda: ah.add_(bh), repeats),
+        "pass_s": timeit(lambda: m.add_(g, alpha=0.1), repeats),
     }
     out = {key: value / numel for key, value in per.items()}
     out["powersgd_s"] = _powersgd(repeats)
@@ -85,7 +73,7 @@ def kernels(numel: int, ratio: float, repeats: int) -> dict[str, float]:
         i = ops.select_topk(small_m, small, small_k)
         vals, _ = ops.gather_update_(small_m, small, i, 0.1)
         ops.scatter(i, vals, 1024)
-    out["call_s"] = _median_time(lambda: [calls() for _ in range(100)], repeats) / 100
+    out["call_s"] = timeit(lambda: [calls() for _ in range(100)], repeats) / 100
     return out
 
 
@@ -93,6 +81,7 @@ def _powersgd(repeats: int, rows: int = 1024, cols: int = 2304, rank: int = 4) -
     """Per element: torch's powerSGD_hook's arithmetic on one matrix (error
     feedback, P = M Q, orthogonalise P, Q = M^T P, the approximation P Q^T)."""
     import torch
+    from horovod_scalecom.benchmarks.core_step import timeit
     gen = torch.Generator().manual_seed(1)
     grad = torch.randn(rows, cols, generator=gen)
     error = torch.zeros(rows, cols)
@@ -105,7 +94,7 @@ def _powersgd(repeats: int, rows: int = 1024, cols: int = 2304, rank: int = 4) -
         p = torch.linalg.qr(p).Q
         q = m.t() @ p
         error.copy_(m - p @ q.t())
-    return _median_time(step, repeats) / (rows * cols)
+    return timeit(step, repeats) / (rows * cols)
 
 
 _RECEIVER = r"""

@@ -217,10 +217,12 @@ setup(
     version="0.1.0",
     description="ScaleCom gradient compression (CLT-k + low-pass memory) for Horovod",
     license="Apache-2.0",       # as Horovod's; the full text is LICENSE
+    # The library only: benchmarks/ (and tests/, examples/) stay in the checkout.
     packages=find_packages(include=["horovod_scalecom", "horovod_scalecom.*"]),
     python_requires=">=3.9",
     install_requires=["numpy"],
-    # Optional: plots, the convergence study's data sets, the DDP integrations.
+    # Optional: the DDP integrations; for a checkout's benchmarks/, plots and the
+    # convergence study's data sets.
     extras_require={
         "plots": ["matplotlib"],
         "study": ["scikit-learn", "mnist1d"],

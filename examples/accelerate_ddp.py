@@ -17,14 +17,19 @@ the hook's figures.
 """
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader, TensorDataset
 
-from horovod_scalecom.benchmarks.tasks import digits, make_model
 from horovod_scalecom.torch.accelerate import register_scalecom
 from horovod_scalecom.torch.ddp_frameworks import figures
+
+# benchmarks/ (the examples' data and models) is in the checkout, not the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.tasks import digits, make_model  # noqa: E402
 
 BATCH = 16      # per process and micro-batch
 

@@ -9,6 +9,8 @@ scalecom_mb_per_step. Nothing is downloaded.
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -18,7 +20,10 @@ import horovod.tensorflow.keras as hvd  # noqa: E402
 from horovod_scalecom.tensorflow import ScaleCom  # noqa: E402
 from horovod_scalecom.config import DEFAULTS  # noqa: E402
 from horovod_scalecom.tensorflow.keras import ScaleComCallback  # noqa: E402
-from horovod_scalecom.benchmarks.synthetic import make_data  # noqa: E402
+
+# benchmarks/ (the examples' data and models) is in the checkout, not the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.synthetic import make_data  # noqa: E402
 
 
 def main():

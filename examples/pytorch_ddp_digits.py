@@ -16,13 +16,18 @@ import gc
 import json
 import math
 import os
+import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from horovod_scalecom.benchmarks.tasks import digits, make_model
 from horovod_scalecom.torch.ddp import ScaleComHookState, scalecom_hook
+
+# benchmarks/ (the examples' data and models) is in the checkout, not the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.tasks import digits, make_model  # noqa: E402
 
 
 BATCH = 16  # per rank: a step's global batch is 16 x world size

@@ -8,21 +8,26 @@ with every other knob at its default. The data are scikit-learn's 8x8 digits,
 which ship inside the package (nothing is downloaded): 1,200 images train,
 597 test. Every step takes a global batch of 16 x n images and rank r trains
 on its r-th sixteen, exactly the split of the convergence study's simulated
-workers (``horovod_scalecom.benchmarks.convergence --task digits``), so the
+workers (``benchmarks.convergence --task digits``), so the
 two can be compared row by row (docs/convergence.md).
 """
 
 import argparse
 import json
 import math
+import sys
 import warnings
+from pathlib import Path
 
 import torch
 
 import horovod.torch as hvd
-from horovod_scalecom.benchmarks.tasks import digits, make_model
 from horovod_scalecom.torch import ScaleCom
 from horovod_scalecom.config import DEFAULTS
+
+# benchmarks/ (the examples' data and models) is in the checkout, not the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.tasks import digits, make_model  # noqa: E402
 
 
 BATCH = 16  # per rank: a step's global batch is 16 x hvd.size()

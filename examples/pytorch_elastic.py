@@ -19,13 +19,18 @@ lr = 0.1 x hvd.size() (rescaled at every reset), momentum 0.9.
 """
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
 import horovod.torch as hvd
-from horovod_scalecom.benchmarks.tasks import digits, make_model
 from horovod_scalecom.torch import ScaleCom
 from horovod_scalecom.torch.elastic import TorchState
+
+# benchmarks/ (the examples' data and models) is in the checkout, not the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.tasks import digits, make_model  # noqa: E402
 
 BATCH = 16          # per rank
 COMMIT_EVERY = 10   # batches between commits: the most a failure can cost

@@ -14,6 +14,8 @@ logged as ``scalecom/...`` (a CSV under ``--log-dir``); rank 0 prints them.
 """
 
 import argparse
+import sys
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -22,8 +24,11 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, TensorDataset
 
-from horovod_scalecom.benchmarks.tasks import digits, make_model
 from horovod_scalecom.torch.lightning import ScaleComCallback
+
+# benchmarks/ (the examples' data and models) is in the checkout, not the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.tasks import digits, make_model  # noqa: E402
 
 BATCH = 16      # per rank
 

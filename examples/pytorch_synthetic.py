@@ -10,14 +10,19 @@ stays there (the CUDA path has not yet run on a GPU: docs/design.md).
 """
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import horovod.torch as hvd
 from horovod_scalecom.torch import ScaleCom
 from horovod_scalecom.config import DEFAULTS
-from horovod_scalecom.benchmarks.synthetic import make_data
+
+# benchmarks/ (the examples' data and models) is in the checkout, not the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.synthetic import make_data  # noqa: E402
 
 
 def parse_args():

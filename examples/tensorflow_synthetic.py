@@ -11,7 +11,9 @@ compression; --path ring uses horovod_scalecom.tensorflow.DistributedGradientTap
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,7 +23,10 @@ import tensorflow as tf  # noqa: E402
 import horovod.tensorflow as hvd  # noqa: E402
 import horovod_scalecom.tensorflow as hsc  # noqa: E402
 from horovod_scalecom.config import DEFAULTS  # noqa: E402
-from horovod_scalecom.benchmarks.synthetic import make_data  # noqa: E402
+
+# benchmarks/ (the examples' data and models) is in the checkout, not the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.synthetic import make_data  # noqa: E402
 
 
 def parse_args():

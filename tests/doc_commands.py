@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# A command of this package: a module run with -m, or an example script.
-COMMAND = re.compile(r"python[\d.]*\s+-m\s+(horovod_scalecom(?:\.\w+)*)"
+# A command of this repository: a module run with -m (the package's, or a
+# benchmark's from the checkout), or an example script.
+COMMAND = re.compile(r"python[\d.]*\s+-m\s+(horovod_scalecom(?:\.\w+)*|benchmarks\.\w+)"
                      r"|(examples/\w+\.py)")
 FLAG = re.compile(r"(?<![\w-])--([A-Za-z][\w-]*)")
 # A shell variable that holds a command: C="python -m ... --a 1"

@@ -11,11 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-from horovod_scalecom.benchmarks.methods import RING, SCALECOM, add_methods_option
-from horovod_scalecom.benchmarks.plot_network import NAMES, load, tables
-from horovod_scalecom.benchmarks.shapes import MODELS
 from horovod_scalecom.config import ScaleComConfig
+from horovod_scalecom.plan.workload import MODELS
 from horovod_scalecom.reference import TopkAllgatherSimulator
+
+from benchmarks.methods import RING, SCALECOM, add_methods_option
+from benchmarks.plot_network import NAMES, load, tables
 
 from mpi import ROOT, mpirun_command, requires, run_bounded
 
@@ -52,7 +53,7 @@ def test_topk_allgather_baseline_by_brute_force():
 
 def test_study_at_ratio_one_is_exactly_dense_training():
     torch = pytest.importorskip("torch")
-    from horovod_scalecom.benchmarks.convergence import RunSpec, train
+    from benchmarks.convergence import RunSpec, train
     torch.set_num_threads(1)
     common = dict(ranks=4, seed=0, lr=0.1, momentum=0.9, epochs=1, train_size=4096)
     dense = train(RunSpec("dense", ratio=1.0, **common))
@@ -69,7 +70,7 @@ def test_study_at_ratio_one_is_exactly_dense_training():
 def test_network_cluster_is_removed_when_the_run_fails(tmp_path):
     # An exchange argument the benchmark rejects: every rank fails at once.
     proc = subprocess.run(
-        [sys.executable, "-m", "horovod_scalecom.benchmarks.network", "--ranks", "2",
+        [sys.executable, "-m", "benchmarks.network", "--ranks", "2",
          "--model", "mlp", "--out", str(tmp_path / "net"), "--timeout", "120",
          "--methods", "no-such-method"],
         capture_output=True, text=True, timeout=240, cwd=ROOT,
@@ -85,7 +86,7 @@ def test_exchange_benchmark_runs_every_method(tmp_path):
     # model: each reports a step time and fewer bytes than dense where it compresses.
     requires("horovod")
     out = tmp_path / "exchange.json"
-    cmd = mpirun_command(2) + [sys.executable, "-m", "horovod_scalecom.benchmarks.exchange",
+    cmd = mpirun_command(2) + [sys.executable, "-m", "benchmarks.exchange",
                                "--model", "mlp", "--rounds", "1", "--steps", "1",
                                "--json", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
@@ -139,7 +140,7 @@ def test_older_method_names_are_read_under_the_new_ones(tmp_path):
 
 def test_study_tasks_and_models_compress_their_large_tensors():
     pytest.importorskip("torch")
-    from horovod_scalecom.benchmarks.tasks import load_task, make_model
+    from benchmarks.tasks import load_task, make_model
     for task, features, train, test in (("digits", 64, 1200, 597), ("mnist1d", 40, 4000, 1000)):
         pytest.importorskip("sklearn" if task == "digits" else "mnist1d")
         x, y, x_test, y_test = load_task(task)
@@ -155,14 +156,14 @@ def test_study_tasks_and_models_compress_their_large_tensors():
 
 def test_ratio_warmup_follows_dgc_stages_down_to_the_ratio():
     pytest.importorskip("torch")
-    from horovod_scalecom.benchmarks.convergence import RunSpec, warmup_ratio
+    from benchmarks.convergence import RunSpec, warmup_ratio
     spec = RunSpec("scalecom", 4, 0.01, 0, lr=0.1, momentum=0.9, epochs=1, ratio_warmup_steps=8)
     assert [warmup_ratio(spec, t) for t in range(10)] == [
         0.25, 0.25, 0.0625, 0.0625, 0.015625, 0.015625, 0.01, 0.01, 0.01, 0.01]
 
 
 def test_diagnostics_of_a_hand_made_step():
-    from horovod_scalecom.benchmarks.diagnostics import step_figures
+    from benchmarks.diagnostics import step_figures
     memories = [np.zeros(4, np.float32), np.array([0, 0, 2, 0], np.float32)]
     grads = [np.array([3, 1, 0, 0], np.float32), np.array([3, -1, 0, 0.5], np.float32)]
     # p_0 = (3, 1, 0, 0), p_1 = (3, -1, 2, 0.5); mean p = (3, 0, 1, 0.25); mean g = (3, 0, 0, 0.25)
@@ -179,7 +180,7 @@ def test_diagnostics_of_a_hand_made_step():
 
 def test_momentum_correction_at_ratio_one_is_momentum_sgd():
     torch = pytest.importorskip("torch")
-    from horovod_scalecom.benchmarks.convergence import RunSpec, train
+    from benchmarks.convergence import RunSpec, train
     torch.set_num_threads(1)
     common = dict(ranks=4, seed=0, lr=0.1, momentum=0.9, epochs=1, train_size=2048)
     dense = train(RunSpec("dense", ratio=1.0, **common))
@@ -195,7 +196,7 @@ def test_momentum_correction_at_ratio_one_is_momentum_sgd():
 @pytest.mark.parametrize("clip_factor,warmup,stagger", [(2.0, 0, True), (None, 2, False),
                                                          (1.0, 0, False)])
 def test_batched_workers_are_the_reference_to_the_bit(clip_factor, warmup, stagger):
-    from horovod_scalecom.benchmarks.batched import BatchedHorovodPath
+    from benchmarks.batched import BatchedHorovodPath
     from horovod_scalecom.reference import HorovodPathSimulator
     n = 5
     config = ScaleComConfig(ratio=0.03, beta=0.3, clip_factor=clip_factor, warmup_steps=warmup,
@@ -231,7 +232,7 @@ def test_batched_workers_are_the_reference_to_the_bit(clip_factor, warmup, stagg
 
 
 def test_a_small_memory_beta_takes_in_less_of_the_residue():
-    from horovod_scalecom.benchmarks.batched import BatchedHorovodPath
+    from benchmarks.batched import BatchedHorovodPath
     config = ScaleComConfig(ratio=0.01, beta=1.0, min_numel=64)
     plain, bounded = BatchedHorovodPath(3, config), BatchedHorovodPath(3, config, memory_beta=0.5)
     rng = np.random.default_rng(3)
@@ -245,7 +246,7 @@ def test_a_small_memory_beta_takes_in_less_of_the_residue():
 
 def test_the_lag_is_the_mean_memory_over_beta():
     torch = pytest.importorskip("torch")
-    from horovod_scalecom.benchmarks.convergence import RunSpec, train
+    from benchmarks.convergence import RunSpec, train
     torch.set_num_threads(1)
     common = dict(ranks=4, ratio=0.01, seed=0, lr=0.1, momentum=0.9, epochs=1, steps=24,
                   train_size=8192)
@@ -262,7 +263,7 @@ def test_the_lag_is_the_mean_memory_over_beta():
 
 
 def test_batched_sum_of_squares_keeps_the_reference_order():
-    from horovod_scalecom.benchmarks.batched import sum_squares_rows
+    from benchmarks.batched import sum_squares_rows
     from horovod_scalecom.reference.clip import sum_squares
     rng = np.random.default_rng(2)
     for numel in (1, 7, 4096, 4097, 70_001):
@@ -277,7 +278,7 @@ def test_batched_sum_of_squares_keeps_the_reference_order():
     ({"3.weight": 3072, "5.weight": 3072, "8.weight": 1600, "1.weight": 160}, 0.01),    # the CNN
     ({"a": 1024, "b": 5000, "c": 1_000_000, "d": 1023}, 0.001)])
 def test_per_layer_k_policies(numels, ratio):
-    from horovod_scalecom.benchmarks.batched import layer_k
+    from benchmarks.batched import layer_k
     config = ScaleComConfig(ratio=ratio)
     compressed = {name: n for name, n in numels.items() if n >= config.min_numel}
     by_ratio = layer_k(numels, config, "ratio")
@@ -300,7 +301,7 @@ def test_per_layer_k_policies(numels, ratio):
 
 def test_the_batched_path_sends_the_per_layer_k():
     from horovod_scalecom import bytes_model
-    from horovod_scalecom.benchmarks.batched import BatchedHorovodPath
+    from benchmarks.batched import BatchedHorovodPath
     config = ScaleComConfig(ratio=0.01, min_numel=64)
     sim = BatchedHorovodPath(3, config, k={"w": 37})
     rng = np.random.default_rng(4)
@@ -313,7 +314,7 @@ def test_the_batched_path_sends_the_per_layer_k():
 
 def test_the_topk_baseline_takes_the_per_layer_k():
     from horovod_scalecom import bytes_model
-    from horovod_scalecom.benchmarks.batched import LayerKTopk
+    from benchmarks.batched import LayerKTopk
     config = ScaleComConfig(ratio=0.01, min_numel=64)
     # k as the ratio gives it: the reference's baseline to the bit.
     ref = TopkAllgatherSimulator(3, config)
@@ -335,7 +336,7 @@ def test_the_topk_baseline_takes_the_per_layer_k():
 
 def test_the_study_refuses_a_per_layer_k_it_cannot_run():
     pytest.importorskip("torch")
-    from horovod_scalecom.benchmarks.convergence import RunSpec
+    from benchmarks.convergence import RunSpec
     common = dict(ranks=4, ratio=0.01, seed=0, lr=0.1, momentum=0.9, epochs=1)
     with pytest.raises(ValueError, match="dense sends every value"):
         RunSpec("dense", k_policy="floor", **common)
@@ -346,7 +347,7 @@ def test_the_study_refuses_a_per_layer_k_it_cannot_run():
 
 
 def test_the_k_table_compares_policies_at_their_bytes():
-    from horovod_scalecom.benchmarks.plot_study import k_table
+    from benchmarks.plot_study import k_table
     base = dict(task="mnist1d", model="cnn", ranks=4, ratio=0.0025, beta=1.0, k_floor=32)
     runs = [dict(base, method="dense", ratio=1.0, seed=s, final_acc=a, bytes_per_worker=1e6)
             for s, a in ((0, 0.90), (1, 0.92))]

@@ -76,8 +76,7 @@ def test_an_exchange_that_differs_from_the_reference_fails(monkeypatch):
 def test_a_broken_extension_fails_the_check_and_says_how_to_rebuild(tmp_path):
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     copy = tmp_path / "horovod_scalecom"
-    shutil.copytree(ROOT / "horovod_scalecom", copy,
-                    ignore=shutil.ignore_patterns("__pycache__", "benchmarks"))
+    shutil.copytree(ROOT / "horovod_scalecom", copy, ignore=shutil.ignore_patterns("__pycache__"))
     (copy / f"_ring{suffix}").write_bytes(b"not a shared object\n" * 64)
     proc = run_check(tmp_path, "--kinds", "ring", env={"PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 1, proc.stdout + proc.stderr

@@ -1,7 +1,7 @@
 """The flags and keywords the docs show a user are ones the code takes.
 
 README.md and docs/*.md show commands (``python -m horovod_scalecom...``,
-``python examples/...``) with flags, and calls of ScaleCom,
+``python -m benchmarks...``, ``python examples/...``) with flags, and calls of ScaleCom,
 ScaleComHookState and the DistributedOptimizers with keywords. A renamed or
 removed flag or argument leaves a command that fails for whoever copies it;
 these tests read every one and check it against each command's ``--help``
@@ -44,7 +44,7 @@ def accepted_flags(target: str) -> frozenset[str]:
 
 
 # Commands that hand the flags they do not know to another (their --help says so).
-PASSES_ON = {"horovod_scalecom.benchmarks.network": "horovod_scalecom.benchmarks.exchange"}
+PASSES_ON = {"benchmarks.network": "benchmarks.exchange"}
 
 
 def flag_problems(flags: list[Shown]) -> list[str]:
@@ -125,7 +125,7 @@ def test_every_documented_keyword_exists():
 # A document with one mistake of each kind, beside correct ones: the checks
 # must name exactly the mistakes, so they can fail.
 WRONG = """
-    mpirun -np 2 python -m horovod_scalecom.benchmarks.exchange --model resnet50 \\
+    mpirun -np 2 python -m benchmarks.exchange --model resnet50 \\
         --steps 5 --no-such-flag
     C="python examples/pytorch_digits.py --lr 0.1"
     $C --epochs 3 --betta 0.5
@@ -140,7 +140,7 @@ hsc.DistributedOptimizer(opt, compression=c, process_sets=ps)
 
 def test_the_checks_catch_a_wrong_flag_and_a_wrong_keyword():
     assert flag_problems(shown_flags(WRONG, "wrong.md")) == [
-        "wrong.md:2: horovod_scalecom.benchmarks.exchange has no --no-such-flag",
+        "wrong.md:2: benchmarks.exchange has no --no-such-flag",
         "wrong.md:5: examples/pytorch_digits.py has no --betta"]
     assert keyword_problems(shown_keywords(WRONG, "wrong.md")) == [
         "wrong.md:8: ScaleCom(...) takes no betta=",
@@ -151,7 +151,7 @@ def test_inline_commands_end_with_their_code_span():
     # Prose after a command in backticks is not the command's.
     text = "Run `python -m horovod_scalecom.check --kinds ring`, or mpirun --oversubscribe."
     assert [s.name for s in shown_flags(text, "x.md")] == ["kinds"]
-    wrapped = "as in `python -m horovod_scalecom.benchmarks.core_step --sizes 1e6\n  25e6 --threads 1`"
+    wrapped = "as in `python -m benchmarks.core_step --sizes 1e6\n  25e6 --threads 1`"
     assert [s.name for s in shown_flags(wrapped, "x.md")] == ["sizes", "threads"]
     assert re.fullmatch(r"x\.md:1", shown_flags(wrapped, "x.md")[1].where)
 

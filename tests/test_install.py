@@ -85,3 +85,18 @@ def test_installed_package_carries_its_license_and_passes_its_build_check(instal
                   "raise SystemExit(main(['--kinds', 'none']))", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"({site / 'horovod_scalecom'})" in proc.stdout.splitlines()[0], proc.stdout
+
+
+def test_the_planner_runs_installed_and_the_benchmarks_stay_in_the_checkout(installed, tmp_path):
+    # plan/ is the library's; benchmarks/ (scripts run from a checkout) is not installed.
+    python, site = installed
+    assert not (site / "benchmarks").exists() and not (site / "horovod_scalecom/benchmarks").exists()
+    plan = run_in(python, "import sys, runpy; sys.argv[1:] = ['--model', 'resnet50', '--workers', "
+                  "'64', '--gbit', '25', '--backward-ms', '30']; "
+                  "runpy.run_module('horovod_scalecom.plan', run_name='__main__')", tmp_path)
+    assert plan.returncode == 0 and "resnet50" in plan.stdout, plan.stdout + plan.stderr
+    out = tmp_path / "host.json"
+    calibrate = run_in(python, "from horovod_scalecom.plan.calibrate import main; "
+                       f"main(['--out', {str(out)!r}, '--numel', '4096', '--repeats', '1'])",
+                       tmp_path)
+    assert calibrate.returncode == 0 and out.exists(), calibrate.stdout + calibrate.stderr

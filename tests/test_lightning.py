@@ -65,7 +65,7 @@ def reference():
     import torch
     from torch.utils.data import DistributedSampler, TensorDataset
 
-    from horovod_scalecom.benchmarks.tasks import digits, make_model
+    from benchmarks.tasks import digits, make_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)            # the workers' count: the same sums, the same bits

@@ -20,8 +20,9 @@ from horovod_scalecom.plan.__main__ import main
 from horovod_scalecom.plan.constants import Constants, gpu_projection, load, save
 from horovod_scalecom.plan.model import (DENSE, FP16, HOOK, METHODS, POWERSGD, RING, SCALECOM,
                                          SCALECOM_METHODS, Cluster, Settings, predict)
-from horovod_scalecom.plan.validate import DATA, cells
 from horovod_scalecom.plan.workload import MODELS, load_shapes, model_shapes, numels
+
+from benchmarks.validate_plan import DATA, cells
 
 from mpi import ROOT
 

@@ -7,7 +7,9 @@
 through Horovod's allreduce, the ScaleCom ring, ScaleCom's DDP hook),
 ``constants`` the per-element and per-byte costs it needs, ``calibrate``
 measures them on this host with the package's own C++ kernels, ``workload``
-the gradient shapes. Nothing here imports Horovod: the planner runs on a
-laptop before any cluster exists. docs/benchmarks.md ("Predicting a step on
-your cluster") compares the model with every measured network cell.
+the gradient shapes (``shapes``: the named models'). Nothing here imports
+Horovod: the planner runs on a laptop before any cluster exists.
+docs/benchmarks.md ("Predicting a step on your cluster") compares the model
+with every measured network cell (``python -m benchmarks.validate_plan``,
+from a checkout).
 """

@@ -26,6 +26,7 @@ import argparse
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -37,10 +38,22 @@ CHUNK = 1 << 20
 PINGS = 2000
 
 
+def timeit(fn, repeats: int) -> float:
+    """The median of ``repeats`` timed calls of ``fn``, after one untimed
+    warm-up call (page faults, the allocator); benchmarks.core_step times the
+    same way."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def kernels(numel: int, ratio: float, repeats: int) -> dict[str, float]:
     """Per-element seconds of the kernels and torch passes, and per-tensor call cost."""
     import torch
-    from horovod_scalecom.benchmarks.core_step import timeit    # imports torch: lazily too
     from horovod_scalecom.config import num_selected
     from horovod_scalecom.torch._ops import ops
 
@@ -81,7 +94,6 @@ def _powersgd(repeats: int, rows: int = 1024, cols: int = 2304, rank: int = 4) -
     """Per element: torch's powerSGD_hook's arithmetic on one matrix (error
     feedback, P = M Q, orthogonalise P, Q = M^T P, the approximation P Q^T)."""
     import torch
-    from horovod_scalecom.benchmarks.core_step import timeit
     gen = torch.Generator().manual_seed(1)
     grad = torch.randn(rows, cols, generator=gen)
     error = torch.zeros(rows, cols)

@@ -1,7 +1,8 @@
 """The gradient shapes a plan is made for: a named model or the user's own.
 
-Named models reuse the benchmarks' shape lists (ResNet-50, BERT-base) and add
-a 1B-parameter decoder-only transformer. A user's own model comes from a
+Named models are the shape lists in ``shapes`` (ResNet-50, BERT-base, a
+1B-parameter decoder-only transformer, a small transformer-like list; the
+exchange benchmark times the same lists). A user's own model comes from a
 file: a JSON list of tensor sizes or shapes (``[1024, [512, 512], ...]``), or
 a saved torch state_dict / checkpoint (``.pt``/``.pth``/``.bin``), whose
 floating-point tensors are the parameters.
@@ -14,26 +15,11 @@ import math
 import os
 from typing import Sequence
 
-from horovod_scalecom.benchmarks.shapes import MODELS as BENCHMARK_MODELS
+from horovod_scalecom.plan.shapes import (Shape, bert_base, resnet50, transformer_1b,
+                                          transformer_small)
 
-Shape = tuple[int, ...]
-
-
-def transformer_1b(vocab: int = 50304, hidden: int = 2048, layers: int = 20,
-                   context: int = 2048) -> list[Shape]:
-    """A GPT-style decoder (pre-norm, 4x MLP, learned positions, tied output
-    embedding): 20 layers of width 2048, 1,114,386,432 parameters."""
-    shapes: list[Shape] = [(vocab, hidden), (context, hidden)]
-    for _ in range(layers):
-        shapes += [(hidden,), (hidden,), (3 * hidden, hidden), (3 * hidden,),
-                   (hidden, hidden), (hidden,), (hidden,), (hidden,),
-                   (4 * hidden, hidden), (4 * hidden,), (hidden, 4 * hidden), (hidden,)]
-    return shapes + [(hidden,), (hidden,)]
-
-
-MODELS = {"resnet50": BENCHMARK_MODELS["resnet50"], "bert-base": BENCHMARK_MODELS["bert-base"],
-          "transformer-1b": transformer_1b,
-          "transformer-small": BENCHMARK_MODELS["transformer-small"]}
+MODELS = {"resnet50": resnet50, "bert-base": bert_base, "transformer-1b": transformer_1b,
+          "transformer-small": transformer_small}
 
 
 def _shape(item, where: str) -> Shape:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from horovod_scalecom.benchmarks.tasks import digits, make_model
+from benchmarks.tasks import digits, make_model
 
 MICRO, SAVE_AT, ACCUMULATE, RATIO, LR, SEED, BATCH = 12, 6, 2, 0.05, 0.05, 0, 16
 

@@ -11,7 +11,7 @@ Three data sets:
   1,000 test sequences of 40 samples, 10 classes. Small models separate
   clearly on it (the paper: logistic regression 32%, MLP 68%, CNN 94%).
 * ``synthetic``: the examples' teacher-network task
-  (horovod_scalecom.benchmarks.synthetic).
+  (benchmarks.synthetic).
 
 Two models for each: an MLP and a CNN whose large tensors are all above
 ScaleCom's ``min_numel`` (1024), so the compressor sees most of the weights.
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from horovod_scalecom.benchmarks.synthetic import make_data
+from benchmarks.synthetic import make_data
 
 TASKS = ("digits", "mnist1d", "synthetic")
 MODELS = ("mlp", "cnn")

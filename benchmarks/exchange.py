@@ -1,6 +1,6 @@
 """Time one training step's gradient exchange, every method in the same run.
 
-    mpirun -np 4 python -m horovod_scalecom.benchmarks.exchange --model resnet50 \\
+    mpirun -np 4 python -m benchmarks.exchange --model resnet50 \\
         --rounds 5 --json exchange.json
 
 Methods: plain DDP and DDP with torch's fp16 compression hook (over gloo),
@@ -47,14 +47,18 @@ import torch
 import horovod.torch as hvd
 from horovod_scalecom import bytes_model
 from horovod_scalecom.buckets import DEFAULT_BUCKET_CAP_MB
-from horovod_scalecom.benchmarks.baselines import Params, TopkAllgather
-from horovod_scalecom.benchmarks.ddp_hooks import PowerSGD, ScaleComHook, TorchDDP
-from horovod_scalecom.benchmarks.methods import RING, SCALECOM, add_methods_option
-from horovod_scalecom.benchmarks.shapes import MODELS
+from horovod_scalecom.plan.shapes import bert_base, resnet50, transformer_small
 from horovod_scalecom.torch import DistributedOptimizer, ScaleCom
+
+from benchmarks.baselines import Params, TopkAllgather
+from benchmarks.ddp_hooks import PowerSGD, ScaleComHook, TorchDDP
+from benchmarks.methods import RING, SCALECOM, add_methods_option
 
 METHODS = ("ddp dense", "ddp fp16", "powersgd", "ddp hook", "dense", "fp16", "topk",
            SCALECOM, RING)
+# The planner's shape lists, and a small MLP-like list for quick runs and the tests.
+MODELS = {"resnet50": resnet50, "bert-base": bert_base, "transformer-small": transformer_small,
+          "mlp": lambda: [(1024, 1024)] * 4 + [(1024,)] * 4}
 
 
 def master() -> str:

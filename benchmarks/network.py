@@ -1,6 +1,6 @@
 """Run the exchange benchmark on a bandwidth-limited network it builds and removes.
 
-    python -m horovod_scalecom.benchmarks.network --ranks 2 4 8 --rate 1gbit 10gbit \\
+    python -m benchmarks.network --ranks 2 4 8 --rate 1gbit 10gbit \\
         --model resnet50 --out docs/data/network
 
 Needs root, iproute2 and tc (Linux). For each rate and n it builds a small
@@ -108,7 +108,7 @@ def run_exchange(ranks: int, workdir: Path, exchange_args: list[str], out: Path,
            "--mca", "oob_tcp_if_include", f"{SUBNET}.0/24",
            "-x", "PMIX_MCA_ptl_tcp_if_include", "-x", "SCALECOM_BENCH_MASTER",
            "-x", "OMP_NUM_THREADS", "-x", "PATH", "-x", "PYTHONPATH",
-           str(wrapper), sys.executable, "-m", "horovod_scalecom.benchmarks.exchange",
+           str(wrapper), sys.executable, "-m", "benchmarks.exchange",
            *exchange_args, "--json", str(out)]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
@@ -124,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="Every other flag goes to each run of benchmarks.exchange "
-               "(python -m horovod_scalecom.benchmarks.exchange --help lists them).")
+               "(python -m benchmarks.exchange --help lists them).")
     parser.add_argument("--ranks", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--rate", nargs="+", default=["1gbit"], help="tc rates, e.g. 1gbit")
     parser.add_argument("--delay", help="netem delay per link direction, e.g. 100us")

@@ -1,6 +1,6 @@
 """Convergence study: n simulated workers in one process, exact to the reference.
 
-    python -m horovod_scalecom.benchmarks.convergence --task mnist1d --models mlp cnn \\
+    python -m benchmarks.convergence --task mnist1d --models mlp cnn \\
         --ranks 4 16 --batch-per-rank 16 --steps 1500 --lr 0.05 --ratios 0.01 0.0025 \\
         --methods dense scalecom topk --betas 0.1 0.5 1 --seeds 0 1 2 --tag normal --json F
 
@@ -41,13 +41,13 @@ import torch
 from torch.func import functional_call, grad_and_value, vmap
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.benchmarks.batched import (K_POLICIES, BatchedHorovodPath, LayerKTopk,
-                                                 layer_k)
-from horovod_scalecom.benchmarks.diagnostics import Tracker, step_figures
-from horovod_scalecom.benchmarks.tasks import MODELS, TASKS, load_task, make_model
 from horovod_scalecom.config import DEFAULT_CLIP_FACTOR, DEFAULTS, ScaleComConfig
 from horovod_scalecom.reference import TopkAllgatherSimulator
 from horovod_scalecom.reference.horovod_path import allreduce_mean
+
+from benchmarks.batched import K_POLICIES, BatchedHorovodPath, LayerKTopk, layer_k
+from benchmarks.diagnostics import Tracker, step_figures
+from benchmarks.tasks import MODELS, TASKS, load_task, make_model
 
 METHODS = ("dense", "scalecom", "ef", "topk")
 # The two learning-rate settings of docs/convergence.md; everything else is shared.

@@ -1,6 +1,6 @@
 """Tables and plots from benchmarks.network's JSON files (plots need matplotlib).
 
-    python -m horovod_scalecom.benchmarks.plot_network docs/data/network_resnet50_*.json \\
+    python -m benchmarks.plot_network docs/data/network_resnet50_*.json \\
         --out docs/img/network_resnet50
 
 Prints one Markdown table per rate (rank 0's figures: medians over the
@@ -16,9 +16,9 @@ import argparse
 import json
 from collections import defaultdict
 
-from horovod_scalecom.benchmarks.methods import RING, SCALECOM, renamed_row
-from horovod_scalecom.benchmarks.plot_convergence import label, save
-from horovod_scalecom.benchmarks._pyplot import pyplot
+from benchmarks.methods import RING, SCALECOM, renamed_row
+from benchmarks.plot_convergence import label, save
+from benchmarks._pyplot import pyplot
 
 ORDER = ("dense", "fp16", "topk", "ddp dense", "ddp fp16", "powersgd", "ddp hook", SCALECOM,
          RING)

@@ -1,8 +1,8 @@
 """Gradient shapes of real models, as lists (no downloads, no model code).
 
 Each function returns the parameter shapes in registration order, which is
-all an exchange benchmark needs: the tensors' sizes decide what the
-compressors select and what the network carries.
+all the planner and an exchange benchmark need: the tensors' sizes decide
+what the compressors select and what the network carries.
 """
 
 from __future__ import annotations
@@ -43,5 +43,13 @@ def transformer_small() -> list[Shape]:
             + [(8000, 512)])
 
 
-MODELS = {"resnet50": resnet50, "bert-base": bert_base, "transformer-small": transformer_small,
-          "mlp": lambda: [(1024, 1024)] * 4 + [(1024,)] * 4}
+def transformer_1b(vocab: int = 50304, hidden: int = 2048, layers: int = 20,
+                   context: int = 2048) -> list[Shape]:
+    """A GPT-style decoder (pre-norm, 4x MLP, learned positions, tied output
+    embedding): 20 layers of width 2048, 1,114,386,432 parameters."""
+    shapes: list[Shape] = [(vocab, hidden), (context, hidden)]
+    for _ in range(layers):
+        shapes += [(hidden,), (hidden,), (3 * hidden, hidden), (3 * hidden,),
+                   (hidden, hidden), (hidden,), (hidden,), (hidden,),
+                   (4 * hidden, hidden), (4 * hidden,), (hidden, 4 * hidden), (hidden,)]
+    return shapes + [(hidden,), (hidden,)]

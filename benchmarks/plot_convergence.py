@@ -1,6 +1,6 @@
 """Plots and a Markdown table from the convergence study's JSON (needs matplotlib).
 
-    python -m horovod_scalecom.benchmarks.plot_convergence docs/convergence/normal.json \\
+    python -m benchmarks.plot_convergence docs/convergence/normal.json \\
         --out docs/img/normal
 
 Writes OUT_acc.png (final test accuracy against compression, one panel per
@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from horovod_scalecom.benchmarks._pyplot import pyplot
+from benchmarks._pyplot import pyplot
 
 LABELS = {"dense": "dense (Horovod)", "scalecom": "ScaleCom (beta 0.1)",
           "ef": "CLT-k + classic EF (beta 1)", "topk": "local top-k + allgather"}

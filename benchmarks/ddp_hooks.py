@@ -24,7 +24,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.benchmarks.baselines import Params
+
+from benchmarks.baselines import Params
 
 
 def init_gloo(rank: int, size: int, master: str) -> None:

@@ -1,6 +1,6 @@
 """Table and plot of the convergence study (docs/convergence.md; the plot needs matplotlib).
 
-    python -m horovod_scalecom.benchmarks.plot_study docs/data/study/*.json --out docs/img/study
+    python -m benchmarks.plot_study docs/data/study/*.json --out docs/img/study
 
 Reads convergence-study runs (any number of files), groups them by data
 set, model, regime (the runs' ``--tag``), n and ratio, and prints one
@@ -19,7 +19,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from horovod_scalecom.benchmarks._pyplot import pyplot
+from benchmarks._pyplot import pyplot
 
 
 def variant(run: dict) -> str:

@@ -1,6 +1,6 @@
 """Table and plot of the defaults study (docs/convergence.md, section 0; needs matplotlib).
 
-    python -m horovod_scalecom.benchmarks.plot_defaults \\
+    python -m benchmarks.plot_defaults \\
         normal=docs/data/digits_normal.json recipe=docs/data/digits_recipe.json \\
         recipe+warm-up=docs/data/digits_recipe_warmup.json --out docs/img/digits
 
@@ -20,7 +20,8 @@ from collections import defaultdict
 import numpy as np
 
 from horovod_scalecom.config import DEFAULT_CLIP_FACTOR
-from horovod_scalecom.benchmarks._pyplot import pyplot
+
+from benchmarks._pyplot import pyplot
 
 BETAS = (0.05, 0.1, 0.2, 0.3, 1.0)
 

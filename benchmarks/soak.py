@@ -1,6 +1,6 @@
 """Soak run: many steps of a small model, watching resident memory and buffers.
 
-    mpirun -np 2 python -m horovod_scalecom.benchmarks.soak --method scalecom --steps 20000 \\
+    mpirun -np 2 python -m benchmarks.soak --method scalecom --steps 20000 \\
         --json soak_scalecom.json
 
 Trains the examples' MLP on the synthetic task with ScaleCom through
@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 import horovod.torch as hvd
-from horovod_scalecom.benchmarks.methods import RING, SCALECOM, method_name
-from horovod_scalecom.benchmarks.synthetic import make_data
 from horovod_scalecom.torch import DistributedOptimizer, ScaleCom
+
+from benchmarks.methods import RING, SCALECOM, method_name
+from benchmarks.synthetic import make_data
 
 
 def rss_mb() -> float:

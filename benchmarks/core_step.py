@@ -1,6 +1,6 @@
 """Time one ScaleCom step of the C++ core against plain torch, on the CPU.
 
-    python -m horovod_scalecom.benchmarks.core_step [--sizes 1e6 10e6 25e6]
+    python -m benchmarks.core_step [--sizes 1e6 10e6 25e6]
 
 For each size, ratio and thread count it times, median of --repeats runs:
 
@@ -27,17 +27,8 @@ import time
 import torch
 
 from horovod_scalecom.config import num_selected
+from horovod_scalecom.plan.calibrate import timeit
 from horovod_scalecom.torch._ops import ops
-
-
-def timeit(fn, repeats: int) -> float:
-    fn()  # warm-up: page faults and allocator
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def torch_step(m: torch.Tensor, g: torch.Tensor, k: int, beta: float) -> torch.Tensor:

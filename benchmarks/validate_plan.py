@@ -1,6 +1,6 @@
 """The model's prediction beside every measured cell of the network benchmark.
 
-    python -m horovod_scalecom.plan.validate --constants docs/data/plan/calibration.json
+    python -m benchmarks.validate_plan --constants docs/data/plan/calibration.json
 
 Reads the benchmark's JSON (docs/data/network_*.json, docs/data/overlap/,
 docs/data/ddp/) and predicts each row with that run's own setting: all n
@@ -19,10 +19,11 @@ import json
 import os
 from typing import Iterable
 
-from horovod_scalecom.benchmarks.methods import method_name
 from horovod_scalecom.plan.constants import Constants, load
 from horovod_scalecom.plan.model import METHODS, Cluster, Settings, predict
 from horovod_scalecom.plan.workload import model_shapes
+
+from benchmarks.methods import method_name
 
 DATA = ("docs/data/overlap/network_*.json", "docs/data/network_*.json", "docs/data/ddp/*.json")
 RATES = {"1gbit": 1.0, "10gbit": 10.0}

@@ -1,6 +1,6 @@
 """Projected speedup of the ScaleCom ring over dense, against bandwidth and n.
 
-    python -m horovod_scalecom.plan.figure --constants docs/data/plan/calibration.json \\
+    python -m benchmarks.plot_plan --constants docs/data/plan/calibration.json \\
         --out docs/img/plan_speedup.png
 
 One panel per model (ResNet-50, BERT-base, a 1B-parameter transformer), one
@@ -20,6 +20,8 @@ import numpy as np
 from horovod_scalecom.plan.constants import gpu_projection, load
 from horovod_scalecom.plan.model import DENSE, RING, Cluster, Settings, predict
 from horovod_scalecom.plan.workload import model_shapes
+
+from benchmarks._pyplot import pyplot
 
 A100_HBM = 2.039e12
 #: Backward of one A100 80GB step, ms, and how it was derived (docs/benchmarks.md).
@@ -62,7 +64,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-us", type=float, default=10.0,
                         help="one message's latency on the projected network")
     args = parser.parse_args(argv)
-    from horovod_scalecom.benchmarks._pyplot import pyplot
     plt = pyplot()
     data = curves(args.constants, args.latency_us)
     fig, axes = plt.subplots(1, len(data), figsize=(4.2 * len(data), 3.8), sharey=True)

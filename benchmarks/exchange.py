@@ -8,10 +8,9 @@ PowerSGD (torch DDP hook over gloo, rank 4), ScaleCom's DDP hook
 (over gloo, at --hook-ratio), Horovod dense allreduce, Horovod fp16, local
 top-k + allgather with error feedback (GRACE/DGC), "scalecom" (ScaleCom
 through Horovod's allreduce: hvd.DistributedOptimizer + ScaleCom) and
-"scalecom ring" (the ScaleCom ring, this package's DistributedOptimizer);
-the older names "path A" and "path B" are read as these two. The DDP methods
-are set up first: after Horovod's fp16 allreduce PowerSGD's gloo group was
-seen to hang inside the network namespaces.
+"scalecom ring" (the ScaleCom ring, this package's DistributedOptimizer).
+The DDP methods are set up first: after Horovod's fp16 allreduce PowerSGD's
+gloo group was seen to hang inside the network namespaces.
 Each exchanges fixed random gradients of the model's shapes (no downloads)
 after --warmup steps per method. The methods take turns: --rounds rounds,
 each timing --steps steps of every method (and of backward alone) one after

@@ -6,8 +6,7 @@
 Prints one Markdown table per rate (rank 0's figures: medians over the
 measured steps) and writes OUT.png: communication time, bytes per rank and
 speedup over dense against n, and the CPU compression cost, one row of
-panels per rate. Files saved under the older method names ("path A",
-"path B") are read under the current ones (benchmarks.methods).
+panels per rate.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import argparse
 import json
 from collections import defaultdict
 
-from benchmarks.methods import RING, SCALECOM, renamed_row
+from benchmarks.methods import RING, SCALECOM
 from benchmarks.plot_convergence import label, save
 from benchmarks._pyplot import pyplot
 
@@ -37,8 +36,7 @@ def load(paths):
     for path in paths:
         with open(path) as f:
             run = json.load(f)
-        rows = [renamed_row(r) for r in run["rows"]]
-        by_rate[run["label"] or "loopback"][run["ranks"]] = {r["method"]: r for r in rows}
+        by_rate[run["label"] or "loopback"][run["ranks"]] = {r["method"]: r for r in run["rows"]}
     return by_rate
 
 

@@ -6,8 +6,7 @@
 Trains the examples' MLP on the synthetic task with ScaleCom through
 Horovod's allreduce (``--method scalecom``: hvd.DistributedOptimizer) or on
 the ScaleCom ring (``--method "scalecom ring"``: this package's
-DistributedOptimizer); the older ``--path a`` and ``--path b`` still select
-them. Every --every steps each rank samples its resident set size
+DistributedOptimizer). Every --every steps each rank samples its resident set size
 (/proc/self/statm), the number of live torch tensors (a gc scan), ScaleCom's
 memory buffers and their bytes, and the step time; rank 0 prints the samples
 and writes them, with every rank's RSS, as JSON. After warm-up (the first
@@ -28,7 +27,7 @@ import torch
 import horovod.torch as hvd
 from horovod_scalecom.torch import DistributedOptimizer, ScaleCom
 
-from benchmarks.methods import RING, SCALECOM, method_name
+from benchmarks.methods import RING, SCALECOM
 from benchmarks.synthetic import make_data
 
 
@@ -44,18 +43,12 @@ def live_tensors() -> int:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", type=method_name, choices=(SCALECOM, RING),
-                        default=SCALECOM)
-    parser.add_argument("--path", choices=["a", "b"],
-                        help=f'older spelling of --method: a = "{SCALECOM}", b = "{RING}"')
+    parser.add_argument("--method", choices=(SCALECOM, RING), default=SCALECOM)
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--every", type=int, default=1000)
     parser.add_argument("--ratio", type=float, default=0.01)
     parser.add_argument("--json")
-    args = parser.parse_args()
-    if args.path:
-        args.method = method_name(f"path {args.path}")
-    return args
+    return parser.parse_args()
 
 
 def build(method: str, ratio: float) -> tuple[torch.nn.Module, ScaleCom, torch.optim.Optimizer]:

@@ -23,8 +23,6 @@ from horovod_scalecom.plan.constants import Constants, load
 from horovod_scalecom.plan.model import METHODS, Cluster, Settings, predict
 from horovod_scalecom.plan.workload import model_shapes
 
-from benchmarks.methods import method_name
-
 DATA = ("docs/data/overlap/network_*.json", "docs/data/network_*.json", "docs/data/ddp/*.json")
 RATES = {"1gbit": 1.0, "10gbit": 10.0}
 
@@ -42,7 +40,7 @@ def cells(paths: Iterable[str], c: Constants) -> list[dict]:
                             powersgd_bucket_mb=None)
         shapes = model_shapes(run["model"])
         for row in run["rows"]:
-            method = method_name(row["method"])
+            method = row["method"]
             if method not in METHODS:
                 continue
             cluster = Cluster(workers=n, gbit=gbit, backward_s=row["backward_s"],

@@ -16,7 +16,7 @@ from horovod_scalecom.plan.workload import MODELS
 from horovod_scalecom.reference import TopkAllgatherSimulator
 
 from benchmarks.methods import RING, SCALECOM, add_methods_option
-from benchmarks.plot_network import NAMES, load, tables
+from benchmarks.plot_network import NAMES, ORDER, load, tables
 
 from mpi import ROOT, mpirun_command, requires, run_bounded
 
@@ -107,34 +107,46 @@ def test_exchange_benchmark_runs_every_method(tmp_path):
             assert row["bytes_per_rank"] < dense / 10, name
 
 
-def test_older_method_names_are_read_under_the_new_ones(tmp_path):
-    # "path A" and "path B" on the command line and in saved JSON (docs/data)
-    # are "scalecom" and "scalecom ring"; other names pass through unchanged.
+def test_methods_take_the_current_names_and_the_tables_show_them(tmp_path):
     parser = argparse.ArgumentParser()
     add_methods_option(parser, ("dense", SCALECOM, RING))
     assert parser.parse_args([]).methods == ["dense", "scalecom", "scalecom ring"]
-    assert parser.parse_args(["--methods", "dense", "path A", "path B"]).methods == [
-        "dense", "scalecom", "scalecom ring"]
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--methods", "path C"])
+    assert parser.parse_args(["--methods", "dense", "scalecom ring"]).methods == [
+        "dense", "scalecom ring"]
+    for name in ("path A", "path C"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--methods", name])
 
     row = {"step_s": 0.5, "comm_s": 0.25, "compress_s": 0.125, "bytes_per_rank": 2e6,
            "compression": 50.0}
-    saved = tmp_path / "old.json"
+    saved = tmp_path / "run.json"
     saved.write_text(json.dumps({"label": "1gbit", "ranks": 2, "rows": [
         {**row, "method": "dense", "step_s": 1.0, "compress_s": None},
-        {**row, "method": "path A"}, {**row, "method": "path B", "step_s": 0.25}]}))
+        {**row, "method": SCALECOM}, {**row, "method": RING, "step_s": 0.25}]}))
     rows = load([saved])["1gbit"][2]
     assert set(rows) == {"dense", "scalecom", "scalecom ring"}
-    assert rows["scalecom"]["method"] == "scalecom" and rows["scalecom"]["step_s"] == 0.5
-    assert rows["scalecom ring"]["step_s"] == 0.25
+    assert rows["scalecom"]["step_s"] == 0.5 and rows["scalecom ring"]["step_s"] == 0.25
     table = tables(load([saved]))
     assert f"| 2 | {NAMES['scalecom']} | 500.0 | 250.0 | 125.0 | 2.000 | 50.0x | 2.00x |" in table
     assert f"| 2 | {NAMES['scalecom ring']} | 250.0 |" in table
-    assert "path A" not in table and "path B" not in table
 
-    # The published figures, saved under the older names, load under the new ones.
-    published = load([ROOT / "docs" / "data" / "overlap" / "network_resnet50_1gbit_n2.json"])
+
+def test_the_published_figures_name_their_methods_as_the_benchmarks_do():
+    # docs/data's network, overlap and DDP runs and the two soak runs: every
+    # method (each row's, and each rank's within it) is one the benchmarks run.
+    data = ROOT / "docs" / "data"
+    runs = [json.loads(p.read_text()) for pattern in ("network_*.json", "overlap/*.json",
+                                                      "ddp/*.json")
+            for p in sorted(data.glob(pattern))]
+    assert len(runs) == 21
+    rows = [r for run in runs for r in run["rows"]]
+    per_rank = [p for r in rows for p in r.get("per_rank", []) if isinstance(p, dict)]
+    methods = {r["method"] for r in rows + per_rank if "method" in r}
+    assert {SCALECOM, RING} <= methods <= set(ORDER), methods
+    assert sum("method" in p for p in per_rank) > 0
+    for name, method in (("soak_scalecom.json", SCALECOM), ("soak_scalecom_ring.json", RING)):
+        assert json.loads((data / name).read_text())["method"] == method
+    published = load([data / "overlap" / "network_resnet50_1gbit_n2.json"])
     assert {"dense", "scalecom", "scalecom ring"} <= set(published["1gbit"][2])
 
 

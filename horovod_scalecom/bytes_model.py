@@ -6,6 +6,8 @@ tensor; k selected elements.
 
 from __future__ import annotations
 
+__all__ = ["dense_ring_allreduce", "horovod_path", "ring", "topk_allgather"]
+
 VALUE_BYTES = 4
 INDEX_BYTES = 4
 

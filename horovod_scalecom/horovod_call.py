@@ -1,83 +1,16 @@
-"""What ScaleCom reads of the Horovod call that hands it a gradient.
-
-Horovod's Compressor interface passes the tensor alone: not the reduction op,
-not the process set, not the parameter (``sparse_as_dense`` hands over a
-densified copy). ScaleCom needs them to refuse what it cannot do (Adasum, Min,
-Max, a process set other than its own) with an error that names the argument,
-before a collective that not every rank joins, and to find the parameter
-behind a copy. They are the locals of Horovod's own frame one or two levels
-above ``compress``:
-
-- torch: ``_DistributedOptimizer._allreduce_grad_async(self, p)`` and
-  ``_grouped_allreduce_grad_async(self, ps)`` (``self.op``,
-  ``self.process_set``, ``p``);
-- TensorFlow: ``horovod.tensorflow.allreduce(tensor, ..., op, ...,
-  process_set)`` and ``grouped_allreduce``.
-
-Where the caller is not Horovod (a direct call, a test) nothing is read and
-nothing is checked. Horovod 0.28.1 is the release this was written against.
+"""ScaleCom's refusals of Horovod calls it cannot serve, and the wording
+shared by the torch and TensorFlow halves about Horovod's process sets and
+Elastic. The call itself is read by horovod_scalecom.horovod_internals.
 """
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
 from typing import Any
 
+# horovod_call: torch/compression.py's import, until it imports it from horovod_internals.
+from horovod_scalecom.horovod_internals import HorovodCall, horovod_call  # noqa: F401
+
 _MISSING = object()
-
-
-@dataclass
-class HorovodCall:
-    """The reduction and the process set of the allreduce that will carry the
-    compressed values, and (torch) the parameter whose gradient it is."""
-
-    function: str       # Horovod's function: which collective carries the values
-    op: Any
-    process_set: Any
-    param: Any = None
-    owner: Any = None   # torch: the Horovod optimizer making the call
-
-
-def horovod_call(depth: int = 2) -> HorovodCall | None:
-    """The Horovod frame ``depth`` levels up (or up to two levels above it,
-    past a list comprehension's frame), read as a HorovodCall.
-
-    Inside tf.function, autograph runs converted copies of Horovod's
-    functions (``tf__allreduce``, with Horovod's globals) and of their
-    branches (``else_body_13``), called through TensorFlow's own frames
-    (``converted_call``, ``if_stmt``): those are passed over, and the
-    function is the converted one's name without its ``tf__``."""
-    frame = sys._getframe(depth)
-    seen = 0
-    while frame is not None and seen < 3:
-        module = frame.f_globals.get("__name__", "")
-        name = frame.f_code.co_name
-        generated = "__autograph_generated_file" in frame.f_code.co_filename
-        if module.startswith("tensorflow."):
-            frame = frame.f_back          # autograph's machinery: not counted
-            continue
-        seen += 1
-        # A comprehension's frame (<listcomp>) sees the caller's `self` as a
-        # free variable: the function that made it is one level further up.
-        # An autograph branch body's function is further up as well.
-        if (module.startswith("horovod.") and not name.startswith("<")
-                and (not generated or name.startswith("tf__"))):
-            found = _read(name.removeprefix("tf__"), frame.f_locals)
-            if found is not None:
-                return found
-        frame = frame.f_back
-    return None
-
-
-def _read(function: str, local: dict[str, Any]) -> HorovodCall | None:
-    owner = local.get("self")
-    op = getattr(owner, "op", _MISSING) if owner is not None else local.get("op", _MISSING)
-    process_set = (getattr(owner, "process_set", _MISSING) if owner is not None
-                   else local.get("process_set", _MISSING))
-    if op is _MISSING or process_set is _MISSING:
-        return None
-    return HorovodCall(function, op, process_set, local.get("p"), owner)
 
 
 def same_process_set(a: Any, b: Any) -> bool:

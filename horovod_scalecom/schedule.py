@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["leader", "chunk_bounds", "chunk_owner", "owned_chunk"]
+
 
 def leader(step: int, offset: int, size: int) -> int:
     """Rank that selects the index set of a tensor at ``step``.

@@ -47,7 +47,8 @@ from horovod.tensorflow.compression import Compressor
 from horovod_scalecom import bytes_model
 from horovod_scalecom.config import (
     CLIP_NORM_EPS, DEFAULTS, ScaleComConfig, check_numel)
-from horovod_scalecom.horovod_call import check_call, horovod_call, unheld_error
+from horovod_scalecom.horovod_call import check_call, unheld_error
+from horovod_scalecom.horovod_internals import horovod_call, require
 from horovod_scalecom.ring import close_at_exit, load_ring
 from horovod_scalecom.stats import last_step, new_record
 from horovod_scalecom.tensorflow._ops import ops
@@ -55,6 +56,8 @@ from horovod_scalecom.tensorflow.collectives import (
     INDEX_SHARE, RING_INDEX_SHARE, check_agreement, share_indices, world)
 from horovod_scalecom.tensorflow.guard import Watch, divergence
 from horovod_scalecom.tensorflow.registry import Registry, TensorEntry
+
+require("tensorflow")   # the allreduce frames horovod_call reads
 
 
 @dataclass
@@ -150,35 +153,27 @@ class ScaleCom(tf.Module, Compressor):
         # The ring's engine (horovod_scalecom.tensorflow.ring), made at its first
         # exchange and kept here, not in the tape: eager code wraps a new tape
         # every step, and each engine is an MPI communicator and a thread.
-        self._ring_engine = None
-        self._in_ring = False       # set by use_in_ring()
-
-    @property
-    def clip_norm(self) -> float | None:
-        return self.config.clip_norm
-
-    @property
-    def stagger_leaders(self) -> bool:
-        return self.config.stagger_leaders
+        self._engine = None
+        self._in_ring = False       # set by _use_in_ring()
 
     @property
     def share_timeout(self) -> float:
         return self.config.share_timeout
 
-    def use_in_ring(self) -> None:
+    def _use_in_ring(self) -> None:
         """Called by the ScaleCom ring's wrappers when they take this ScaleCom:
         its exchanges run in the ring, which stats() reports (no leaders, the
         ring's bytes) from the first step on, warm-up included."""
         self._in_ring = True
 
-    def ring_engine(self) -> Any:
+    def _ring_engine(self) -> Any:
         """The ring engine (horovod_scalecom.tensorflow.ring), made at the first
         exchange, which every rank reaches together (MPI_Comm_dup is collective
         and has no timeout), and kept with the memory it works on."""
-        if self._ring_engine is None:
-            self._ring_engine = load_ring().Engine()
-            close_at_exit(self._ring_engine)
-        return self._ring_engine
+        if self._engine is None:
+            self._engine = load_ring().Engine()
+            close_at_exit(self._engine)
+        return self._engine
 
     # -- Horovod's Compressor interface -------------------------------------------
 
@@ -197,16 +192,16 @@ class ScaleCom(tf.Module, Compressor):
         call = horovod_call()
         if call is not None:
             check_call(call, hvd, self.process_set)
-        self.check_config()
+        self._check_config()
         numel = tensor.shape.num_elements()
         # The incoming gradient belongs to the graph that holds all of them;
         # ops made here (the clipping) land in Horovod's per-tensor cond branch.
         offset = self._registry.next_index(tensor.graph)
-        tensor = self.clip(tensor)
-        key = self.key_of(offset, tensor.shape)
-        if self.always_dense(tensor):
+        tensor = self._clip_norm(tensor)
+        key = self._key_of(offset, tensor.shape)
+        if self._always_dense(tensor):
             return tensor, None
-        entry = self.prepare(key, tensor.name, numel, offset)
+        entry = self._prepare(key, tensor.name, numel, offset)
         memory, step = self.memory[key], self.steps[key]
         size, rank = world(self.process_set)
 
@@ -241,13 +236,13 @@ class ScaleCom(tf.Module, Compressor):
             step.assign_add(1)
         return payload, _Ctx(entry, dense, indices, t, tensor.shape, tensor.dtype)
 
-    def clip(self, tensor: tf.Tensor) -> tf.Tensor:
+    def _clip_norm(self, tensor: tf.Tensor) -> tf.Tensor:
         """This worker's gradient scaled to norm <= clip_norm (unchanged without
         it), whether it goes dense or not: the rule is per gradient."""
-        if self.clip_norm is None or not tensor.dtype.is_floating:
+        if self.config.clip_norm is None or not tensor.dtype.is_floating:
             return tensor
         norm = tf.norm(tf.cast(tensor, tf.float32))
-        scale = tf.minimum(1.0, self.clip_norm / (norm + CLIP_NORM_EPS))
+        scale = tf.minimum(1.0, self.config.clip_norm / (norm + CLIP_NORM_EPS))
         return tensor * tf.cast(scale, tensor.dtype)
 
     def decompress(self, tensor: tf.Tensor, ctx: _Ctx | None) -> tf.Tensor:
@@ -301,7 +296,7 @@ class ScaleCom(tf.Module, Compressor):
         return last_step(records, divergence(self.watch),
                          RING_INDEX_SHARE if ring else INDEX_SHARE)
 
-    def check_config(self) -> None:
+    def _check_config(self) -> None:
         """Once, when the first exchange is traced: every rank must run ScaleCom
         with the same knobs. A different ratio would pair index sets of
         different sizes (Horovod's shape error, far from the cause); a
@@ -352,23 +347,23 @@ class ScaleCom(tf.Module, Compressor):
         for key, step in steps.items():
             if key in self.steps:
                 self.steps[key].assign(step)
-        self.check_config()
+        self._check_config()
 
     # -- the gradients, for compress and the ring (horovod_scalecom.tensorflow.ring) ----
 
-    def always_dense(self, tensor: tf.Tensor) -> bool:
+    def _always_dense(self, tensor: tf.Tensor) -> bool:
         """ScaleComConfig.always_dense: tensors of unknown size, below
         ``min_numel`` or of a dtype other than float32, float16 and bfloat16
         are never compressed (warm-up steps and ``enabled`` decide the others'
         steps when the graph runs)."""
         return self.config.always_dense(tensor.shape.num_elements(), tensor.dtype)
 
-    def key_of(self, offset: int, shape: tf.TensorShape) -> str:
+    def _key_of(self, offset: int, shape: tf.TensorShape) -> str:
         """The key of the gradient at position ``offset`` of the variable list,
         of this shape, remembered; a position seen with another shape raises."""
         return self._registry.record(offset, shape)
 
-    def prepare(self, key: str, tensor_name: str, numel: int, offset: int) -> TensorEntry:
+    def _prepare(self, key: str, tensor_name: str, numel: int, offset: int) -> TensorEntry:
         """The gradient's entry; the first time, its numel is checked and its
         variables (memory, step counter, guard) are made, outside any trace.
         ``tensor_name`` names it in errors."""
@@ -376,7 +371,7 @@ class ScaleCom(tf.Module, Compressor):
         if key not in entries:
             check_numel(numel, tensor_name)
             op_name = f"scalecom_{offset}"
-            entries[key] = TensorEntry(key, op_name, offset if self.stagger_leaders else 0,
+            entries[key] = TensorEntry(key, op_name, offset if self.config.stagger_leaders else 0,
                                        numel, self.config.k(numel))
             with tf.init_scope():
                 var_name = re.sub(r"[^A-Za-z0-9_.\-]", "_", key)

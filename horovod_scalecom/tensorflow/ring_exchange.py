@@ -75,7 +75,7 @@ class RingExchange:
         self.groups = check_groups_value(ours, groups)
         self.device = {"device_dense": device_dense, "device_sparse": device_sparse}
         self.scale_local_gradients = bool(scale_local_gradients)
-        compression.use_in_ring()
+        compression._use_in_ring()
         self.last_bytes = 0
         self.last_nonfinite = 0     # memory entries that refused a NaN/Inf update, last step
         self.last_groups = 0        # ring exchanges (fused messages) of the last step
@@ -124,13 +124,13 @@ class RingExchange:
                     out[i] = self._sparse(i, grad, variables[i] if variables else None)
                     continue
                 grad = tf.convert_to_tensor(grad)
-            grad = compression.clip(grad)
-            if hvd.size() == 1 or compression.always_dense(grad):
+            grad = compression._clip_norm(grad)
+            if hvd.size() == 1 or compression._always_dense(grad):
                 out[i] = hvd.allreduce(grad, op=hvd.Average, name=f"scalecom_dense_{i}",
                                        **self.device)
                 continue
-            key = compression.key_of(i, grad.shape)
-            entry = compression.prepare(key, grad.name if hasattr(grad, "name") else key,
+            key = compression._key_of(i, grad.shape)
+            entry = compression._prepare(key, grad.name if hasattr(grad, "name") else key,
                                         grad.shape.num_elements(), i)
             ring.append((i, grad, entry))
         return ring
@@ -167,7 +167,7 @@ class RingExchange:
         """The averaged gradients, in the order given (None stays None).
         ``variables``: the gradients' variables or tape sources (for groups
         and names); ``local``: refs of those whose gradients stay local."""
-        self.compression.check_config()
+        self.compression._check_config()
         variables = list(variables) if variables is not None else [None] * len(grads)
         out = list(grads)
         positions = []
@@ -222,7 +222,7 @@ class RingExchange:
 
     def _exchange(self, sizes: list[int], step, *arrays):
         # Runs in Python (tf.numpy_function): every group queued, one wait.
-        engine = self.compression.ring_engine()
+        engine = self.compression._ring_engine()
         count = len(arrays) // 2
         memories = [np.array(a, dtype=np.float32, copy=True).reshape(-1) for a in arrays[:count]]
         grads = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in arrays[count:]]

@@ -15,7 +15,7 @@ the leader never waits inside ``compress`` (its own broadcast is awaited in
 still wait for each other: that schedule needs one hand-over order.
 
 Which tensors come at step t is read from the Horovod optimizer that calls
-``compress`` (its ``_requires_update``, the set its ``synchronize()``
+``compress`` (``horovod_internals.requires_update``, the set its ``synchronize()``
 completes); where the caller is not an optimizer, each rank posts as it
 arrives, which is enough for two ranks and for one hand-over order.
 """
@@ -29,7 +29,12 @@ from typing import Any, Callable
 import torch
 import horovod.torch as hvd
 
+from horovod_scalecom.horovod_internals import follows_updates, require, requires_update
 from horovod_scalecom.torch.waits import wait
+
+# The Horovod path (torch/compression.py, which imports this) reads Horovod's
+# frames and its optimizer's _requires_update.
+require("torch")
 
 
 class BroadcastShare:
@@ -49,7 +54,7 @@ class BroadcastShare:
 
     def follow(self, optimizer: Any) -> None:
         """The Horovod optimizer whose hand-overs this share foresees."""
-        if optimizer is not None and hasattr(optimizer, "_requires_update"):
+        if optimizer is not None and follows_updates(optimizer):
             self._optimizer = weakref.ref(optimizer)
 
     def reset(self) -> None:
@@ -74,7 +79,7 @@ class BroadcastShare:
         """The parameters the followed optimizer hands over at this step (its
         ``_requires_update``); None where no optimizer is followed."""
         optimizer = self._optimizer() if self._optimizer is not None else None
-        return None if optimizer is None else optimizer._requires_update
+        return None if optimizer is None else requires_update(optimizer)
 
     def complete(self, name: str, param: torch.Tensor, k: int, lead: int, step: int) -> None:
         """A tensor the other ranks posted a receive for at ``step`` (by the

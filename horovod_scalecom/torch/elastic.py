@@ -35,12 +35,15 @@ import torch
 from horovod.torch.elastic.state import StateHandler
 from horovod.torch.elastic.state import TorchState as HorovodTorchState
 
+from horovod_scalecom.horovod_internals import add_state_handler, require
 from horovod_scalecom.torch.compression import ScaleCom
+
+require("torch")   # TorchState's _handlers
 
 __all__ = ["TorchState"]
 
 
-class ScaleComStateHandler(StateHandler):
+class _ScaleComStateHandler(StateHandler):
     """Horovod's per-object handler (save / restore / sync) for a ScaleCom."""
 
     def __init__(self, scalecom: ScaleCom) -> None:
@@ -76,5 +79,5 @@ class TorchState(HorovodTorchState):
             raise TypeError("scalecom must be the horovod_scalecom.torch.ScaleCom given to "
                             f"hvd.DistributedOptimizer, got {type(scalecom).__name__}")
         super().__init__(model=model, optimizer=optimizer, **kwargs)
-        self._handlers["scalecom"] = ScaleComStateHandler(scalecom)
+        add_state_handler(self, "scalecom", _ScaleComStateHandler(scalecom))
         self.scalecom = scalecom

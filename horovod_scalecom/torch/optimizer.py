@@ -35,6 +35,7 @@ import torch
 import horovod.torch as hvd
 
 from horovod_scalecom.buckets import DEFAULT_BUCKET_CAP_MB, make_groups
+from horovod_scalecom.horovod_internals import HOROVOD_OPTIMIZER_MODULE, require
 from horovod_scalecom.ring import close_at_exit, load_ring, refuse_without_mpi
 from horovod_scalecom.ring_arguments import (
     check_backward_passes, check_groups, refuse_op, refuse_predivide, refuse_process_set,
@@ -43,11 +44,7 @@ from horovod_scalecom.torch._exit import horovod_barrier
 from horovod_scalecom.torch.compression import ScaleCom
 from horovod_scalecom.torch.ring_start import RingStart, ring_device
 
-
-# The module of Horovod's own wrapper class: hvd.broadcast_optimizer_state
-# recognises a distributed optimizer by it (Horovod 0.28.1). Written out, so
-# that a wrapper of hvd.DistributedOptimizer cannot change what is read.
-HOROVOD_OPTIMIZER_MODULE = "horovod.torch.optimizer"
+require("torch")   # hvd.broadcast_optimizer_state's test of the class's module
 
 # Who refuses, and what to use instead (horovod_scalecom.ring_arguments).
 OURS = "horovod_scalecom.torch.DistributedOptimizer"

@@ -29,13 +29,13 @@ HOROVODS = "horovod.tensorflow.keras.DistributedOptimizer"
 
 
 class _RingOptimizer:
-    """The methods mixed into the wrapped optimizer's class (its ``settings``:
+    """The methods mixed into the wrapped optimizer's class (its ``_scalecom_settings``:
     the wrapper's arguments, shared by copies made with ``from_config``)."""
 
-    settings: dict[str, Any] = {}
+    _scalecom_settings: dict[str, Any] = {}
 
     def __init__(self, **config: Any) -> None:
-        settings = self.settings
+        settings = self._scalecom_settings
         settings["base"].__init__(self, **config)
         self._name = settings["name"] or f"Distributed{settings['base'].__name__}"
         self.scalecom_exchange = ring_exchange(OURS, HOROVODS, **settings["exchange"])
@@ -72,7 +72,7 @@ class _RingOptimizer:
 
     def _compute_gradients(self, loss, var_list, grad_loss=None, tape=None):
         """The wrapped optimizer's (loss, variable) gradients, exchanged."""
-        base = super(self.settings["cls"], self)
+        base = super(self._scalecom_settings["cls"], self)
         tape = tf.GradientTape() if tape is None else tape
         if hasattr(base, "_compute_gradients"):      # Keras's legacy optimizers
             grads_and_vars = base._compute_gradients(loss, var_list, grad_loss, tape=tape)
@@ -96,7 +96,7 @@ class _RingOptimizer:
             grads_and_vars = list(zip(self._scalecom_allreduce(list(grads), list(variables)),
                                       variables))
         self._scalecom_exchanged = False
-        base = super(self.settings["cls"], self)
+        base = super(self._scalecom_settings["cls"], self)
         if self._agg_helper is None:
             return base.apply_gradients(grads_and_vars, *args, **kwargs)
 
@@ -152,7 +152,7 @@ def DistributedOptimizer(optimizer: tf.keras.optimizers.Optimizer, compression: 
     methods = {k: v for k, v in vars(_RingOptimizer).items()
                if k not in ("__dict__", "__weakref__", "__module__", "__qualname__")}
     cls = type(optimizer.__class__.__name__, (optimizer.__class__,),
-               {**methods, "settings": settings})
+               {**methods, "_scalecom_settings": settings})
     settings["cls"] = cls
     return cls.from_config(optimizer.get_config())
 

@@ -45,7 +45,7 @@ import torch
 
 import horovod.torch as hvd
 from horovod_scalecom import bytes_model
-from horovod_scalecom.buckets import DEFAULT_BUCKET_CAP_MB
+from horovod_scalecom.ring_buckets import DEFAULT_BUCKET_CAP_MB
 from horovod_scalecom.plan.shapes import bert_base, resnet50, transformer_small
 from horovod_scalecom.torch import DistributedOptimizer, ScaleCom
 

@@ -1,9 +1,9 @@
-"""How the ring groups gradients (horovod_scalecom.buckets): deterministic,
+"""How the ring groups gradients (horovod_scalecom.ring_buckets): deterministic,
 every tensor exactly once, in the order backward produces them."""
 
 import pytest
 
-from horovod_scalecom.buckets import bucket_by_size, even_groups, explicit_groups, make_groups
+from horovod_scalecom.ring_buckets import bucket_by_size, even_groups, explicit_groups, make_groups
 
 
 def flat(groups):

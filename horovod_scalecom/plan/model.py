@@ -56,7 +56,7 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from horovod_scalecom import bytes_model
-from horovod_scalecom.buckets import DEFAULT_BUCKET_CAP_MB, bucket_by_size
+from horovod_scalecom.ring_buckets import DEFAULT_BUCKET_CAP_MB, bucket_by_size
 from horovod_scalecom.config import DEFAULTS, num_selected
 from horovod_scalecom.plan.constants import Constants
 

@@ -19,6 +19,6 @@ def __getattr__(name: str):
         from horovod_scalecom.tensorflow.compression import ScaleCom
         return ScaleCom
     if name in ("DistributedGradientTape", "PartialDistributedGradientTape"):
-        from horovod_scalecom.tensorflow import ring
-        return getattr(ring, name)
+        from horovod_scalecom.tensorflow import ring_tape
+        return getattr(ring_tape, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

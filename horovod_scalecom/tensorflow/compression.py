@@ -52,7 +52,7 @@ from horovod_scalecom.horovod_internals import horovod_call, require
 from horovod_scalecom.ring import close_at_exit, load_ring
 from horovod_scalecom.stats import last_step, new_record
 from horovod_scalecom.tensorflow._ops import ops
-from horovod_scalecom.tensorflow.collectives import (
+from horovod_scalecom.tensorflow.horovod_collectives import (
     INDEX_SHARE, RING_INDEX_SHARE, check_agreement, share_indices, world)
 from horovod_scalecom.tensorflow.guard import Watch, divergence
 from horovod_scalecom.tensorflow.registry import Registry, TensorEntry
@@ -150,7 +150,7 @@ class ScaleCom(tf.Module, Compressor):
         # Under Horovod Elastic, horovod_scalecom.tensorflow.elastic's State tells
         # ScaleCom when the world changed (world_changed) and must hold it.
         self._held_by_state = False
-        # The ring's engine (horovod_scalecom.tensorflow.ring), made at its first
+        # The ring's engine (horovod_scalecom.tensorflow.ring_tape), made at its first
         # exchange and kept here, not in the tape: eager code wraps a new tape
         # every step, and each engine is an MPI communicator and a thread.
         self._engine = None
@@ -167,7 +167,7 @@ class ScaleCom(tf.Module, Compressor):
         self._in_ring = True
 
     def _ring_engine(self) -> Any:
-        """The ring engine (horovod_scalecom.tensorflow.ring), made at the first
+        """The ring engine (horovod_scalecom.tensorflow.ring_tape), made at the first
         exchange, which every rank reaches together (MPI_Comm_dup is collective
         and has no timeout), and kept with the memory it works on."""
         if self._engine is None:
@@ -349,7 +349,7 @@ class ScaleCom(tf.Module, Compressor):
                 self.steps[key].assign(step)
         self._check_config()
 
-    # -- the gradients, for compress and the ring (horovod_scalecom.tensorflow.ring) ----
+    # -- the gradients, for compress and the ring (horovod_scalecom.tensorflow.ring_tape) ----
 
     def _always_dense(self, tensor: tf.Tensor) -> bool:
         """ScaleComConfig.always_dense: tensors of unknown size, below

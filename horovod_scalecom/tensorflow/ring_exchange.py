@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 import horovod.tensorflow as hvd
 
-from horovod_scalecom.buckets import explicit_groups, even_groups
+from horovod_scalecom.ring_buckets import explicit_groups, even_groups
 from horovod_scalecom.tensorflow.compression import ScaleCom
 
 

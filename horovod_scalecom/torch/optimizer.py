@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import horovod.torch as hvd
 
-from horovod_scalecom.buckets import DEFAULT_BUCKET_CAP_MB, make_groups
+from horovod_scalecom.ring_buckets import DEFAULT_BUCKET_CAP_MB, make_groups
 from horovod_scalecom.horovod_internals import HOROVOD_OPTIMIZER_MODULE, require
 from horovod_scalecom.ring import close_at_exit, load_ring, refuse_without_mpi
 from horovod_scalecom.ring_arguments import (

@@ -20,9 +20,9 @@ import tensorflow as tf
 import horovod.tensorflow as hvd
 
 from horovod_scalecom.ring_arguments import check_backward_passes
-from horovod_scalecom.tensorflow.aggregation import LocalAggregation
+from horovod_scalecom.tensorflow.ring_aggregation import LocalAggregation
 from horovod_scalecom.tensorflow.compression import ScaleCom
-from horovod_scalecom.tensorflow.ring import local_weights, refuse_unknown, ring_exchange
+from horovod_scalecom.tensorflow.ring_tape import local_weights, refuse_unknown, ring_exchange
 
 OURS = "horovod_scalecom.tensorflow.keras.DistributedOptimizer"
 HOROVODS = "horovod.tensorflow.keras.DistributedOptimizer"

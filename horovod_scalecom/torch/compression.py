@@ -15,7 +15,9 @@ For each gradient tensor, at its t-th allreduce:
 
 Steps 1-4 run in ``compress`` inside Horovod's gradient hook; 2 and 4 are
 the C++ core (``torch.ops.scalecom``), one fused pass over m and g on
-non-leaders. For CUDA gradients they are the CUDA kernels
+non-leaders. Every step but 3 and 5 is the per-tensor step that the DDP
+hook takes too (``horovod_scalecom.torch.tensor_step``); this module keeps
+how the indices travel and Horovod's side of the exchange. For CUDA gradients they are the CUDA kernels
 (``horovod_scalecom.cuda``) on the current stream, and the memory lives on
 the gradient's GPU.
 
@@ -69,6 +71,7 @@ from horovod_scalecom.torch.broadcast_share import BroadcastShare
 from horovod_scalecom.torch.horovod_group import HorovodGroup
 from horovod_scalecom.torch.state import (
     NamedParameters, ScaleComState, TensorState)
+from horovod_scalecom.torch.tensor_step import TensorStep, begin
 from horovod_scalecom.stats import last_step, new_record
 from horovod_scalecom.torch.waits import timed_out, wait
 
@@ -76,7 +79,7 @@ from horovod_scalecom.torch.waits import timed_out, wait
 @dataclass
 class _Ctx:
     state: TensorState
-    indices: torch.Tensor | None  # None: the tensor went dense
+    step: TensorStep | None       # None: the tensor went dense
     shape: torch.Size
     dtype: torch.dtype
     share: int | None = None      # the leader's own Horovod broadcast, awaited in decompress
@@ -153,69 +156,39 @@ class ScaleCom(Compressor):
         if state is None or not state.checked:
             state = self._first_sight(tensor, state, horovod_call())
         self._agree()
-        self.state.clip_norm_(tensor)
-        ctx = _Ctx(state, None, tensor.shape, tensor.dtype)
+        shape, dtype = tensor.shape, tensor.dtype
         t = state.step
         state.step += 1
-        numel = tensor.numel()
-        size = self.process_set.size()
-        if self.state.goes_dense(t, tensor) or size == 1:
-            self._last[state.name] = self._record(state, numel, None, None, 0.0, 0.0, 0.0)
+        step = begin(self.state, state, tensor, t, state.offset, flush=True)
+        if step is None:
+            self._last[state.name] = self._record(t, tensor.numel(), None, None)
             # Horovod's CPU allreduce has no bfloat16: such dense tensors travel as float32.
-            return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor), ctx
-        if tensor.is_sparse:
-            raise ValueError(f"ScaleCom: the gradient of {state.name} is sparse; "
-                             "use sparse_as_dense=True in hvd.DistributedOptimizer")
-        kernels = self.state.kernels(tensor, state.name)
-        self.state.prepare(state, tensor)
-        self.state.watch.flush_if_behind(len(self.state.tensors))
-
-        k = self.config.k(numel)
-        lead = leader(t, state.offset, size)
-        tc = time.perf_counter()
-        grad = tensor.detach().reshape(-1)
-        grad = (grad if grad.dtype == torch.float32 else grad.float()).contiguous()
-        norm, scale = self.state.watch.clip(state, t, grad)
-        if scale != 1.0:
-            # In place: grad is p.grad (which the exchange's result replaces) or
-            # a float32 copy of it; no new tensor, no page faults.
-            grad.mul_(scale)
-        t0 = time.perf_counter()
-        if self.process_set.rank() == lead:
-            indices = kernels.select_topk(state.memory, grad, k)
-        else:
-            indices = torch.empty(k, dtype=torch.int32, device=tensor.device)
-        t1 = time.perf_counter()
-        ctx.share = self._share(indices, lead, state, t)
-        t2 = time.perf_counter()
-        values, nonfinite = kernels.gather_update_(state.memory, grad, indices, self.config.beta)
-        t3 = time.perf_counter()
-        ctx.indices = indices
-        self._last[state.name] = self._record(state, numel, k, lead, t1 - t0, t2 - t1, t3 - t2)
-        record = self._last[state.name]
-        record.update(nonfinite_kept=nonfinite, grad_norm=norm, clip_scale=scale, clip_s=t0 - tc)
-        self.state.watch.memory(state.name, t, nonfinite)
-        return values, ctx
+            return ((tensor.float() if tensor.dtype == torch.bfloat16 else tensor),
+                    _Ctx(state, None, shape, dtype))
+        if step.select() is None:
+            step.indices = torch.empty(step.k, dtype=torch.int32, device=tensor.device)
+        start = time.perf_counter()
+        share = self._share(step.indices, step.lead, state, t)
+        share_s = time.perf_counter() - start
+        values = step.gather_update()
+        self._last[state.name] = self._record(t, tensor.numel(), step.k, step.lead,
+                                              share_s=share_s, **step.figures)
+        return values, _Ctx(state, step, shape, dtype, share)
 
     def decompress(self, tensor: torch.Tensor, ctx: _Ctx | None) -> torch.Tensor:
         if ctx is None:
             # Horovod's sparse allreduce (an allgather) never calls compress.
             self._bypassed(tensor)
             return tensor
-        if ctx.indices is None:
+        if ctx.step is None:
             return tensor.to(ctx.dtype)
         if ctx.share is not None:
             # The leader's broadcast: done, since every rank has sent its values.
             wait(ctx.share, f"the indices of {ctx.state.name}", self.share_timeout)
-        numel = ctx.shape.numel()
-        kernels = self.state.kernels(tensor, ctx.state.name)
-        start = time.perf_counter()
-        self.state.watch.exchange(ctx.state.name, ctx.state.step - 1, tensor)
-        dense = kernels.scatter(ctx.indices, tensor.to(torch.float32).contiguous(), numel)
-        result = dense.view(ctx.shape).to(ctx.dtype)
+        result = ctx.step.scatter(tensor)
         record = self._last.get(ctx.state.name)
         if record is not None:
-            record["decompress_s"] = time.perf_counter() - start
+            record["decompress_s"] = ctx.step.figures["decompress_s"]
         return result
 
     # -- checkpoints and figures ----------------------------------------------------
@@ -363,6 +336,6 @@ class ScaleCom(Compressor):
                 found.append((s.name, s.param, self.config.k(s.param.numel()), lead))
         return found
 
-    def _record(self, state, numel, k, lead, select_s, share_s, update_s) -> dict[str, Any]:
-        return new_record(numel, k, lead, state.step - 1, self.process_set.size(),
-                          select_s=select_s, share_s=share_s, update_s=update_s)
+    def _record(self, step: int, numel: int, k: int | None, lead: int | None,
+                **figures: Any) -> dict[str, Any]:
+        return new_record(numel, k, lead, step, self.process_set.size(), **figures)

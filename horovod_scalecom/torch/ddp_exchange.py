@@ -11,7 +11,10 @@ issues it and every ready bucket behind it, in a loop (never one callback
 inside another, however many buckets pile up). A rank whose own part
 failed still sends (zeros and a flag) so that every rank's collectives stay
 paired, and every rank raises. In the allreduce's callback: the mean into
-the bucket, and the bucket's future completes.
+the bucket, and the bucket's future completes. Each parameter's clip,
+selection, update and scatter are the per-tensor step of every exchange
+(``horovod_scalecom.torch.tensor_step``); this module keeps how the indices
+travel and how the values are summed.
 
 CUDA tensors: futures are waited on (``wait()``, which makes the current
 stream wait for the collective) on the thread that then uses the tensors,
@@ -20,7 +23,6 @@ copy-out after the writes.
 """
 
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -28,9 +30,9 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
-from horovod_scalecom.schedule import leader
 from horovod_scalecom.torch.dist_group import DistGroup
 from horovod_scalecom.torch.state import COMPRESSIBLE_DTYPES, ScaleComState, TensorState
+from horovod_scalecom.torch.tensor_step import TensorStep, begin
 
 
 @dataclass
@@ -41,10 +43,13 @@ class Part:
     start: int                      # offset in the bucket's flat buffer
     numel: int
     step: int
-    grad: Optional[torch.Tensor] = None      # float32, flat: compressed parts only
-    k: int = 0                                # 0: the part goes dense
-    indices: Optional[torch.Tensor] = None
+    compressed: Optional[TensorStep] = None   # None: the part goes dense
     sent: int = 0                             # offset in the allreduced buffer
+
+    @property
+    def k(self) -> int:
+        """The values it sends; 0: it goes dense."""
+        return self.compressed.k if self.compressed is not None else 0
 
 
 @dataclass
@@ -99,35 +104,23 @@ class BucketExchange:
 
     def _select(self, parts: list, buffer: torch.Tensor) -> list:
         """Clip, let the leaders select, and issue one index broadcast per leader."""
-        size, me = self.group.size(), self.group.rank()
+        me = self.group.rank()
         by_leader: dict = {}
         for part in parts:
-            view = buffer[part.start:part.start + part.numel]
-            self.state.clip_norm_(view)
-            if self.state.goes_dense(part.step, view):
+            # In place: the bucket's slot is overwritten by the mean.
+            step = begin(self.state, part.state, buffer[part.start:part.start + part.numel],
+                         part.step, 0)
+            if step is None:
                 self.record(part, None)
                 continue
-            state = part.state
-            kernels = self.state.kernels(view, state.name)
-            self.state.prepare(state, view)
-            part.k = self.state.config.k(part.numel)
-            grad = view if view.dtype == torch.float32 else view.float()
-            start = time.perf_counter()
-            norm, scale = self.state.watch.clip(state, part.step, grad)
-            if scale != 1.0:
-                grad.mul_(scale)      # in place: the bucket's slot is overwritten by the mean
-            part.grad = grad
-            lead = leader(part.step, 0, size)
-            by_leader.setdefault(lead, []).append(part)
-            select = time.perf_counter()
-            if lead == me:
-                part.indices = kernels.select_topk(state.memory, grad, part.k)
-            self.record(part, lead, clip_s=select - start,
-                        select_s=time.perf_counter() - select, grad_norm=norm, clip_scale=scale)
+            part.compressed = step
+            by_leader.setdefault(step.lead, []).append(part)
+            step.select()
+            self.record(part, step.lead, **step.figures)
         shares = []
         for lead, led in sorted(by_leader.items()):
             if lead == me:
-                indices = torch.cat([p.indices for p in led])
+                indices = torch.cat([p.compressed.indices for p in led])
             else:
                 indices = torch.empty(sum(p.k for p in led), dtype=torch.int32,
                                       device=buffer.device)
@@ -164,7 +157,7 @@ class BucketExchange:
                 share.future.wait()            # raises what the broadcast raised
                 offset = 0
                 for part in share.parts:
-                    part.indices = share.indices[offset:offset + part.k]
+                    part.compressed.indices = share.indices[offset:offset + part.k]
                     offset += part.k
             send = self._gather(bucket)
         except BaseException as exc:  # noqa: BLE001 - handed to DDP through the future
@@ -199,14 +192,9 @@ class BucketExchange:
                     bucket.buffer[part.start:part.start + part.numel])
                 offset += part.numel
                 continue
-            name = part.state.name
-            start = time.perf_counter()
-            values, nonfinite = self.state.kernels(part.grad, name).gather_update_(
-                part.state.memory, part.grad, part.indices, self.state.config.beta)
-            send[offset:offset + part.k].copy_(values)
+            part.compressed.gather_update(send[offset:offset + part.k])
             offset += part.k
-            self.record(part, update_s=time.perf_counter() - start, nonfinite_kept=nonfinite)
-            self.state.watch.memory(name, part.step, nonfinite)
+            self.record(part, **part.compressed.figures)
         send[-1] = 0.0
         return send
 
@@ -236,11 +224,5 @@ class BucketExchange:
         if not part.k:
             out.copy_(mean[part.sent:part.sent + part.numel])
             return
-        start = time.perf_counter()
-        values = mean[part.sent:part.sent + part.k]
-        self.state.watch.exchange(part.state.name, part.step, values)
-        # The core's scatter, written into the bucket: no new dense tensor
-        # (whose first touch of fresh pages would cost more than the copy).
-        out.zero_()
-        out.index_copy_(0, part.indices.long(), values.to(out.dtype))
-        self.record(part, decompress_s=time.perf_counter() - start)
+        part.compressed.scatter(mean[part.sent:part.sent + part.k], out)
+        self.record(part, **part.compressed.figures)

@@ -16,6 +16,7 @@ import horovod.torch as hvd
 from horovod_scalecom import bytes_model
 from horovod_scalecom.cuda import GRAD_TYPES
 from horovod_scalecom.ring import device_transport
+from horovod_scalecom.torch.tensor_step import clip_, flat32
 
 
 def ring_device(grad: torch.Tensor, name: str) -> int | None:
@@ -51,13 +52,9 @@ class RingStart:
         cfg = self.compression.config
         grads, outs = [], []
         for name, p, state, t in ring:
-            grad = p.grad.detach()
-            if grad.dtype == torch.float32 and grad.is_contiguous():
-                flat = grad.view(-1)
-                out = flat
-            else:
-                flat = grad.reshape(-1).to(torch.float32).contiguous()
-                out = self._out_buffer(name, flat)
+            flat = flat32(p.grad)
+            in_place = p.grad.dtype == torch.float32 and p.grad.is_contiguous()
+            out = flat if in_place else self._out_buffer(name, flat)
             self._clip_(name, state, t, flat)
             grads.append(flat)
             outs.append(out)
@@ -156,11 +153,8 @@ class RingStart:
         return out
 
     def _clip_(self, name: str, state, step: int, grad: torch.Tensor) -> None:
-        """ScaleCom's relative clip, in place: the ring hands the mean back in
-        the gradient's storage anyway. A float16/bfloat16 GPU gradient is
-        scaled in its own dtype (the reference scales the float32 value)."""
-        g = grad if grad.dtype == torch.float32 else grad.float()
-        norm, scale = self.compression.state.watch.clip(state, step, g)
-        if scale != 1.0:
-            grad.mul_(scale)
-        self.clip_figures[name] = (norm, scale)
+        """ScaleCom's relative clip (tensor_step.clip_), in place: the ring
+        hands the mean back in the gradient's storage anyway. A
+        float16/bfloat16 GPU gradient is scaled in its own dtype (the
+        reference scales the float32 value)."""
+        self.clip_figures[name] = clip_(self.compression.state, state, step, grad)

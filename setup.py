@@ -80,10 +80,16 @@ def tensorflow_extension():
 
 
 def ring_extension():
-    """The compressed ring allreduce (the ScaleCom ring): plain CPython + MPI, no framework."""
+    """The compressed ring allreduce (the ScaleCom ring): pybind11 + MPI, no framework."""
     mpicxx = shutil.which("mpicxx")
     if mpicxx is None:
         print("setup.py: mpicxx not found (install libopenmpi-dev); skipping horovod_scalecom._ring")
+        return []
+    try:
+        import pybind11
+    except ImportError:
+        print("setup.py: pybind11 is not installed (pip install pybind11; scripts/setup.sh pins "
+              "it); skipping horovod_scalecom._ring")
         return []
     from setuptools import Extension
     show = lambda what: subprocess.check_output([mpicxx, f"--showme:{what}"], text=True).split()  # noqa: E731
@@ -91,11 +97,12 @@ def ring_extension():
         name="horovod_scalecom._ring",
         sources=CORE_SOURCES + ["csrc/ring/ring.cc", "csrc/ring/exchange.cc",
                                 "csrc/ring/buffers.cc", "csrc/ring/share.cc",
-                                "csrc/ring/module.cc", "csrc/ring/module_device.cc"],
+                                "csrc/ring/module.cc"],
         depends=CORE_HEADERS + ["csrc/ring/ring.h", "csrc/ring/buffers.h",
-                                "csrc/ring/module.h", "csrc/cuda/scalecom_cuda.h"],
+                                "csrc/cuda/scalecom_cuda.h"],
+        include_dirs=[pybind11.get_include()],
         language="c++",
-        extra_compile_args=CXX_FLAGS + ["-std=c++17"] + show("compile"),
+        extra_compile_args=CXX_FLAGS + ["-std=c++17", "-fvisibility=hidden"] + show("compile"),
         extra_link_args=["-fopenmp"] + show("link"),
     )]
 
@@ -151,6 +158,7 @@ def build_cuda_library(package_dir: str, archs: list[str]) -> None:
     """libscalecom_cuda.so (csrc/cuda, the C ABI horovod_scalecom.cuda loads)
     next to the extensions; rebuilt only when its sources or archs changed."""
     cuda_build = _cuda_build_module()
+    cuda_build.check_signatures()   # horovod_scalecom.cuda's ctypes table against the header
     output = Path(package_dir) / "libscalecom_cuda.so"
     stamp = output.with_suffix(".archs")
     if cuda_build.up_to_date(output) and stamp.exists() and stamp.read_text() == ";".join(archs):

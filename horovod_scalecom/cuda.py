@@ -22,26 +22,29 @@ LIBRARY_ENV = "HOROVOD_SCALECOM_CUDA_LIB"
 # enum ScalecomGradType of scalecom_cuda.h
 GRAD_TYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
 
-_p, _i64, _size = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t
-# The C ABI's functions by name (without the scalecom_cuda_ prefix) and
-# argument types; each returns a cudaError_t as int.
+_p, _i64, _size, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t, ctypes.c_int
+# The C ABI's functions by name (without the scalecom_cuda_ prefix):
+# (restype, argtypes). Every build of the library checks this table against
+# the prototypes of csrc/cuda/scalecom_cuda.h (cuda_build.check_signatures),
+# so the two cannot drift; it stays here so that the package needs no header.
 SIGNATURES = {
-    "select_workspace_bytes": [_i64, _i64, ctypes.POINTER(_size)],
-    "select_topk": [_p, _p, ctypes.c_int, _i64, _i64, _p, _p, _size, _p],
-    "gather_update_workspace_bytes": [_i64, ctypes.POINTER(_size)],
-    "gather_update": [_p, _p, ctypes.c_int, _i64, _p, _i64, ctypes.c_float, _p, _p, _p, _size,
-                      _p],
-    "scatter": [_p, _p, _i64, _i64, _p, _p],
-    "ring_select": [_p, _p, ctypes.c_int, _i64, _i64, _i64, _p, _p, _p, _size, _p],
-    "ring_accumulate": [_p, _p, ctypes.c_int, _i64, _i64, _p, _i64, _p, _p, _p],
-    "ring_divide": [_p, _i64, ctypes.c_float, _p, _p],
-    "copy_async": [_p, _p, _size, _p],
-    "synchronize": [_p],
-    "set_device": [ctypes.c_int],
-    "device_alloc": [ctypes.POINTER(_p), _size],
-    "device_free": [_p],
-    "host_alloc": [ctypes.POINTER(_p), _size],
-    "host_free": [_p],
+    "select_workspace_bytes": (_int, [_i64, _i64, ctypes.POINTER(_size)]),
+    "select_topk": (_int, [_p, _p, _int, _i64, _i64, _p, _p, _size, _p]),
+    "gather_update_workspace_bytes": (_int, [_i64, ctypes.POINTER(_size)]),
+    "gather_update": (_int, [_p, _p, _int, _i64, _p, _i64, ctypes.c_float, _p, _p, _p, _size,
+                             _p]),
+    "scatter": (_int, [_p, _p, _i64, _i64, _p, _p]),
+    "ring_select": (_int, [_p, _p, _int, _i64, _i64, _i64, _p, _p, _p, _size, _p]),
+    "ring_accumulate": (_int, [_p, _p, _int, _i64, _i64, _p, _i64, _p, _p, _p]),
+    "ring_divide": (_int, [_p, _i64, ctypes.c_float, _p, _p]),
+    "copy_async": (_int, [_p, _p, _size, _p]),
+    "synchronize": (_int, [_p]),
+    "set_device": (_int, [_int]),
+    "device_alloc": (_int, [ctypes.POINTER(_p), _size]),
+    "device_free": (_int, [_p]),
+    "host_alloc": (_int, [ctypes.POINTER(_p), _size]),
+    "host_free": (_int, [_p]),
+    "error_string": (ctypes.c_char_p, [_int]),
 }
 
 
@@ -54,11 +57,9 @@ class CudaKernels:
             # RTLD_LOCAL: a build named by HOROVOD_SCALECOM_CUDA_LIB serves the
             # ring only; it must not stand in for the library the op libraries link.
             lib = ctypes.CDLL(str(self.path), mode=ctypes.RTLD_LOCAL)
-            for name, argtypes in SIGNATURES.items():
+            for name, (restype, argtypes) in SIGNATURES.items():
                 fn = getattr(lib, f"scalecom_cuda_{name}")
-                fn.argtypes, fn.restype = argtypes, ctypes.c_int
-            lib.scalecom_cuda_error_string.argtypes = [ctypes.c_int]
-            lib.scalecom_cuda_error_string.restype = ctypes.c_char_p
+                fn.restype, fn.argtypes = restype, argtypes
         except (OSError, AttributeError) as exc:
             raise ImportError(f"{self.path} is not a usable build of horovod_scalecom's CUDA "
                               f"kernels: {exc}. Rebuild with `bash scripts/setup.sh`.") from exc
@@ -70,7 +71,7 @@ class CudaKernels:
         table lists (csrc/ring/buffers.h), by name."""
         return {name: ctypes.cast(getattr(self._lib, f"scalecom_cuda_{name}"),
                                   ctypes.c_void_p).value
-                for name in (*SIGNATURES, "error_string")}
+                for name in SIGNATURES}
 
     def error_string(self, code: int) -> str:
         return self._lib.scalecom_cuda_error_string(code).decode()

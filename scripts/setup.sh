@@ -44,6 +44,8 @@ RAY_VERSION=2.60.0
 PYARROW_VERSION=19.0.1
 MPI4PY_VERSION=4.1.2
 HOROVOD_VERSION=0.28.1
+# Headers only, for the ring engine's binding (horovod_scalecom._ring).
+PYBIND11_VERSION=3.1.0
 
 step() { CURRENT_STEP="$1"; printf '\n[setup] %s\n' "$1"; }
 fail() {
@@ -207,6 +209,8 @@ step "horovod_scalecom and its C++ extensions"
 # pip's second, full rebuild of every extension in a scratch folder.
 # GPU mode: the CUDA kernels are required (a missing nvcc is an error, not a skip).
 [ "$GPU" = 1 ] && export HOROVOD_SCALECOM_CUDA=1
+have pybind11==$PYBIND11_VERSION || pip_install "pybind11==$PYBIND11_VERSION" \
+  || fail "pip could not install pybind11 (the ring's binding needs its headers); is PyPI reachable?"
 "$PY" setup.py -q build_ext --inplace || fail "the C++ extensions did not compile; see the compiler output above"
 SITE=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 echo "$ROOT" > "$SITE/horovod_scalecom.pth"

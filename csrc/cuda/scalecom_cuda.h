@@ -7,6 +7,11 @@
 // enqueues work on `stream` (no host synchronisation), except
 // synchronize and the allocations.
 //
+// Every build checks these prototypes against the ctypes table of
+// horovod_scalecom/cuda.py (cuda_build.check_signatures: keep each as
+// `int scalecom_cuda_NAME(...);` or `const char* ...`); the ring engine takes
+// the functions by name (csrc/ring/buffers.h), typed by decltype.
+//
 // Callers: the torch ops' CUDA kernels (csrc/torch/cuda_ops.cc), the
 // TensorFlow ops' GPU kernels (csrc/tensorflow/gpu_kernels.cc) and the ring
 // engine's device buffers (csrc/ring/buffers.h, addresses from

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# horovod_call: torch/compression.py's import, until it imports it from horovod_internals.
-from horovod_scalecom.horovod_internals import HorovodCall, horovod_call  # noqa: F401
+from horovod_scalecom.horovod_internals import HorovodCall
 
 _MISSING = object()
 

@@ -34,7 +34,7 @@ optimizer._DistributedOptimizer.__init__ = __init__
 functions.broadcast_optimizer_state = broadcast_optimizer_state
 TorchState.save = save
 try:
-    import horovod_scalecom.torch.optimizer
+    import horovod_scalecom.torch.ring_optimizer
     error = None
 except ImportError as exc:
     error = f"{type(exc).__name__}: {exc}"

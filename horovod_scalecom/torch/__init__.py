@@ -17,10 +17,10 @@ __all__ = ["ScaleCom", "DistributedOptimizer", "clip_before_exchange"]
 def __getattr__(name: str):
     # Lazy, so that horovod_scalecom.torch._ops (the bare kernels) loads without Horovod.
     if name == "ScaleCom":
-        from horovod_scalecom.torch.compression import ScaleCom
+        from horovod_scalecom.torch.horovod_path import ScaleCom
         return ScaleCom
     if name == "DistributedOptimizer":
-        from horovod_scalecom.torch.optimizer import DistributedOptimizer
+        from horovod_scalecom.torch.ring_optimizer import DistributedOptimizer
         return DistributedOptimizer
     if name == "clip_before_exchange":
         from horovod_scalecom.torch.clipping import clip_before_exchange

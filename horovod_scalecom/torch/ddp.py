@@ -45,7 +45,7 @@ import torch.distributed as dist
 from horovod_scalecom.config import DEFAULTS, ScaleComConfig
 from horovod_scalecom.torch.ddp_checks import check_bucket, model_and_module
 from horovod_scalecom.torch.ddp_exchange import BucketExchange, Part
-from horovod_scalecom.torch.dist_group import DistGroup
+from horovod_scalecom.torch.ddp_group import DistGroup
 from horovod_scalecom.torch.state import ScaleComState
 from horovod_scalecom.stats import last_step, new_record
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
-from horovod_scalecom.torch.dist_group import DistGroup
+from horovod_scalecom.torch.ddp_group import DistGroup
 from horovod_scalecom.torch.state import COMPRESSIBLE_DTYPES, ScaleComState, TensorState
 from horovod_scalecom.torch.tensor_step import TensorStep, begin
 

@@ -36,7 +36,7 @@ from horovod.torch.elastic.state import StateHandler
 from horovod.torch.elastic.state import TorchState as HorovodTorchState
 
 from horovod_scalecom.horovod_internals import add_state_handler, require
-from horovod_scalecom.torch.compression import ScaleCom
+from horovod_scalecom.torch.horovod_path import ScaleCom
 
 require("torch")   # TorchState's _handlers
 

@@ -9,7 +9,7 @@ import torch
 import horovod.torch as hvd
 
 from horovod_scalecom.horovod_call import describe_process_set, unheld_error
-from horovod_scalecom.torch.waits import wait
+from horovod_scalecom.torch.horovod_waits import wait
 
 
 class HorovodGroup:

@@ -2,7 +2,7 @@
 gradients clipped in place and handed to the engine as host arrays or as
 device pointers, with the output buffers and device scratch kept between
 steps, and the step's figures. The optimizer
-(``horovod_scalecom.torch.optimizer``) decides when a group starts and waits
+(``horovod_scalecom.torch.ring_optimizer``) decides when a group starts and waits
 for the step; this decides what the engine reads and writes."""
 
 from __future__ import annotations

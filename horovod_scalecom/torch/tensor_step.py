@@ -13,7 +13,7 @@ For a parameter's gradient at its t-th exchange:
     scatter        the mean's k values into a dense gradient, zeros elsewhere
 
 The exchanges keep only what differs: how the indices travel and how the
-values are summed. The Horovod path (``torch/compression.py``: MPI messages
+values are summed. The Horovod path (``torch/horovod_path.py``: MPI messages
 or Horovod's broadcast, then Horovod's allreduce) and the DDP hook
 (``torch/ddp_exchange.py``: one torch.distributed broadcast per leader and
 bucket, then one allreduce per bucket) take every phase; the ring's host

@@ -30,14 +30,14 @@ Where MPI cannot carry it (Gloo, Elastic, process sets, MPI without thread
 support) it is Horovod's broadcast, one negotiation cycle per tensor, issued
 from the caller's thread and never from Horovod's background thread, with
 the receives of a step posted ahead so that any hand-over order works
-(``horovod_scalecom.torch.broadcast_share``). The choice is made once, alike
+(``horovod_scalecom.torch.horovod_share``). The choice is made once, alike
 on every rank; ``$HOROVOD_SCALECOM_INDEX_SHARE=horovod`` forces the broadcast.
 
 A tensor is identified by the parameter whose ``.grad`` it is, and so by
 that parameter's name (never by call order): it works with
 ``zero_grad(set_to_none=True)``, ``backward_passes_per_step > 1``,
 ``groups``, and with ``sparse_as_dense`` (whose densified copy is traced back
-to its parameter through Horovod's call, ``horovod_scalecom.horovod_call``).
+to its parameter through Horovod's call, ``horovod_scalecom.horovod_internals``).
 
 Ranks may hand their gradients over in different orders, and a parameter
 without a gradient on some rank is sent as zeros by Horovod's
@@ -63,17 +63,18 @@ import horovod.torch as hvd
 from horovod.torch.compression import Compressor
 
 from horovod_scalecom.config import DEFAULTS, ScaleComConfig
-from horovod_scalecom.horovod_call import HorovodCall, check_call, horovod_call
+from horovod_scalecom.horovod_call import check_call
+from horovod_scalecom.horovod_internals import HorovodCall, horovod_call
 from horovod_scalecom.ring import open_index_share
 from horovod_scalecom.schedule import leader
-from horovod_scalecom.torch._exit import horovod_barrier
-from horovod_scalecom.torch.broadcast_share import BroadcastShare
+from horovod_scalecom.torch.horovod_exit import horovod_barrier
+from horovod_scalecom.torch.horovod_share import BroadcastShare
 from horovod_scalecom.torch.horovod_group import HorovodGroup
 from horovod_scalecom.torch.state import (
     NamedParameters, ScaleComState, TensorState)
 from horovod_scalecom.torch.tensor_step import TensorStep, begin
 from horovod_scalecom.stats import last_step, new_record
-from horovod_scalecom.torch.waits import timed_out, wait
+from horovod_scalecom.torch.horovod_waits import timed_out, wait
 
 
 @dataclass

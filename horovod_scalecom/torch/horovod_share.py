@@ -30,9 +30,9 @@ import torch
 import horovod.torch as hvd
 
 from horovod_scalecom.horovod_internals import follows_updates, require, requires_update
-from horovod_scalecom.torch.waits import wait
+from horovod_scalecom.torch.horovod_waits import wait
 
-# The Horovod path (torch/compression.py, which imports this) reads Horovod's
+# The Horovod path (torch/horovod_path.py, which imports this) reads Horovod's
 # frames and its optimizer's _requires_update.
 require("torch")
 

@@ -40,8 +40,8 @@ from horovod_scalecom.ring import close_at_exit, load_ring, refuse_without_mpi
 from horovod_scalecom.ring_arguments import (
     check_backward_passes, check_groups, refuse_op, refuse_predivide, refuse_process_set,
     require_scalecom, sparse_gradient_error)
-from horovod_scalecom.torch._exit import horovod_barrier
-from horovod_scalecom.torch.compression import ScaleCom
+from horovod_scalecom.torch.horovod_exit import horovod_barrier
+from horovod_scalecom.torch.horovod_path import ScaleCom
 from horovod_scalecom.torch.ring_start import RingStart, ring_device
 
 require("torch")   # hvd.broadcast_optimizer_state's test of the class's module

@@ -43,6 +43,7 @@ from horovod_scalecom.ring_arguments import (
 from horovod_scalecom.torch.horovod_exit import horovod_barrier
 from horovod_scalecom.torch.horovod_path import ScaleCom
 from horovod_scalecom.torch.ring_start import RingStart, ring_device
+from horovod_scalecom.torch.tensor_step import enter
 
 require("torch")   # hvd.broadcast_optimizer_state's test of the class's module
 
@@ -186,17 +187,15 @@ class _RingOptimizer(torch.optim.Optimizer):
         ring = []
         for name, p in group.params:
             self._densify(name, p)
-            scalecom.clip_norm_(p.grad)
             state = scalecom.tensors[name]
             t = state.step
             state.step += 1
-            if self._engine is None or scalecom.goes_dense(t, p.grad):
+            if enter(scalecom, state, p.grad, t):      # a single rank has no engine: dense
+                ring.append((name, p, state, t))
+            else:
                 grad = p.grad if p.grad.dtype != torch.bfloat16 else p.grad.float()
                 self._dense.append((p, grad, hvd.allreduce_async_(
                     grad, name=f"scalecom.dense.{name}", op=hvd.Average)))
-            else:
-                scalecom.prepare(state, p.grad)
-                ring.append((name, p, state, t))
         if ring:
             self._start_ring(ring, threads)
 

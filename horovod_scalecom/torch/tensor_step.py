@@ -17,10 +17,10 @@ values are summed. The Horovod path (``torch/horovod_path.py``: MPI messages
 or Horovod's broadcast, then Horovod's allreduce) and the DDP hook
 (``torch/ddp_exchange.py``: one torch.distributed broadcast per leader and
 bucket, then one allreduce per bucket) take every phase; the ring's host
-side (``torch/ring_start.py``) takes ``flat32`` and ``clip_``, and its engine
-does the rest in C++. Each phase writes its figures into ``figures`` under
-the keys of a stats() record (``horovod_scalecom.stats``); the exchange puts
-them in its record.
+side takes ``enter`` (``torch/ring_optimizer.py``) and ``flat32`` and
+``clip_`` (``torch/ring_start.py``), and its engine does the rest in C++.
+Each phase writes its figures into ``figures`` under the keys of a stats()
+record (``horovod_scalecom.stats``); the exchange puts them in its record.
 """
 
 from __future__ import annotations
@@ -115,6 +115,18 @@ class TensorStep:
         return out
 
 
+def enter(scalecom: ScaleComState, state: TensorState, tensor: torch.Tensor, step: int) -> bool:
+    """The start every exchange shares: clip_norm in place, then False where
+    the tensor goes dense at ``step`` (warm-up, small, an unsupported dtype,
+    or a single rank); otherwise its memory is made or moved to the
+    gradient's device, and True."""
+    scalecom.clip_norm_(tensor)
+    if scalecom.goes_dense(step, tensor) or scalecom.group.size() == 1:
+        return False
+    scalecom.prepare(state, tensor)
+    return True
+
+
 def begin(scalecom: ScaleComState, state: TensorState, tensor: torch.Tensor, step: int,
           offset: int, flush: bool = False) -> TensorStep | None:
     """The start of ``tensor``'s exchange at ``step`` (the gradient of
@@ -125,19 +137,16 @@ def begin(scalecom: ScaleComState, state: TensorState, tensor: torch.Tensor, ste
     it is float32 and contiguous). ``offset``: added to the step to pick the
     leader. ``flush``: first read the guard's GPU figures where they lag two
     steps (the Horovod path, per tensor; the DDP hook does it per bucket)."""
-    scalecom.clip_norm_(tensor)
-    size = scalecom.group.size()
-    if scalecom.goes_dense(step, tensor) or size == 1:
+    if not enter(scalecom, state, tensor, step):
         return None
     if tensor.is_sparse:
         raise ValueError(f"ScaleCom: the gradient of {state.name} is sparse; "
                          "use sparse_as_dense=True in hvd.DistributedOptimizer")
     kernels = scalecom.kernels(tensor, state.name)
-    scalecom.prepare(state, tensor)
     if flush:
         scalecom.watch.flush_if_behind(len(scalecom.tensors))
     k = scalecom.config.k(tensor.numel())
-    lead = leader(step, offset, size)
+    lead = leader(step, offset, scalecom.group.size())
     start = time.perf_counter()
     grad = flat32(tensor)
     norm, scale = clip_(scalecom, state, step, grad)
